@@ -1,0 +1,313 @@
+//! The [`LeaseStore`] trait: what a store must do, and nothing more.
+//!
+//! Everything derived from these operations (the election state machine,
+//! timing, health, metrics) lives in the core, so a store implementation stays
+//! small and a third-party store gets every elector feature by implementing
+//! this trait and passing the conformance suite in `leader-testkit`.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::names::{FencingToken, HolderId, LeaseKey};
+
+/// The longest TTL a store accepts; anything above is refused as absurd.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Refuses zero and absurd TTLs with [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument).
+/// Every store calls this before talking to its server.
+///
+/// # Errors
+///
+/// When `ttl` is zero, below one millisecond or above [`MAX_TTL`].
+pub fn check_ttl(ttl: Duration) -> Result<()> {
+    if ttl < Duration::from_millis(1) {
+        return Err(Error::invalid_argument(format!(
+            "lease ttl must be at least 1ms, got {ttl:?}"
+        )));
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::invalid_argument(format!(
+            "lease ttl {ttl:?} is longer than the limit of {MAX_TTL:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Where a store's fencing tokens come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FencingSource {
+    /// A per-resource counter kept in the store and incremented atomically
+    /// with each acquisition (Redis, Postgres, memory).
+    Counter,
+    /// A store-wide revision number assigned to the acquisition (etcd's
+    /// create revision). Strictly increasing, not contiguous.
+    Revision,
+}
+
+/// Which lease events a store can push to followers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotificationSupport {
+    /// None: followers poll every retry period.
+    None,
+    /// Graceful releases are pushed; expiry is found by polling.
+    Release,
+    /// Releases and expiries are pushed.
+    ReleaseAndExpiry,
+}
+
+/// What a store can do, so the core and the conformance suite can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// Where fencing tokens come from.
+    pub fencing: FencingSource,
+    /// The server removes a lease whose TTL ran out, without the client.
+    pub server_side_expiry: bool,
+    /// Which events [`LeaseStore::watch`] delivers.
+    pub notifications: NotificationSupport,
+    /// The lease lives as long as a client session (Postgres advisory locks):
+    /// it ends when the session ends, not when a TTL runs out.
+    pub session_bound: bool,
+    /// The smallest TTL the store can honour exactly; shorter TTLs are rounded
+    /// up by the store (etcd grants whole seconds).
+    pub ttl_granularity: Duration,
+}
+
+impl Capabilities {
+    /// Capabilities of a store with server-side expiry, no notifications and
+    /// millisecond TTLs; adjust with the `with_*` methods.
+    pub fn new(fencing: FencingSource) -> Self {
+        Capabilities {
+            fencing,
+            server_side_expiry: true,
+            notifications: NotificationSupport::None,
+            session_bound: false,
+            ttl_granularity: Duration::from_millis(1),
+        }
+    }
+
+    /// Sets [`Capabilities::notifications`].
+    pub fn with_notifications(mut self, notifications: NotificationSupport) -> Self {
+        self.notifications = notifications;
+        self
+    }
+
+    /// Marks the store as session-bound (and without server-side expiry).
+    pub fn session_bound(mut self) -> Self {
+        self.session_bound = true;
+        self.server_side_expiry = false;
+        self
+    }
+
+    /// Sets [`Capabilities::ttl_granularity`].
+    pub fn with_ttl_granularity(mut self, granularity: Duration) -> Self {
+        self.ttl_granularity = granularity;
+        self
+    }
+
+    /// Whether [`LeaseStore::watch`] delivers anything at all.
+    pub fn notifies(&self) -> bool {
+        self.notifications != NotificationSupport::None
+    }
+}
+
+/// A lease held by the caller: what `acquire` returns and what `renew` and
+/// `release` take back.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Lease {
+    /// The key the lease lives under.
+    pub key: LeaseKey,
+    /// Who holds it.
+    pub holder: HolderId,
+    /// This term's fencing token.
+    pub token: FencingToken,
+    /// The TTL it was acquired with; renewals extend it by the same amount.
+    pub ttl: Duration,
+    /// A store-private value (the etcd lease id, a pinned connection's slot).
+    /// The core carries it and never interprets it.
+    pub handle: u64,
+}
+
+impl Lease {
+    /// A lease value, as a store builds it after a successful acquisition.
+    pub fn new(key: LeaseKey, holder: HolderId, token: FencingToken, ttl: Duration) -> Self {
+        Lease {
+            key,
+            holder,
+            token,
+            ttl,
+            handle: 0,
+        }
+    }
+
+    /// Sets the store-private [`Lease::handle`].
+    pub fn with_handle(mut self, handle: u64) -> Self {
+        self.handle = handle;
+        self
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("key", &self.key)
+            .field("holder", &self.holder)
+            .field("token", &self.token.0)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who holds a resource now, as the store sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseInfo {
+    /// The holder id.
+    pub holder: HolderId,
+    /// The holder's fencing token.
+    pub token: FencingToken,
+    /// Time left on the store's clock, when the store has a TTL for it
+    /// (`None` for session-bound locks).
+    pub remaining: Option<Duration>,
+}
+
+impl LeaseInfo {
+    /// A holder record as read from the store.
+    pub fn new(holder: HolderId, token: FencingToken, remaining: Option<Duration>) -> Self {
+        LeaseInfo {
+            holder,
+            token,
+            remaining,
+        }
+    }
+}
+
+/// The outcome of [`LeaseStore::acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquire {
+    /// The caller holds the lease now, with a new fencing token.
+    Acquired(Lease),
+    /// Someone else holds it.
+    Held(LeaseInfo),
+}
+
+/// An event pushed by a store that offers notifications.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LeaseEvent {
+    /// The lease was released or expired: the seat is empty.
+    Vacated,
+    /// Someone acquired the lease.
+    Acquired {
+        /// The new holder.
+        holder: HolderId,
+        /// Its fencing token.
+        token: FencingToken,
+    },
+}
+
+/// A subscription to one key's [`LeaseEvent`]s.
+///
+/// `recv` returning `None` means the subscription is down (the connection
+/// dropped); the caller falls back to polling and subscribes again later.
+/// Dropping it ends the store's forwarding task.
+#[derive(Debug)]
+pub struct LeaseEvents {
+    rx: mpsc::Receiver<LeaseEvent>,
+}
+
+impl LeaseEvents {
+    /// A new subscription and the sender a store feeds it through.
+    pub fn channel(capacity: usize) -> (mpsc::Sender<LeaseEvent>, LeaseEvents) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        (tx, LeaseEvents { rx })
+    }
+
+    /// The next event, or `None` once the subscription is down.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: no event is lost if the future is dropped.
+    pub async fn recv(&mut self) -> Option<LeaseEvent> {
+        self.rx.recv().await
+    }
+}
+
+/// A shared store that can hold leases: the only thing a backend implements.
+///
+/// Object safe: electors hold an `Arc<dyn LeaseStore>`. Every method must be
+/// cancel safe in the sense that dropping its future leaves the store
+/// consistent (an acquisition whose future was dropped may or may not have
+/// taken effect; the lease then expires or is re-acquired by the same holder).
+///
+/// Semantics every store must provide (the conformance suite checks them):
+///
+/// * `acquire` succeeds when the key is free, expired, or already held by the
+///   same holder; each success starts a new term with a fencing token strictly
+///   greater than every earlier token on that key.
+/// * `renew` and `release` act only if the key still holds the caller's holder
+///   id **and** token.
+/// * Errors are classified: [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the store
+///   could not be reached, [`ErrorKind::Indeterminate`](crate::ErrorKind::Indeterminate) when the outcome is unknown.
+#[async_trait]
+pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
+    /// A short name of the store kind: `"redis"`, `"etcd"`, `"postgres"`, `"memory"`.
+    fn kind(&self) -> &'static str;
+
+    /// What this store can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Tries to take the lease on `key` for `holder` for `ttl`.
+    ///
+    /// # Errors
+    ///
+    /// Invalid TTLs, unreachable stores, unknown outcomes; never an error just
+    /// because someone else holds the key (that is [`Acquire::Held`]).
+    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire>;
+
+    /// Extends a lease the caller holds by its TTL.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotHolder`](crate::ErrorKind::NotHolder) when the key no longer holds this holder and
+    /// token (the lease is lost); otherwise unavailable or indeterminate.
+    async fn renew(&self, lease: &Lease) -> Result<()>;
+
+    /// Gives a lease up. Returns `true` if it was still held and is now free,
+    /// `false` if it was no longer the caller's (nothing was changed).
+    ///
+    /// # Errors
+    ///
+    /// Unavailable or indeterminate.
+    async fn release(&self, lease: &Lease) -> Result<bool>;
+
+    /// Who holds `key` now, if anyone.
+    ///
+    /// # Errors
+    ///
+    /// Unavailable, indeterminate, or a holder record the store cannot parse.
+    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>>;
+
+    /// Removes whatever lease is on `key`, whoever holds it (the operator's
+    /// emergency release). Returns what was removed.
+    ///
+    /// # Errors
+    ///
+    /// Unavailable or indeterminate.
+    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>>;
+
+    /// Subscribes to events on `key`, as [`Capabilities::notifications`] says.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) for stores without notifications;
+    /// unavailable when the subscription cannot be set up now.
+    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents>;
+}

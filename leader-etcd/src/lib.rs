@@ -1,0 +1,1 @@
+//! The etcd store for leader election (work in progress).

@@ -1,0 +1,1 @@
+//! The postgres store for leader election (work in progress).

@@ -1,0 +1,1 @@
+//! The redis store for leader election (work in progress).

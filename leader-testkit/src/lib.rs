@@ -1,0 +1,1 @@
+//! Conformance suite and test fixtures for leader stores (work in progress).
