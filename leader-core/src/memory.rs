@@ -48,7 +48,8 @@ impl Slot {
 
     fn notify(&mut self, event: LeaseEvent) {
         // A full or closed subscriber is dropped; it sees `None` and polls.
-        self.watchers.retain(|tx| tx.try_send(event.clone()).is_ok());
+        self.watchers
+            .retain(|tx| tx.try_send(event.clone()).is_ok());
     }
 
     fn info(held: &Held, now: Instant) -> LeaseInfo {
@@ -93,10 +94,10 @@ impl MemoryStore {
         tokio::spawn(async move {
             tokio::time::sleep_until(at).await;
             let mut inner = store.lock();
-            if let Some(slot) = inner.slots.get_mut(&key) {
-                if slot.held.as_ref().is_some_and(|h| h.token == token) {
-                    slot.live(Instant::now());
-                }
+            if let Some(slot) = inner.slots.get_mut(&key)
+                && slot.held.as_ref().is_some_and(|h| h.token == token)
+            {
+                slot.live(Instant::now());
             }
         });
     }
@@ -120,10 +121,10 @@ impl LeaseStore for MemoryStore {
         let token = {
             let mut inner = self.lock();
             let slot = inner.slots.entry(key.clone()).or_default();
-            if let Some(held) = slot.live(now) {
-                if &held.holder != holder {
-                    return Ok(Acquire::Held(Slot::info(held, now)));
-                }
+            if let Some(held) = slot.live(now)
+                && &held.holder != holder
+            {
+                return Ok(Acquire::Held(Slot::info(held, now)));
             }
             slot.counter += 1;
             let token = FencingToken(slot.counter);

@@ -17,7 +17,9 @@ pub const MAX_HOLDER_LEN: usize = 512;
 
 fn check_name(what: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() {
-        return Err(Error::invalid_name(format!("{what} must not be empty or blank")));
+        return Err(Error::invalid_name(format!(
+            "{what} must not be empty or blank"
+        )));
     }
     if value.len() > max {
         return Err(Error::invalid_name(format!(
@@ -55,12 +57,10 @@ impl LeaseKey {
     /// [`ErrorKind::InvalidName`](crate::ErrorKind::InvalidName) naming what is wrong.
     pub fn new(prefix: &str, resource: &str) -> Result<Self> {
         check_name("resource name", resource, MAX_KEY_LEN)?;
-        if !prefix.is_empty() {
-            if let Some((at, c)) = prefix.char_indices().find(|(_, c)| c.is_control()) {
-                return Err(Error::invalid_name(format!(
-                    "key prefix contains a control character ({c:?}) at byte {at}"
-                )));
-            }
+        if let Some((at, c)) = prefix.char_indices().find(|(_, c)| c.is_control()) {
+            return Err(Error::invalid_name(format!(
+                "key prefix contains a control character ({c:?}) at byte {at}"
+            )));
         }
         let full = format!("{prefix}{resource}");
         if full.len() > MAX_KEY_LEN {
@@ -126,12 +126,12 @@ impl HolderId {
     /// `{machine}_{pid}_{32 hex digits}`.
     pub fn generate() -> Self {
         let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let host: String = host
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(128)
-            .collect();
-        let host = if host.trim().is_empty() { "host".to_owned() } else { host };
+        let host: String = host.chars().filter(|c| !c.is_control()).take(128).collect();
+        let host = if host.trim().is_empty() {
+            "host".to_owned()
+        } else {
+            host
+        };
         let random: u128 = rand::random();
         HolderId(format!("{host}_{}_{random:032x}", std::process::id()))
     }
@@ -202,7 +202,13 @@ mod tests {
 
     #[test]
     fn keys_accept_colons_braces_spaces_unicode_and_1kib() {
-        for name in ["a:b:c", "{tag}x", "with space", "ключ-名前-🔑", &"x".repeat(1024)] {
+        for name in [
+            "a:b:c",
+            "{tag}x",
+            "with space",
+            "ключ-名前-🔑",
+            &"x".repeat(1024),
+        ] {
             let key = LeaseKey::new("p:", name).expect(name);
             assert_eq!(key.resource(), name);
             assert_eq!(key.prefix(), "p:");
@@ -223,7 +229,10 @@ mod tests {
         ] {
             let err = LeaseKey::new(prefix, name).expect_err(name);
             assert_eq!(err.kind(), ErrorKind::InvalidName);
-            assert!(err.to_string().contains(needle), "{err} should mention {needle}");
+            assert!(
+                err.to_string().contains(needle),
+                "{err} should mention {needle}"
+            );
         }
     }
 

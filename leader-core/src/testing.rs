@@ -1,0 +1,171 @@
+//! A store wrapper that fails, hangs or delays calls on demand, for
+//! deterministic tests of code built on electors and locks (use it with
+//! paused tokio time).
+//!
+//! ```
+//! # async fn example() {
+//! use std::sync::Arc;
+//! use leader_core::{ErrorKind, MemoryStore};
+//! use leader_core::testing::{Fault, FaultyStore, Op};
+//!
+//! let store = Arc::new(FaultyStore::new(Arc::new(MemoryStore::new())));
+//! store.set(Op::Renew, Some(Fault::Fail(ErrorKind::Unavailable)));
+//! store.set_all(Some(Fault::Hang)); // every call hangs from now on
+//! store.clear();
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::names::{HolderId, LeaseKey};
+use crate::store::{Acquire, Capabilities, Lease, LeaseEvents, LeaseInfo, LeaseStore};
+
+/// A store operation, to aim a fault at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Op {
+    /// [`LeaseStore::acquire`].
+    Acquire,
+    /// [`LeaseStore::renew`].
+    Renew,
+    /// [`LeaseStore::release`].
+    Release,
+    /// [`LeaseStore::current`].
+    Current,
+    /// [`LeaseStore::force_release`].
+    ForceRelease,
+    /// [`LeaseStore::watch`].
+    Watch,
+}
+
+const OPS: [Op; 6] = [
+    Op::Acquire,
+    Op::Renew,
+    Op::Release,
+    Op::Current,
+    Op::ForceRelease,
+    Op::Watch,
+];
+
+/// What happens to a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Fail at once with this kind, without reaching the inner store.
+    Fail(ErrorKind),
+    /// Never answer (the caller's timeout decides).
+    Hang,
+    /// Answer after this delay.
+    Delay(Duration),
+    /// Perform the call on the inner store, then report
+    /// [`ErrorKind::Indeterminate`]: the effect happened, the reply was lost.
+    DropReply,
+}
+
+/// The wrapper. See the module docs.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn LeaseStore>,
+    faults: Mutex<[Option<Fault>; 6]>,
+    calls: [AtomicU64; 6],
+}
+
+impl FaultyStore {
+    /// Wraps `inner` with no faults set.
+    pub fn new(inner: Arc<dyn LeaseStore>) -> Self {
+        FaultyStore {
+            inner,
+            faults: Mutex::new([None; 6]),
+            calls: Default::default(),
+        }
+    }
+
+    fn index(op: Op) -> usize {
+        OPS.iter().position(|o| *o == op).unwrap_or(0)
+    }
+
+    /// Sets (or with `None` clears) the fault for one operation.
+    pub fn set(&self, op: Op, fault: Option<Fault>) {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())[Self::index(op)] = fault;
+    }
+
+    /// Sets (or clears) the fault for every operation.
+    pub fn set_all(&self, fault: Option<Fault>) {
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = [fault; 6];
+    }
+
+    /// Clears every fault.
+    pub fn clear(&self) {
+        self.set_all(None);
+    }
+
+    /// How many times `op` was called (faulted or not).
+    pub fn calls(&self, op: Op) -> u64 {
+        self.calls[Self::index(op)].load(Ordering::Relaxed)
+    }
+
+    async fn run<T, F>(&self, op: Op, call: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        let i = Self::index(op);
+        self.calls[i].fetch_add(1, Ordering::Relaxed);
+        let fault = self.faults.lock().unwrap_or_else(|e| e.into_inner())[i];
+        match fault {
+            None => call.await,
+            Some(Fault::Fail(kind)) => Err(Error::new(kind, "injected fault").with_store("faulty")),
+            Some(Fault::Hang) => std::future::pending().await,
+            Some(Fault::Delay(d)) => {
+                tokio::time::sleep(d).await;
+                call.await
+            }
+            Some(Fault::DropReply) => {
+                let _ = call.await;
+                Err(Error::indeterminate("injected fault: reply lost").with_store("faulty"))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for FaultyStore {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
+        self.run(Op::Acquire, self.inner.acquire(key, holder, ttl))
+            .await
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<()> {
+        self.run(Op::Renew, self.inner.renew(lease)).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.run(Op::Release, self.inner.release(lease)).await
+    }
+
+    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.run(Op::Current, self.inner.current(key)).await
+    }
+
+    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.run(Op::ForceRelease, self.inner.force_release(key))
+            .await
+    }
+
+    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
+        self.run(Op::Watch, self.inner.watch(key)).await
+    }
+}

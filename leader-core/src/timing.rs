@@ -1,0 +1,78 @@
+//! Durations derived from a validated [`ElectionConfig`], and the rules that
+//! make them safe.
+//!
+//! All instants are on tokio's monotonic clock (paused-time tests control it).
+//! A term is trusted until `sent + lease * (1 - drift)`, where `sent` is when
+//! the last successful acquire or renew was *sent*: the store started its TTL
+//! no earlier than that, so the lease cannot expire in the store before this
+//! point unless the clocks run more than `drift` apart in rate.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::ElectionConfig;
+
+/// The timing rules of one election or lock.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    pub(crate) lease: Duration,
+    pub(crate) renewal_interval: Duration,
+    pub(crate) renew_deadline: Duration,
+    pub(crate) retry_period: Duration,
+    pub(crate) retry_jitter: f64,
+    pub(crate) clock_drift: f64,
+    pub(crate) request_timeout: Duration,
+    pub(crate) release_timeout: Duration,
+    pub(crate) unhealthy_after: Duration,
+}
+
+impl Timing {
+    /// Timing of a config that has passed [`ElectionConfig::validate`].
+    pub(crate) fn from_config(config: &ElectionConfig) -> Self {
+        Timing {
+            lease: config.lease_duration,
+            renewal_interval: config.renewal_interval,
+            renew_deadline: config.renew_deadline(),
+            retry_period: config.retry_period(),
+            retry_jitter: config.retry_jitter,
+            clock_drift: config.clock_drift,
+            request_timeout: config.request_timeout(),
+            release_timeout: config.release_timeout,
+            unhealthy_after: config.unhealthy_after(),
+        }
+    }
+
+    /// Until when a lease acquired or renewed by a request sent at `sent` may
+    /// be trusted.
+    pub(crate) fn valid_until(&self, sent: Instant) -> Instant {
+        sent + self.lease.mul_f64(1.0 - self.clock_drift)
+    }
+
+    /// When the leader gives up if no renewal sent after `last_ok_sent` succeeds.
+    pub(crate) fn deadline(&self, last_ok_sent: Instant) -> Instant {
+        last_ok_sent + self.renew_deadline
+    }
+
+    /// The pause before retrying a failed renewal: a quarter of the interval,
+    /// so several attempts fit before the deadline.
+    pub(crate) fn renew_retry(&self) -> Duration {
+        (self.renewal_interval / 4).max(Duration::from_millis(1))
+    }
+
+    /// A follower's pause before its next attempt: the retry period plus up to
+    /// `retry_jitter` of it, shortened to just after the holder's lease would
+    /// end when the store told us how long it has left.
+    pub(crate) fn follower_wait(&self, holder_remaining: Option<Duration>) -> Duration {
+        let spread = self
+            .retry_period
+            .mul_f64(self.retry_jitter * rand::random::<f64>());
+        let wait = self.retry_period + spread;
+        match holder_remaining {
+            // A little after the lease's end on the store's clock (the jitter
+            // keeps followers from arriving together).
+            Some(rem) => wait.min(rem + Duration::from_millis(1) + spread / 4),
+            None => wait,
+        }
+    }
+}
