@@ -1,1 +1,6 @@
-//! Conformance suite and test fixtures for leader stores (work in progress).
+#![doc = include_str!("../README.md")]
+
+mod error;
+pub mod servers;
+
+pub use error::{Error, Result};
