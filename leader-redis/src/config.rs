@@ -1,0 +1,610 @@
+//! Connection configuration: `redis://` / `rediss://` URLs and the
+//! StackExchange.Redis-style strings of the original service's card.
+//!
+//! | form | topology |
+//! |---|---|
+//! | `redis://[user][:password@]host[:port][/db]` | one server |
+//! | `rediss://...` | one server over TLS |
+//! | `host:port[,password=...][,ssl=true][,abortConnect=false]` | one server |
+//! | `s1:26379,s2:26379,serviceName=mymaster[,password=...]` | Sentinel |
+//! | `n1:6379,n2:6379,n3:6379[,password=...]` | Cluster (several hosts, no `serviceName`) |
+//!
+//! Options of the comma-separated form are matched without regard to case,
+//! as StackExchange.Redis does. Known options that only tune that client's
+//! connection behaviour (`abortConnect`, `connectRetry`, `keepAlive`,
+//! `allowAdmin`, `resolveDns`, `configCheckSeconds`, `name`, `tiebreaker`,
+//! `version`) are accepted and ignored; this client never aborts on a failed
+//! first connect. Every other unknown option is refused with an error naming
+//! it, so that a typo in a security option (`sll=true`) cannot silently
+//! downgrade the connection.
+//!
+//! Errors name the part that is wrong (its position and what was expected)
+//! but never echo values: a password misplaced into an endpoint position must
+//! not end up in a log.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use leader_core::{Error, Result};
+use percent_encoding::percent_decode_str;
+
+/// The port used when an endpoint gives none.
+pub const DEFAULT_PORT: u16 = 6379;
+/// The port used for Sentinel endpoints that give none.
+pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+
+/// StackExchange.Redis options that only tune that client's connection
+/// behaviour; accepted and ignored.
+const IGNORED_OPTIONS: &[&str] = &[
+    "abortconnect",
+    "connectretry",
+    "keepalive",
+    "allowadmin",
+    "resolvedns",
+    "configcheckseconds",
+    "name",
+    "tiebreaker",
+    "version",
+];
+
+/// Options this crate understands in the comma-separated form.
+const KNOWN_OPTIONS: &str = "password, user, ssl, sslCaFile, serviceName, defaultDatabase, \
+     connectTimeout, syncTimeout, asyncTimeout, sentinelUser, sentinelPassword \
+     (ignored: abortConnect, connectRetry, keepAlive, allowAdmin, resolveDns, \
+     configCheckSeconds, name, tiebreaker, version)";
+
+/// A password or other secret. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for handing to the Redis client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A `host:port` pair.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// A `host:port` pair.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Endpoint {
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Which kind of deployment the client talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Topology {
+    /// One server (possibly a primary with replicas the client never talks to).
+    Single(Endpoint),
+    /// A master found through Sentinel.
+    Sentinel {
+        /// The sentinels to ask.
+        sentinels: Vec<Endpoint>,
+        /// The master's name in Sentinel (`serviceName`).
+        service_name: String,
+    },
+    /// A Redis Cluster, reached through any of these seed nodes.
+    Cluster(Vec<Endpoint>),
+}
+
+impl Topology {
+    /// A short name: `"single"`, `"sentinel"` or `"cluster"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Topology::Single(_) => "single",
+            Topology::Sentinel { .. } => "sentinel",
+            Topology::Cluster(_) => "cluster",
+        }
+    }
+}
+
+/// Parsed connection settings. Build with [`RedisConfig::parse`] (or
+/// `str::parse`), or [`RedisConfig::single`] and the `with_*` methods.
+///
+/// `Debug` is written by hand and never shows a password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    topology: Topology,
+    username: Option<String>,
+    password: Option<Secret>,
+    sentinel_username: Option<String>,
+    sentinel_password: Option<Secret>,
+    db: i64,
+    tls: bool,
+    ca_file: Option<PathBuf>,
+    connect_timeout: Option<Duration>,
+    response_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("topology", &self.topology)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("sentinel_username", &self.sentinel_username)
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .finish()
+    }
+}
+
+impl FromStr for RedisConfig {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        RedisConfig::parse(s)
+    }
+}
+
+impl RedisConfig {
+    /// A plain connection to one server.
+    pub fn single(host: impl Into<String>, port: u16) -> Self {
+        Self::with_topology(Topology::Single(Endpoint::new(host, port)))
+    }
+
+    /// A configuration for `topology` with no credentials, no TLS, db 0.
+    pub fn with_topology(topology: Topology) -> Self {
+        RedisConfig {
+            topology,
+            username: None,
+            password: None,
+            sentinel_username: None,
+            sentinel_password: None,
+            db: 0,
+            tls: false,
+            ca_file: None,
+            connect_timeout: None,
+            response_timeout: None,
+        }
+    }
+
+    /// Parses a `redis://` / `rediss://` URL or a comma-separated
+    /// StackExchange.Redis-style string (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
+    /// naming the part that is wrong; never echoing a password.
+    pub fn parse(input: &str) -> Result<Self> {
+        let input = input.trim();
+        if input.is_empty() {
+            return Err(invalid("the connection string is empty"));
+        }
+        if input.contains("://") {
+            parse_url(input)
+        } else {
+            parse_options(input)
+        }
+    }
+
+    /// The deployment kind and its endpoints.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The ACL user, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// The password, if any.
+    pub fn password(&self) -> Option<&Secret> {
+        self.password.as_ref()
+    }
+
+    /// The ACL user for the sentinels, if any.
+    pub fn sentinel_username(&self) -> Option<&str> {
+        self.sentinel_username.as_deref()
+    }
+
+    /// The sentinels' password, if any.
+    pub fn sentinel_password(&self) -> Option<&Secret> {
+        self.sentinel_password.as_ref()
+    }
+
+    /// The logical database (always 0 for Cluster).
+    pub fn db(&self) -> i64 {
+        self.db
+    }
+
+    /// Whether connections use TLS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// A PEM file of CA certificates to trust instead of the system roots.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca_file.as_deref()
+    }
+
+    /// The connect timeout given in the string (`connectTimeout`), if any.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.connect_timeout
+    }
+
+    /// The response timeout given in the string (`syncTimeout`), if any.
+    pub fn response_timeout(&self) -> Option<Duration> {
+        self.response_timeout
+    }
+
+    /// Sets the ACL user and password.
+    pub fn with_credentials(mut self, username: Option<&str>, password: Option<&str>) -> Self {
+        self.username = username.map(str::to_owned);
+        self.password = password.map(Secret::new);
+        self
+    }
+
+    /// Sets the logical database.
+    pub fn with_db(mut self, db: i64) -> Self {
+        self.db = db;
+        self
+    }
+
+    /// Turns TLS on or off.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM file (implies TLS).
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self.tls = true;
+        self
+    }
+
+    /// Checks combinations that each part alone cannot: db with Cluster, CA
+    /// without TLS.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the conflict.
+    pub fn validate(&self) -> Result<()> {
+        if self.db < 0 {
+            return Err(invalid("the database number must not be negative"));
+        }
+        if matches!(self.topology, Topology::Cluster(_)) && self.db != 0 {
+            return Err(invalid(
+                "Redis Cluster has only database 0; remove defaultDatabase (or give one host \
+                 for a single server)",
+            ));
+        }
+        if self.ca_file.is_some() && !self.tls {
+            return Err(invalid(
+                "a CA file is given but TLS is off (set ssl=true or use rediss://)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::invalid_config(message).with_store("redis")
+}
+
+fn decode(what: &str, raw: &str) -> Result<String> {
+    percent_decode_str(raw)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            invalid(format!(
+                "the URL {what} is not valid UTF-8 after percent-decoding"
+            ))
+        })
+}
+
+fn parse_url(input: &str) -> Result<RedisConfig> {
+    let url = url::Url::parse(input)
+        // The url crate's messages describe the problem without echoing input.
+        .map_err(|e| invalid(format!("malformed URL: {e}")))?;
+    let tls = match url.scheme() {
+        "redis" => false,
+        "rediss" => true,
+        other => {
+            let shown: String = other.chars().take(16).collect();
+            return Err(invalid(format!(
+                "unsupported URL scheme '{shown}' (expected redis:// or rediss://; Sentinel and \
+                 Cluster use the comma-separated form)"
+            )));
+        }
+    };
+    let host = match url.host_str() {
+        Some(h) if !h.is_empty() => h.trim_start_matches('[').trim_end_matches(']').to_owned(),
+        _ => return Err(invalid("the URL has no host")),
+    };
+    let port = url.port().unwrap_or(DEFAULT_PORT);
+    if port == 0 {
+        return Err(invalid("the URL port must be between 1 and 65535"));
+    }
+    let username = match url.username() {
+        "" => None,
+        u => Some(decode("user name", u)?),
+    };
+    let password = match url.password() {
+        None | Some("") => None,
+        Some(p) => Some(Secret::new(decode("password", p)?)),
+    };
+    let path = url.path().trim_start_matches('/');
+    let db = if path.is_empty() {
+        0
+    } else {
+        path.parse::<i64>()
+            .ok()
+            .filter(|db| *db >= 0)
+            .ok_or_else(|| invalid("the URL path must be a database number such as /0"))?
+    };
+    if let Some((name, _)) = url.query_pairs().next() {
+        let shown: String = name.chars().take(32).collect();
+        return Err(invalid(format!(
+            "unknown URL query parameter '{shown}' (none are supported; set timeouts and the CA \
+             file on the store builder)"
+        )));
+    }
+    if url.fragment().is_some() {
+        return Err(invalid(
+            "URL fragments (such as #insecure) are not supported",
+        ));
+    }
+    let config = RedisConfig {
+        username,
+        password,
+        db,
+        tls,
+        ..RedisConfig::with_topology(Topology::Single(Endpoint::new(host, port)))
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Parses `host`, `host:port` or `[v6]:port`. `n` is the 1-based part number.
+fn parse_endpoint(n: usize, part: &str, default_port: u16) -> Result<Endpoint> {
+    let bad = |why: &str| invalid(format!("connection string part {n}: {why}"));
+    let (host, port) = if let Some(rest) = part.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| bad("an IPv6 address opened with '[' is not closed with ']'"))?;
+        match after {
+            "" => (host, None),
+            p => (
+                host,
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| bad("expected ':port' after the IPv6 address"))?,
+                ),
+            ),
+        }
+    } else {
+        match part.split_once(':') {
+            None => (part, None),
+            Some((h, p)) if !p.contains(':') => (h, Some(p)),
+            Some(_) => {
+                return Err(bad(
+                    "an IPv6 address must be written in brackets: [::1]:6379",
+                ));
+            }
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("the host is empty (expected host:port)"));
+    }
+    let host_ok = host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if !host_ok {
+        return Err(bad(
+            "not a host name, IP address or key=value option (expected host:port)",
+        ));
+    }
+    let port = match port {
+        None => default_port,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("the port must be a number between 1 and 65535"))?,
+    };
+    Ok(Endpoint::new(host, port))
+}
+
+fn parse_bool(n: usize, key: &str, value: &str) -> Result<bool> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(format!(
+            "connection string part {n}: option {key} must be true or false"
+        ))),
+    }
+}
+
+fn parse_millis(n: usize, key: &str, value: &str) -> Result<Duration> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|ms| *ms > 0 && *ms <= 3_600_000)
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            invalid(format!(
+                "connection string part {n}: option {key} must be a number of milliseconds \
+                 between 1 and 3600000"
+            ))
+        })
+}
+
+fn parse_options(input: &str) -> Result<RedisConfig> {
+    let mut endpoints: Vec<(usize, &str)> = Vec::new();
+    let mut seen: Vec<String> = Vec::new();
+    let mut config = RedisConfig::with_topology(Topology::Cluster(Vec::new()));
+    let mut service_name = None;
+    for (i, part) in input.split(',').enumerate() {
+        let n = i + 1;
+        let part = part.trim();
+        if part.is_empty() {
+            return Err(invalid(format!("connection string part {n} is empty")));
+        }
+        let Some((key, value)) = part.split_once('=') else {
+            endpoints.push((n, part));
+            continue;
+        };
+        let key = key.trim();
+        let value = value.trim();
+        let lower = key.to_ascii_lowercase();
+        if key.is_empty() {
+            return Err(invalid(format!(
+                "connection string part {n}: option name is empty"
+            )));
+        }
+        if seen.contains(&lower) {
+            return Err(invalid(format!(
+                "connection string part {n}: option {key} is given twice"
+            )));
+        }
+        seen.push(lower.clone());
+        let empty = |what: &str| {
+            invalid(format!(
+                "connection string part {n}: option {key} needs a {what}"
+            ))
+        };
+        match lower.as_str() {
+            "password" => config.password = (!value.is_empty()).then(|| Secret::new(value)),
+            "user" => {
+                if value.is_empty() {
+                    return Err(empty("user name"));
+                }
+                config.username = Some(value.to_owned());
+            }
+            "sentinelpassword" => {
+                config.sentinel_password = (!value.is_empty()).then(|| Secret::new(value));
+            }
+            "sentineluser" => {
+                if value.is_empty() {
+                    return Err(empty("user name"));
+                }
+                config.sentinel_username = Some(value.to_owned());
+            }
+            "ssl" => config.tls = parse_bool(n, key, value)?,
+            "sslcafile" => {
+                if value.is_empty() {
+                    return Err(empty("file path"));
+                }
+                config.ca_file = Some(PathBuf::from(value));
+            }
+            "servicename" => {
+                if value.is_empty() {
+                    return Err(empty("master name"));
+                }
+                service_name = Some(value.to_owned());
+            }
+            "defaultdatabase" => {
+                config.db = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|db| *db >= 0)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "connection string part {n}: option {key} must be a non-negative \
+                             integer"
+                        ))
+                    })?;
+            }
+            "connecttimeout" => config.connect_timeout = Some(parse_millis(n, key, value)?),
+            "synctimeout" | "asynctimeout" => {
+                config.response_timeout = Some(parse_millis(n, key, value)?);
+            }
+            "abortconnect" | "allowadmin" | "resolvedns" => {
+                parse_bool(n, key, value)?;
+            }
+            ignored if IGNORED_OPTIONS.contains(&ignored) => {}
+            _ => {
+                let shown: String = key.chars().take(32).collect();
+                return Err(invalid(format!(
+                    "connection string part {n}: unknown option '{shown}' (known: {KNOWN_OPTIONS})"
+                )));
+            }
+        }
+    }
+    if endpoints.is_empty() {
+        return Err(invalid("the connection string names no host:port endpoint"));
+    }
+    let default_port = if service_name.is_some() {
+        DEFAULT_SENTINEL_PORT
+    } else {
+        DEFAULT_PORT
+    };
+    let mut parsed = Vec::with_capacity(endpoints.len());
+    for (n, part) in endpoints {
+        let endpoint = parse_endpoint(n, part, default_port)?;
+        if parsed.contains(&endpoint) {
+            return Err(invalid(format!(
+                "connection string part {n}: endpoint {endpoint} is given twice"
+            )));
+        }
+        parsed.push(endpoint);
+    }
+    config.topology = match service_name {
+        Some(service_name) => Topology::Sentinel {
+            sentinels: parsed,
+            service_name,
+        },
+        None if parsed.len() == 1 => Topology::Single(parsed.remove(0)),
+        None => Topology::Cluster(parsed),
+    };
+    if config.sentinel_password.is_some() || config.sentinel_username.is_some() {
+        if !matches!(config.topology, Topology::Sentinel { .. }) {
+            return Err(invalid(
+                "sentinelUser/sentinelPassword are only valid with serviceName (Sentinel)",
+            ));
+        }
+    }
+    config.validate()?;
+    Ok(config)
+}

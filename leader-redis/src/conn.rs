@@ -1,0 +1,431 @@
+//! Lazy, self-healing connections for the three topologies.
+//!
+//! Nothing connects when the store is built, so an application starts while
+//! Redis is down. The first operation connects; an operation that finds the
+//! connection broken (I/O error, timeout, `READONLY` from a demoted master)
+//! drops it, and the next operation connects again, re-resolving the master
+//! through the sentinels first. We do this ourselves rather than with
+//! `ConnectionManager` so that a failure to connect (nothing sent:
+//! `Unavailable`) stays distinguishable from a failure after sending
+//! (`Indeterminate`), and so that Sentinel re-resolution happens at all.
+
+use std::fmt;
+use std::time::Duration;
+
+use leader_core::{Error, ErrorKind, Result};
+use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo,
+    RedisConnectionInfo, RedisFuture, TlsCertificates, TlsMode, Value,
+};
+use tokio::sync::Mutex;
+
+use crate::config::{Endpoint, RedisConfig, Topology};
+use crate::error::{ConnAction, Phase, classify, to_error};
+
+/// One live connection: a multiplexed connection to a server (single or
+/// Sentinel master) or a cluster connection. Cheap to clone.
+#[derive(Clone)]
+pub(crate) enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Target {
+    Single(Client),
+    Sentinel(Mutex<SentinelClient>),
+    Cluster {
+        client: ClusterClient,
+        /// Plain clients for the seed nodes, for the pub/sub connection
+        /// (classic PUBLISH reaches every node of a cluster).
+        seeds: Vec<Client>,
+    },
+}
+
+struct Live {
+    generation: u64,
+    conn: Conn,
+}
+
+/// Connects on demand and reconnects after failures.
+pub(crate) struct Connector {
+    target: Target,
+    description: String,
+    connect_timeout: Duration,
+    live: Mutex<Option<Live>>,
+    next_generation: std::sync::atomic::AtomicU64,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The description holds endpoints only; the redis crate's clients
+        // (which hold the password) are deliberately not printed.
+        f.debug_struct("Connector")
+            .field("target", &self.description)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Error {
+    Error::invalid_config(message).with_store("redis")
+}
+
+fn redis_settings(config: &RedisConfig) -> RedisConnectionInfo {
+    let mut info = RedisConnectionInfo::default().set_db(config.db());
+    if let Some(user) = config.username() {
+        info = info.set_username(user);
+    }
+    if let Some(password) = config.password() {
+        info = info.set_password(password.expose());
+    }
+    info
+}
+
+fn addr(endpoint: &Endpoint, tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host: endpoint.host.clone(),
+            port: endpoint.port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(endpoint.host.clone(), endpoint.port)
+    }
+}
+
+fn connection_info(
+    endpoint: &Endpoint,
+    config: &RedisConfig,
+) -> std::result::Result<ConnectionInfo, redis::RedisError> {
+    Ok(addr(endpoint, config.tls())
+        .into_connection_info()?
+        .set_redis_settings(redis_settings(config)))
+}
+
+fn client_for(
+    endpoint: &Endpoint,
+    config: &RedisConfig,
+    certs: &Option<TlsCertificates>,
+) -> Result<Client> {
+    let info = connection_info(endpoint, config).map_err(|e| build_error(e, endpoint))?;
+    match certs {
+        Some(certs) => Client::build_with_tls(info, certs.clone()),
+        None => Client::open(info),
+    }
+    .map_err(|e| build_error(e, endpoint))
+}
+
+fn build_error(e: redis::RedisError, endpoint: &Endpoint) -> Error {
+    invalid(format!("cannot build a Redis client for {endpoint}")).with_source(e)
+}
+
+fn load_certs(config: &RedisConfig) -> Result<Option<TlsCertificates>> {
+    if !config.tls() {
+        return Ok(None);
+    }
+    // rustls needs one process-wide crypto provider; if several are linked
+    // (ring and aws-lc-rs through other crates) it cannot pick one and a
+    // TLS connect panics. Installing ring is a no-op when one is set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let Some(path) = config.ca_file() else {
+        return Ok(None);
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        invalid(format!("cannot read the CA file {}", path.display())).with_source(e)
+    })?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(invalid(format!(
+            "the CA file {} holds no PEM certificate",
+            path.display()
+        )));
+    }
+    Ok(Some(TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    }))
+}
+
+impl Connector {
+    /// Builds clients without connecting.
+    pub(crate) fn new(
+        config: &RedisConfig,
+        connect_timeout: Duration,
+        response_timeout: Duration,
+    ) -> Result<Self> {
+        config.validate()?;
+        let certs = load_certs(config)?;
+        let (target, description) = match config.topology() {
+            Topology::Single(endpoint) => (
+                Target::Single(client_for(endpoint, config, &certs)?),
+                format!("redis {endpoint}"),
+            ),
+            Topology::Sentinel {
+                sentinels,
+                service_name,
+            } => {
+                let mut builder = SentinelClientBuilder::new(
+                    sentinels.iter().map(|e| addr(e, config.tls())),
+                    service_name,
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| invalid("cannot build the Sentinel client").with_source(e))?
+                .set_client_to_redis_db(config.db());
+                if let Some(user) = config.username() {
+                    builder = builder.set_client_to_redis_username(user);
+                }
+                if let Some(password) = config.password() {
+                    builder = builder.set_client_to_redis_password(password.expose());
+                }
+                if let Some(user) = config.sentinel_username() {
+                    builder = builder.set_client_to_sentinel_username(user);
+                }
+                if let Some(password) = config.sentinel_password() {
+                    builder = builder.set_client_to_sentinel_password(password.expose());
+                }
+                if config.tls() {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(TlsMode::Secure)
+                        .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+                }
+                if let Some(certs) = &certs {
+                    builder = builder
+                        .set_client_to_redis_certificates(certs.clone())
+                        .set_client_to_sentinel_certificates(certs.clone());
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| invalid("cannot build the Sentinel client").with_source(e))?;
+                let list: Vec<String> = sentinels.iter().map(Endpoint::to_string).collect();
+                (
+                    Target::Sentinel(Mutex::new(client)),
+                    format!("redis sentinel {service_name}@{}", list.join(",")),
+                )
+            }
+            Topology::Cluster(nodes) => {
+                let infos = nodes
+                    .iter()
+                    .map(|e| connection_info(e, config))
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| invalid("cannot build the cluster client").with_source(e))?;
+                let mut builder = ClusterClient::builder(infos)
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(response_timeout);
+                if let Some(certs) = &certs {
+                    builder = builder.certs(certs.clone());
+                }
+                let client = builder
+                    .build()
+                    .map_err(|e| invalid("cannot build the cluster client").with_source(e))?;
+                let seeds = nodes
+                    .iter()
+                    .map(|e| client_for(e, config, &certs))
+                    .collect::<Result<Vec<_>>>()?;
+                let list: Vec<String> = nodes.iter().map(Endpoint::to_string).collect();
+                (
+                    Target::Cluster { client, seeds },
+                    format!("redis cluster {}", list.join(",")),
+                )
+            }
+        };
+        Ok(Connector {
+            target,
+            description,
+            connect_timeout,
+            live: Mutex::new(None),
+            next_generation: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    /// Whether this is a cluster (keys must share a hash slot).
+    pub(crate) fn is_cluster(&self) -> bool {
+        matches!(self.target, Target::Cluster { .. })
+    }
+
+    /// A human description of the target (endpoints only, no credentials).
+    pub(crate) fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn config(&self) -> AsyncConnectionConfig {
+        // Response timeouts are applied by the store around each operation,
+        // so the connection itself never times a command out.
+        AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(None)
+    }
+
+    /// The current connection, connecting first if there is none.
+    ///
+    /// The lock is held while connecting so that concurrent callers share one
+    /// attempt instead of stampeding a recovering server.
+    pub(crate) async fn get(&self, operation: &'static str) -> Result<(u64, Conn)> {
+        let mut live = self.live.lock().await;
+        if let Some(l) = live.as_ref() {
+            return Ok((l.generation, l.conn.clone()));
+        }
+        let conn = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                let (kind, _) = classify(&e, Phase::Connect);
+                return Err(to_error(e, kind, operation));
+            }
+            Err(_) => {
+                return Err(Error::unavailable(format!(
+                    "connecting to {} timed out after {:?}",
+                    self.description, self.connect_timeout
+                ))
+                .with_store("redis")
+                .with_operation(operation));
+            }
+        };
+        let generation = self
+            .next_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(target: "leader_redis", target_desc = %self.description, "connected");
+        *live = Some(Live {
+            generation,
+            conn: conn.clone(),
+        });
+        Ok((generation, conn))
+    }
+
+    async fn connect(&self) -> std::result::Result<Conn, redis::RedisError> {
+        match &self.target {
+            Target::Single(client) => Ok(Conn::Single(
+                client
+                    .get_multiplexed_async_connection_with_config(&self.config())
+                    .await?,
+            )),
+            Target::Sentinel(sentinel) => {
+                // Asks the sentinels every time: after a failover the old
+                // address is wrong, and the crate does not follow it.
+                let client = sentinel.lock().await.async_get_client().await?;
+                Ok(Conn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&self.config())
+                        .await?,
+                ))
+            }
+            Target::Cluster { client, .. } => {
+                Ok(Conn::Cluster(client.get_async_connection().await?))
+            }
+        }
+    }
+
+    /// Drops connection `generation` if it is still the current one, so the
+    /// next operation connects (and re-resolves) again.
+    pub(crate) async fn invalidate(&self, generation: u64) {
+        let mut live = self.live.lock().await;
+        if live.as_ref().is_some_and(|l| l.generation == generation) {
+            tracing::debug!(target: "leader_redis", target_desc = %self.description, "dropping broken connection");
+            *live = None;
+        }
+    }
+
+    /// Handles a command error: drops the connection when it is broken and
+    /// returns the classified error.
+    pub(crate) async fn fail(
+        &self,
+        generation: u64,
+        err: redis::RedisError,
+        operation: &'static str,
+    ) -> Error {
+        let (kind, action) = classify(&err, Phase::Command);
+        if action == ConnAction::Reconnect {
+            self.invalidate(generation).await;
+        }
+        to_error(err, kind, operation)
+    }
+
+    /// Handles an operation that exceeded its response timeout: the outcome
+    /// is unknown, and the connection may be hung, so it is dropped.
+    pub(crate) async fn timed_out(
+        &self,
+        generation: u64,
+        operation: &'static str,
+        after: Duration,
+    ) -> Error {
+        self.invalidate(generation).await;
+        Error::indeterminate(format!("no reply within {after:?}; the outcome is unknown"))
+            .with_store("redis")
+            .with_operation(operation)
+    }
+
+    /// A new dedicated pub/sub connection: to the server, the current
+    /// Sentinel master, or the first cluster seed node that answers.
+    pub(crate) async fn pubsub(&self) -> Result<PubSub> {
+        let attempt = async {
+            match &self.target {
+                Target::Single(client) => client.get_async_pubsub().await,
+                Target::Sentinel(sentinel) => {
+                    let client = sentinel.lock().await.async_get_client().await?;
+                    client.get_async_pubsub().await
+                }
+                Target::Cluster { seeds, .. } => {
+                    let mut last = None;
+                    for seed in seeds {
+                        match seed.get_async_pubsub().await {
+                            Ok(p) => return Ok(p),
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(last.unwrap_or_else(|| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::ClusterConnectionNotFound,
+                            "no cluster seed node",
+                        ))
+                    }))
+                }
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, attempt).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(e)) => {
+                let (kind, _) = classify(&e, Phase::Connect);
+                Err(to_error(e, kind, "watch"))
+            }
+            Err(_) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "opening a pub/sub connection to {} timed out after {:?}",
+                    self.description, self.connect_timeout
+                ),
+            )
+            .with_store("redis")
+            .with_operation("watch")),
+        }
+    }
+}
