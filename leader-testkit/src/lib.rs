@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+pub mod proxy;
 pub mod servers;
 
 pub use error::{Error, Result};

@@ -171,6 +171,10 @@ async fn postgres_server_life_cycle_reaps_backends() {
             pg.addr().port()
         )
     );
+    assert_eq!(
+        pg.url_via("127.0.0.1:9".parse().expect("addr")),
+        "postgres://postgres@127.0.0.1:9/postgres"
+    );
     // Hold a backend open so that kill must reap a grandchild too.
     let mut conn = TcpStream::connect(pg.addr()).await.expect("connect");
     let mut startup = vec![0u8, 0, 0, 0, 0, 3, 0, 0];
@@ -247,6 +251,9 @@ async fn external_servers_cannot_be_controlled() {
         Err(Error::External { .. })
     ));
     assert!(owned.is_running(), "the owned server is untouched");
+    let via: std::net::SocketAddr = "127.0.0.1:1234".parse().expect("addr");
+    assert_eq!(owned.url_via(via), "redis://127.0.0.1:1234");
+    assert_eq!(external.url_via(via), "redis://user:secret@127.0.0.1:1234");
 }
 
 #[tokio::test]

@@ -227,6 +227,26 @@ impl Server {
         &self.url
     }
 
+    /// This server's URL with its host and port replaced by `addr`: the URL
+    /// to give a client that must go through a
+    /// [`FaultProxy`](crate::proxy::FaultProxy) (`server.url_via(proxy.addr())`).
+    /// User, password, database and query are kept.
+    pub fn url_via(&self, addr: SocketAddr) -> String {
+        let first = self.url.split(',').next().unwrap_or_default().trim();
+        let replaced = url::Url::parse(first).ok().and_then(|mut url| {
+            url.set_ip_host(addr.ip()).ok()?;
+            url.set_port(Some(addr.port())).ok()?;
+            let text = url.to_string();
+            // `Url` adds a trailing slash to an empty path; keep the original form.
+            Some(if !first.ends_with('/') && url.path() == "/" {
+                text.trim_end_matches('/').to_owned()
+            } else {
+                text
+            })
+        });
+        replaced.unwrap_or_else(|| self.url.replace(&self.addr.to_string(), &addr.to_string()))
+    }
+
     /// The client address (for an external server, its first resolved address).
     pub fn addr(&self) -> SocketAddr {
         self.addr
