@@ -1,0 +1,55 @@
+//! Helpers shared by the etcd integration tests.
+
+#![allow(dead_code, unreachable_pub)]
+
+pub mod cluster;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use leader_core::LeaseKey;
+use leader_testkit::servers::Server;
+
+/// Upper bound for any condition a test waits for: generous, for a loaded
+/// 2-core CI machine.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A key no other test uses.
+pub fn unique_key(what: &str) -> LeaseKey {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::SeqCst);
+    LeaseKey::new(
+        "leader-etcd-test:",
+        &format!("{what}-{}-{n}", std::process::id()),
+    )
+    .expect("valid key")
+}
+
+/// Polls `cond` every 20 ms until it holds, failing after [`PATIENCE`].
+pub async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !cond().await {
+        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain etcd-client connection to `server`, to look behind the store's back.
+pub async fn raw_client(server: &Server) -> etcd_client::Client {
+    etcd_client::Client::connect([server.url()], None)
+        .await
+        .expect("raw etcd client")
+}
+
+/// A loopback port nobody listens on (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
