@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod error;
+pub mod history;
 pub mod proxy;
 pub mod servers;
 
