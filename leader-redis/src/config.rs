@@ -598,12 +598,12 @@ fn parse_options(input: &str) -> Result<RedisConfig> {
         None if parsed.len() == 1 => Topology::Single(parsed.remove(0)),
         None => Topology::Cluster(parsed),
     };
-    if config.sentinel_password.is_some() || config.sentinel_username.is_some() {
-        if !matches!(config.topology, Topology::Sentinel { .. }) {
-            return Err(invalid(
-                "sentinelUser/sentinelPassword are only valid with serviceName (Sentinel)",
-            ));
-        }
+    if (config.sentinel_password.is_some() || config.sentinel_username.is_some())
+        && !matches!(config.topology, Topology::Sentinel { .. })
+    {
+        return Err(invalid(
+            "sentinelUser/sentinelPassword are only valid with serviceName (Sentinel)",
+        ));
     }
     config.validate()?;
     Ok(config)

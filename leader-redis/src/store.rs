@@ -144,13 +144,13 @@ impl RedisStoreBuilder {
                 );
             }
         }
-        if let Some(w) = self.wait_replicas {
-            if w.replicas == 0 || w.timeout.is_zero() {
-                return Err(Error::invalid_config(
-                    "wait_replicas needs at least one replica and a non-zero timeout",
-                )
-                .with_store("redis"));
-            }
+        if let Some(w) = self.wait_replicas
+            && (w.replicas == 0 || w.timeout.is_zero())
+        {
+            return Err(Error::invalid_config(
+                "wait_replicas needs at least one replica and a non-zero timeout",
+            )
+            .with_store("redis"));
         }
         let connector = Connector::new(&config, connect_timeout, response_timeout)?;
         Ok(RedisStore {
