@@ -4,7 +4,7 @@
 //! seen revision; when the stream breaks (a member died, the connection was
 //! reset) the watch is re-created with `start_revision = last + 1`, so no
 //! event between the break and the new watch is lost or repeated. If it
-//! cannot be re-created within a few bounded attempts, or etcd compacted the
+//! cannot be re-created within one request timeout, or etcd compacted the
 //! revisions we would resume from, the subscription ends (`recv()` returns
 //! `None`): the elector then polls and subscribes again later.
 
@@ -19,14 +19,11 @@ use crate::store::EtcdStore;
 const OP: &str = "watch";
 /// Events buffered for a slow subscriber before the store waits for it.
 const CAPACITY: usize = 64;
-/// Pauses between attempts to re-create a broken watch.
-const BACKOFF: [Duration; 5] = [
-    Duration::from_millis(20),
-    Duration::from_millis(50),
-    Duration::from_millis(100),
-    Duration::from_millis(250),
-    Duration::from_millis(500),
-];
+/// The first pause between attempts to re-create a broken watch; it doubles
+/// up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+/// The longest pause between attempts.
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Why a watch could not be (re-)created.
 enum OpenError {
@@ -165,7 +162,8 @@ async fn follow(
     }
 }
 
-/// Re-creates the watch from `last + 1`, with bounded attempts.
+/// Re-creates the watch from `last + 1`, retrying with backoff for one
+/// request timeout (at least a second), then gives up.
 async fn resume(
     store: &EtcdStore,
     client: &mut Client,
@@ -173,11 +171,15 @@ async fn resume(
     last: i64,
     tx: &mpsc::Sender<LeaseEvent>,
 ) -> Option<WatchStream> {
-    for pause in BACKOFF {
+    let window = store.config().request_timeout().max(Duration::from_secs(1));
+    let give_up = tokio::time::Instant::now() + window;
+    let mut pause = FIRST_BACKOFF;
+    while tokio::time::Instant::now() < give_up {
         tokio::select! {
             _ = tx.closed() => return None,
             _ = tokio::time::sleep(pause) => {}
         }
+        pause = (pause * 2).min(MAX_BACKOFF);
         match open(store, client, k, Some(last + 1)).await {
             Ok((stream, _)) => {
                 tracing::debug!(key = k, from = last + 1, "etcd watch resumed");
