@@ -1,0 +1,290 @@
+//! The Postgres store against a real server: semantics, holder inspection,
+//! loss detection, release notifications.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use leader_core::{ErrorKind, FencingToken, LeaseEvent, LeaseStore};
+use sqlx::Row;
+
+const TTL: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn acquire_renew_release_with_increasing_tokens_and_named_holder() {
+    let pg = server().await;
+    let a = store(pg.url());
+    let b = store(pg.url());
+    let key = key("basic");
+    let (ha, hb) = (holder("alpha_1_aa"), holder("beta_2_bb"));
+
+    let first = acquired(a.acquire(&key, &ha, TTL).await.expect("acquire"));
+    a.renew(&first).await.expect("renew while held");
+
+    let info = held(b.acquire(&key, &hb, TTL).await.expect("acquire by b"));
+    assert_eq!(info.holder, ha);
+    assert_eq!(info.token, first.token);
+    assert_eq!(info.remaining, None, "session-bound locks have no TTL");
+    let current = b.current(&key).await.expect("current").expect("a holder");
+    assert_eq!((current.holder, current.token), (ha.clone(), first.token));
+
+    // Operators find the holder in pg_stat_activity by application_name.
+    let mut admin = admin(pg.url()).await;
+    let apps: Vec<String> = sqlx::query("SELECT application_name FROM pg_stat_activity")
+        .fetch_all(&mut admin)
+        .await
+        .expect("pg_stat_activity")
+        .iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+    assert!(apps.contains(&"alpha_1_aa".to_owned()), "{apps:?}");
+
+    assert!(a.release(&first).await.expect("release"));
+    assert!(
+        !a.release(&first).await.expect("second release"),
+        "already released"
+    );
+    assert_eq!(a.current(&key).await.expect("current"), None);
+    let err = a.renew(&first).await.expect_err("renew after release");
+    assert_eq!(err.kind(), ErrorKind::NotHolder);
+
+    let second = acquired(b.acquire(&key, &hb, TTL).await.expect("b acquires"));
+    assert!(second.token > first.token, "{second:?} after {first:?}");
+    assert!(b.release(&second).await.expect("release"));
+}
+
+#[tokio::test]
+async fn same_holder_reacquire_is_a_new_term_and_retires_the_old_token() {
+    let pg = server().await;
+    let s = store(pg.url());
+    let key = key("reacquire");
+    let h = holder("same_1_cc");
+    let old = acquired(s.acquire(&key, &h, TTL).await.expect("acquire"));
+    let new = acquired(s.acquire(&key, &h, TTL).await.expect("re-acquire"));
+    assert!(new.token > old.token);
+    let err = s.renew(&old).await.expect_err("old term");
+    assert_eq!(err.kind(), ErrorKind::NotHolder);
+    assert!(
+        !s.release(&old).await.expect("release old"),
+        "old term is not ours"
+    );
+    s.renew(&new).await.expect("new term renews");
+    // One release frees it: the session's lock count stayed at one.
+    assert!(s.release(&new).await.expect("release new"));
+    let other = store(pg.url());
+    let next = acquired(
+        other
+            .acquire(&key, &holder("other_1"), TTL)
+            .await
+            .expect("free"),
+    );
+    assert!(next.token > new.token);
+
+    // Same holder from another store (another process, or a session of ours
+    // the server has not dropped yet): the stale session is ended.
+    let again = acquired(
+        s.acquire(&key, &holder("other_1"), TTL)
+            .await
+            .expect("same holder elsewhere"),
+    );
+    assert!(again.token > next.token);
+    let err = other
+        .renew(&next)
+        .await
+        .expect_err("the replaced session is gone");
+    assert_eq!(err.kind(), ErrorKind::NotHolder);
+}
+
+#[tokio::test]
+async fn counter_table_is_created_with_the_configured_name_and_documented_schema() {
+    let pg = server().await;
+    let opts = options(pg.url())
+        .table("fence_tokens")
+        .expect("valid table");
+    let s = leader_postgres::PostgresStore::new(opts);
+    let key = key("schema");
+    let lease = acquired(s.acquire(&key, &holder("h_1"), TTL).await.expect("acquire"));
+    let mut admin = admin(pg.url()).await;
+    let row = sqlx::query(
+        "SELECT resource, token, holder, pid, acquired_at IS NOT NULL AS stamped \
+         FROM fence_tokens WHERE lock_key = $1",
+    )
+    .bind(s.lock_key(&key))
+    .fetch_one(&mut admin)
+    .await
+    .expect("the counter row");
+    assert_eq!(row.get::<String, _>("resource"), key.as_str());
+    assert_eq!(row.get::<i64, _>("token") as u64, lease.token.0);
+    assert_eq!(row.get::<String, _>("holder"), "h_1");
+    assert!(row.get::<bool, _>("stamped"));
+    assert!(s.release(&lease).await.expect("release"));
+}
+
+#[tokio::test]
+async fn explicit_lock_keys_are_used_and_visible_in_pg_locks() {
+    let pg = server().await;
+    let key = key("explicit");
+    let opts = options(pg.url())
+        .lock_key(key.resource(), 4_242)
+        .expect("valid");
+    let s = leader_postgres::PostgresStore::new(opts);
+    assert_eq!(s.lock_key(&key), 4_242);
+    let lease = acquired(s.acquire(&key, &holder("h_2"), TTL).await.expect("acquire"));
+    let mut admin = admin(pg.url()).await;
+    let taken: bool = sqlx::query_scalar("SELECT NOT pg_try_advisory_lock(4242)")
+        .fetch_one(&mut admin)
+        .await
+        .expect("try lock");
+    assert!(taken, "the explicit key is the one locked");
+    assert!(s.release(&lease).await.expect("release"));
+}
+
+#[tokio::test]
+async fn terminated_holder_session_fails_renewal_and_frees_the_lock() {
+    let pg = server().await;
+    let s = store(pg.url());
+    let key = key("terminated");
+    let lease = acquired(
+        s.acquire(&key, &holder("victim_1"), TTL)
+            .await
+            .expect("acquire"),
+    );
+    let mut admin = admin(pg.url()).await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'victim_1'",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate");
+    assert_eq!(killed, 1);
+    let err = s
+        .renew(&lease)
+        .await
+        .expect_err("renew on a terminated session");
+    assert_eq!(err.kind(), ErrorKind::NotHolder, "{err}");
+    let other = store(pg.url());
+    eventually(Duration::from_secs(10), "the lock to be free", || async {
+        matches!(
+            other.acquire(&key, &holder("next_1"), TTL).await,
+            Ok(leader_core::Acquire::Acquired(_))
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn force_release_ends_the_holder_session_and_returns_its_info() {
+    let pg = server().await;
+    let s = store(pg.url());
+    let ops = store(pg.url());
+    let key = key("force");
+    let lease = acquired(
+        s.acquire(&key, &holder("stuck_1"), TTL)
+            .await
+            .expect("acquire"),
+    );
+    let removed = ops
+        .force_release(&key)
+        .await
+        .expect("force release")
+        .expect("a holder");
+    assert_eq!(
+        (removed.holder.as_str(), removed.token),
+        ("stuck_1", lease.token)
+    );
+    assert_eq!(ops.current(&key).await.expect("current"), None);
+    assert_eq!(
+        ops.force_release(&key).await.expect("nothing to remove"),
+        None
+    );
+    let err = s.renew(&lease).await.expect_err("holder lost it");
+    assert_eq!(err.kind(), ErrorKind::NotHolder);
+}
+
+#[tokio::test]
+async fn release_notifies_watchers_and_listener_loss_ends_the_stream() {
+    let pg = server().await;
+    let s = store(pg.url());
+    let follower = store(pg.url());
+    let key = key("watch");
+    let lease = acquired(
+        s.acquire(&key, &holder("leader_1"), TTL)
+            .await
+            .expect("acquire"),
+    );
+    let mut events = follower.watch(&key).await.expect("watch");
+    assert!(s.release(&lease).await.expect("release"));
+    let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("a release event within 10 s");
+    assert_eq!(event, Some(LeaseEvent::Vacated));
+
+    // Kill the listener's backend: the subscription ends (recv None).
+    let mut admin = admin(pg.url()).await;
+    let channel = follower.channel(&key);
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query ILIKE '%LISTEN%' || $1 || '%' AND pid <> pg_backend_pid()",
+    )
+    .bind(&channel)
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate listener");
+    assert_eq!(killed, 1, "exactly one listener backend");
+    let end = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("the stream ends within 10 s");
+    assert_eq!(end, None);
+}
+
+#[tokio::test]
+async fn cancelled_renewal_gives_the_lease_up_instead_of_leaving_it_in_doubt() {
+    let pg = server().await;
+    let s = store(pg.url());
+    let key = key("cancel");
+    let lease = acquired(s.acquire(&key, &holder("c_1"), TTL).await.expect("acquire"));
+    {
+        // Poll the renewal once (the statement is sent), then drop it.
+        let mut renew = Box::pin(s.renew(&lease));
+        let _ = futures::poll!(renew.as_mut());
+    }
+    let err = s.renew(&lease).await.expect_err("the lease was given up");
+    assert_eq!(err.kind(), ErrorKind::NotHolder);
+    let other = store(pg.url());
+    eventually(
+        Duration::from_secs(10),
+        "the closed session's lock to be freed",
+        || async {
+            matches!(
+                other.acquire(&key, &holder("n_1"), TTL).await,
+                Ok(leader_core::Acquire::Acquired(_))
+            )
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unreachable_server_is_unavailable_not_a_panic() {
+    // A port nobody listens on: take one and free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let s = store(&format!(
+        "postgres://u:pw@127.0.0.1:{port}/db?connect_timeout=2"
+    ));
+    let err = s
+        .acquire(&key("down"), &holder("h"), TTL)
+        .await
+        .expect_err("nobody listens");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(!format!("{err:?}").contains("pw"));
+    let bad_ttl = s
+        .acquire(&key("ttl"), &holder("h"), Duration::ZERO)
+        .await
+        .expect_err("zero ttl");
+    assert_eq!(bad_ttl.kind(), ErrorKind::InvalidArgument);
+    let _ = FencingToken(0);
+}
