@@ -1,0 +1,86 @@
+//! RedisStore over TLS, with a CA and a server certificate generated at test
+//! time (rcgen) and a TLS-only client port.
+
+mod support;
+
+use std::time::Duration;
+
+use leader_core::{Acquire, ErrorKind, HolderId, LeaseEvent, LeaseKey, LeaseStore};
+use leader_redis::RedisStore;
+use support::TlsRedis;
+
+const TTL: Duration = Duration::from_secs(30);
+
+fn key(resource: &str) -> LeaseKey {
+    LeaseKey::new(&format!("tls:{:016x}:", rand::random::<u64>()), resource).expect("valid key")
+}
+
+#[tokio::test]
+async fn leases_and_notifications_work_over_tls_with_a_custom_ca() {
+    let server = TlsRedis::start().await;
+    let port = server.tls_port();
+    let ca = server.files.ca.display().to_string();
+    for connection in [
+        format!("rediss://127.0.0.1:{port}"),
+        format!("127.0.0.1:{port},ssl=true,sslCaFile={ca},abortConnect=false"),
+    ] {
+        let store = RedisStore::builder(&connection)
+            .ca_file(&server.files.ca)
+            .build()
+            .expect("store");
+        let k = key("svc");
+        let a = HolderId::new("a").expect("holder");
+        let mut events = store.watch(&k).await.expect("watch over TLS");
+        let lease = match store.acquire(&k, &a, TTL).await.expect("acquire over TLS") {
+            Acquire::Acquired(lease) => lease,
+            other => panic!("{other:?}"),
+        };
+        store.renew(&lease).await.expect("renew over TLS");
+        let info = store.current(&k).await.expect("current").expect("held");
+        assert_eq!((info.holder, info.token), (a, lease.token));
+        assert!(store.release(&lease).await.expect("release"));
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+        assert_eq!(
+            event.expect("event in time"),
+            Some(LeaseEvent::Vacated),
+            "{connection}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_untrusted_server_certificate_is_unavailable_not_a_panic() {
+    let server = TlsRedis::start().await;
+    // Without the test CA the server's certificate is not trusted.
+    let store = RedisStore::builder(&format!("rediss://127.0.0.1:{}", server.tls_port()))
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("store");
+    let err = store
+        .acquire(&key("svc"), &HolderId::new("a").expect("holder"), TTL)
+        .await
+        .expect_err("untrusted certificate");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+}
+
+#[test]
+fn a_missing_or_empty_ca_file_is_a_configuration_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("missing.pem");
+    let err = RedisStore::builder("rediss://127.0.0.1:6380")
+        .ca_file(&missing)
+        .build()
+        .expect_err("missing CA file");
+    assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+    assert!(err.to_string().contains("cannot read the CA file"), "{err}");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate").expect("write");
+    let err = RedisStore::builder("rediss://127.0.0.1:6380")
+        .ca_file(&empty)
+        .build()
+        .expect_err("no certificate in file");
+    assert!(
+        err.to_string().contains("holds no PEM certificate"),
+        "{err}"
+    );
+}
