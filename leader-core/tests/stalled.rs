@@ -1,0 +1,88 @@
+//! `is_leader()` turns false at the validity point even when the elector's
+//! task cannot run at all (a store call blocks its worker thread).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leader_core::{
+    Acquire, Capabilities, ElectionConfig, Elector, HealthStatus, HolderId, Lease, LeaseEvents,
+    LeaseInfo, LeaseKey, LeaseStore, MemoryStore, Result,
+};
+
+/// Renewals block the calling thread (a stuck runtime worker).
+#[derive(Debug)]
+struct BlockingRenew {
+    inner: MemoryStore,
+    block: AtomicBool,
+}
+
+#[async_trait]
+impl LeaseStore for BlockingRenew {
+    fn kind(&self) -> &'static str {
+        "blocking"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
+        self.inner.acquire(key, holder, ttl).await
+    }
+    async fn renew(&self, lease: &Lease) -> Result<()> {
+        if self.block.load(Ordering::SeqCst) {
+            // Deliberately blocking: this is the stuck task under test.
+            std::thread::sleep(Duration::from_secs(3));
+        }
+        self.inner.renew(lease).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.inner.release(lease).await
+    }
+    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.inner.current(key).await
+    }
+    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.inner.force_release(key).await
+    }
+    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
+        self.inner.watch(key).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn is_leader_turns_false_at_the_validity_point_even_if_the_task_is_stuck() {
+    let lease = Duration::from_millis(600);
+    let store = Arc::new(BlockingRenew {
+        inner: MemoryStore::new(),
+        block: AtomicBool::new(true),
+    });
+    let mut config = ElectionConfig::new("stuck").with_timing(lease, Duration::from_millis(200));
+    config.instance_id = Some("a".into());
+    let e = Elector::start(store, config).expect("valid");
+    let mut state = e.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.is_leader))
+        .await
+        .expect("leads within 10 s")
+        .expect("alive");
+    // The acquire was sent before this point, so its validity ends before
+    // `observed + lease`. The first renewal (at 200 ms) blocks the task for 3 s.
+    // Wait on the OS clock: with a worker blocked, tokio's timer may fire
+    // late, and the point is exactly that is_leader() needs no timer.
+    let observed = std::time::Instant::now();
+    std::thread::sleep(lease);
+    assert!(
+        observed.elapsed() < Duration::from_secs(3),
+        "the renewal still blocks"
+    );
+    assert!(!e.is_leader(), "validity passed: is_leader must be false");
+    assert_eq!(e.token(), None);
+    let health = e.health();
+    assert!(
+        state.borrow().is_leader,
+        "the stuck task still believes it leads"
+    );
+    assert_eq!(health.status, HealthStatus::Unhealthy, "{health:?}");
+    assert!(!health.data.is_leader);
+    e.abort();
+}
