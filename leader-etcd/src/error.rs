@@ -9,6 +9,7 @@
 //!   lost mid-request, etcd's "request timed out" / "leader changed"):
 //!   [`ErrorKind::Indeterminate`];
 //! * bad credentials or missing permission: [`ErrorKind::Auth`];
+//! * "requested lease not found" (expired or revoked): [`ErrorKind::NotHolder`];
 //! * anything else etcd answers: [`ErrorKind::Protocol`].
 //!
 //! etcd never echoes passwords in its messages, so the source's text is safe
@@ -59,6 +60,10 @@ fn is_connect_failure(err: &(dyn StdError + 'static)) -> bool {
 
 /// The kind for an etcd-client error.
 pub(crate) fn classify(err: &EtcdError) -> ErrorKind {
+    if is_lease_not_found(err) {
+        // The etcd lease expired or was revoked: whoever held it lost it.
+        return ErrorKind::NotHolder;
+    }
     match err {
         EtcdError::GRpcStatus(status) => {
             let msg = status.message();
@@ -125,6 +130,7 @@ pub(crate) fn from_etcd(op: &'static str, key: &str, err: EtcdError) -> Error {
         ErrorKind::Indeterminate => "the request to etcd did not complete",
         ErrorKind::Auth => "etcd refused the credentials or permission",
         ErrorKind::InvalidConfig => "etcd client configuration refused",
+        ErrorKind::NotHolder => "the etcd lease expired or was revoked",
         _ => "etcd answered with an error",
     };
     Error::new(kind, what)

@@ -12,14 +12,14 @@ use etcd_client::{
     TxnOp, TxnOpResponse, TxnResponse,
 };
 use leader_core::{
-    Acquire, Capabilities, Error, FencingSource, FencingToken, HolderId, Lease, LeaseEvents,
-    LeaseInfo, LeaseKey, LeaseStore, NotificationSupport, Result, check_ttl,
+    Acquire, Capabilities, Error, ErrorKind, FencingSource, FencingToken, HolderId, Lease,
+    LeaseEvents, LeaseInfo, LeaseKey, LeaseStore, NotificationSupport, Result, check_ttl,
 };
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::config::EtcdConfig;
-use crate::error::{from_etcd, is_lease_not_found, protocol, timed_out};
+use crate::error::{classify, from_etcd, is_lease_not_found, protocol, timed_out};
 
 /// How often `acquire` and `force_release` retry when the key changed
 /// between their read and their conditional write.
@@ -179,7 +179,8 @@ impl EtcdStore {
         }
     }
 
-    /// Runs one etcd request under the request timeout.
+    /// Runs one etcd request under the request timeout, without retries (for
+    /// reads from an open stream).
     pub(crate) async fn call<T>(
         &self,
         op: &'static str,
@@ -191,6 +192,50 @@ impl EtcdStore {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(from_etcd(op, key, e)),
             Err(_) => Err(timed_out(op, key, t)),
+        }
+    }
+
+    /// Runs an etcd request under the request timeout, sending it again while
+    /// it was certainly not processed ([`ErrorKind::Unavailable`]: a refused
+    /// connection or a member without a leader), a few times per endpoint.
+    ///
+    /// This is what makes a dead cluster member harmless: etcd-client's
+    /// balancer keeps picking the dead member's endpoint now and then, and
+    /// those requests fail at connect; resending reaches a live member. A
+    /// request that may have been processed is never resent.
+    pub(crate) async fn retrying<T, F, Fut>(
+        &self,
+        op: &'static str,
+        key: &str,
+        client: &Client,
+        send: F,
+    ) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let t = self.request_timeout();
+        let deadline = Instant::now() + t;
+        let attempts = 2 * self.inner.config.endpoints().len() + 1;
+        let mut pause = Duration::from_millis(2);
+        let mut attempt = 1;
+        loop {
+            match tokio::time::timeout_at(deadline, send(client.clone())).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => {
+                    let retry = attempt < attempts
+                        && classify(&e) == ErrorKind::Unavailable
+                        && Instant::now() + pause < deadline;
+                    if !retry {
+                        return Err(from_etcd(op, key, e));
+                    }
+                    tracing::trace!(op, attempt, error = %e, "etcd request not sent; resending");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                    attempt += 1;
+                }
+                Err(_) => return Err(timed_out(op, key, t)),
+            }
         }
     }
 
@@ -212,10 +257,11 @@ impl EtcdStore {
     }
 
     /// Revokes `id` and waits (bounded), ignoring failure.
-    async fn revoke_now(&self, client: &mut Client, id: i64) {
+    async fn revoke_now(&self, client: &Client, id: i64) {
         if id == 0 {
             return;
         }
+        let mut client = client.clone();
         let revoke = client.lease_revoke(id);
         if let Ok(Err(e)) = tokio::time::timeout(self.request_timeout(), revoke).await
             && !is_lease_not_found(&e)
@@ -227,7 +273,7 @@ impl EtcdStore {
     /// The remaining TTL of lease `id`, if it has one.
     async fn remaining(
         &self,
-        client: &mut Client,
+        client: &Client,
         op: &'static str,
         key: &str,
         id: i64,
@@ -236,7 +282,9 @@ impl EtcdStore {
             return Ok(None);
         }
         let resp = self
-            .call(op, key, client.lease_time_to_live(id, None))
+            .retrying(op, key, client, |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
             .await?;
         // -1: the lease just expired and its key is being deleted.
         Ok(Some(Duration::from_secs(
@@ -246,7 +294,7 @@ impl EtcdStore {
 
     async fn info(
         &self,
-        client: &mut Client,
+        client: &Client,
         op: &'static str,
         key: &str,
         kv: &KeyValue,
@@ -259,13 +307,34 @@ impl EtcdStore {
 
     async fn get_kv(
         &self,
-        client: &mut Client,
+        client: &Client,
         op: &'static str,
         key: &str,
     ) -> Result<(Option<KeyValue>, i64)> {
-        let mut resp = self.call(op, key, client.get(key, None)).await?;
+        let mut resp = self
+            .retrying(
+                op,
+                key,
+                client,
+                |mut c| async move { c.get(key, None).await },
+            )
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
         Ok((resp.take_kvs().into_iter().next(), revision))
+    }
+
+    async fn send_txn(
+        &self,
+        op: &'static str,
+        key: &str,
+        client: &Client,
+        txn: Txn,
+    ) -> Result<TxnResponse> {
+        self.retrying(op, key, client, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     fn renew_slot(&self, id: i64) -> Arc<tokio::sync::Mutex<RenewState>> {
@@ -290,7 +359,7 @@ impl EtcdStore {
     /// opening a new one when there is none or the old one broke.
     async fn keep_alive(
         &self,
-        client: &mut Client,
+        client: &Client,
         state: &mut RenewState,
         lease: &Lease,
         id: i64,
@@ -319,10 +388,14 @@ impl EtcdStore {
                 Ok(Ok(None)) | Ok(Err(_)) => {}
             }
         }
-        match tokio::time::timeout_at(deadline, client.lease_keep_alive(id)).await {
+        let open = self.retrying("renew", key, client, |mut c| async move {
+            c.lease_keep_alive(id).await
+        });
+        match tokio::time::timeout_at(deadline, open).await {
             Err(_) => Err(timed_out("renew", key, self.request_timeout())),
-            Ok(Err(e)) if is_lease_not_found(&e) => Ok(None),
-            Ok(Err(e)) => Err(from_etcd("renew", key, e)),
+            // etcd: "requested lease not found" (expired or revoked).
+            Ok(Err(e)) if e.kind() == ErrorKind::NotHolder => Ok(None),
+            Ok(Err(e)) => Err(e),
             Ok(Ok(pair)) => {
                 state.stream = Some(pair);
                 // The opening answer's header is not exposed: force a check.
@@ -405,14 +478,16 @@ impl LeaseStore for EtcdStore {
         check_ttl(ttl)?;
         const OP: &str = "acquire";
         let k = key.as_str();
-        let mut client = self.client(OP, k).await?;
+        let client = self.client(OP, k).await?;
         for _ in 0..MAX_ATTEMPTS {
             let grant = self
-                .call(OP, k, client.lease_grant(ttl_seconds(ttl), None))
+                .retrying(OP, k, &client, |mut c| async move {
+                    c.lease_grant(ttl_seconds(ttl), None).await
+                })
                 .await?;
             let id = grant.id();
             let guard = RevokeGuard::new(self, &client, id);
-            match self.put_if_absent(&mut client, k, holder, id).await? {
+            match self.put_if_absent(&client, k, holder, id).await? {
                 Put::Created(kv) => {
                     guard.disarm();
                     let token = token_of(OP, k, &kv)?;
@@ -421,7 +496,7 @@ impl LeaseStore for EtcdStore {
                 Put::Existing(kv) if kv.value() == holder.as_str().as_bytes() => {
                     // Our own key, still there after a transient error: start
                     // a new term (a new revision) under the new lease.
-                    if let Some(new) = self.recreate_own(&mut client, k, holder, id, &kv).await? {
+                    if let Some(new) = self.recreate_own(&client, k, holder, id, &kv).await? {
                         guard.disarm();
                         let token = token_of(OP, k, &new)?;
                         if kv.lease() != id {
@@ -435,7 +510,7 @@ impl LeaseStore for EtcdStore {
                 }
                 Put::Existing(kv) => {
                     guard.revoke_now().await;
-                    let info = self.info(&mut client, OP, k, &kv).await?;
+                    let info = self.info(&client, OP, k, &kv).await?;
                     return Ok(Acquire::Held(info));
                 }
             }
@@ -453,10 +528,10 @@ impl LeaseStore for EtcdStore {
         const OP: &str = "renew";
         let id = lease_id_of(lease)?;
         let k = lease.key.as_str();
-        let mut client = self.client(OP, k).await?;
+        let client = self.client(OP, k).await?;
         let slot = self.renew_slot(id);
         let mut state = slot.lock().await;
-        let Some(revision) = self.keep_alive(&mut client, &mut state, lease, id).await? else {
+        let Some(revision) = self.keep_alive(&client, &mut state, lease, id).await? else {
             drop(state);
             self.forget_renewal(id);
             return Err(not_holder(
@@ -469,7 +544,7 @@ impl LeaseStore for EtcdStore {
             // Nothing was written to etcd since the key was last proven ours.
             return Ok(());
         }
-        let (kv, at) = self.get_kv(&mut client, OP, k).await?;
+        let (kv, at) = self.get_kv(&client, OP, k).await?;
         let ours = kv.as_ref().is_some_and(|kv| {
             u64::try_from(kv.mod_revision()).ok() == Some(lease.token.0)
                 && kv.lease() == id
@@ -489,7 +564,7 @@ impl LeaseStore for EtcdStore {
         let id = lease_id_of(lease)?;
         let k = lease.key.as_str();
         self.forget_renewal(id);
-        let mut client = self.client(OP, k).await?;
+        let client = self.client(OP, k).await?;
         let token = i64::try_from(lease.token.0).unwrap_or(-1);
         let txn = Txn::new()
             .when([
@@ -497,7 +572,7 @@ impl LeaseStore for EtcdStore {
                 Compare::lease(k, CompareOp::Equal, id),
             ])
             .and_then([TxnOp::delete(k, None)]);
-        let resp = self.call(OP, k, client.txn(txn)).await?;
+        let resp = self.send_txn(OP, k, &client, txn).await?;
         // The key is gone with the delete; the lease itself is no longer
         // needed by anyone and is revoked off the caller's path.
         self.revoke_in_background(&client, id);
@@ -507,23 +582,23 @@ impl LeaseStore for EtcdStore {
     async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
         const OP: &str = "current";
         let k = key.as_str();
-        let mut client = self.client(OP, k).await?;
-        let (kv, _) = self.get_kv(&mut client, OP, k).await?;
+        let client = self.client(OP, k).await?;
+        let (kv, _) = self.get_kv(&client, OP, k).await?;
         match kv {
             None => Ok(None),
-            Some(kv) => Ok(Some(self.info(&mut client, OP, k, &kv).await?)),
+            Some(kv) => Ok(Some(self.info(&client, OP, k, &kv).await?)),
         }
     }
 
     async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
         const OP: &str = "force_release";
         let k = key.as_str();
-        let mut client = self.client(OP, k).await?;
+        let client = self.client(OP, k).await?;
         for _ in 0..MAX_ATTEMPTS {
-            let (Some(kv), _) = self.get_kv(&mut client, OP, k).await? else {
+            let (Some(kv), _) = self.get_kv(&client, OP, k).await? else {
                 return Ok(None);
             };
-            let info = self.info(&mut client, OP, k, &kv).await?;
+            let info = self.info(&client, OP, k, &kv).await?;
             let txn = Txn::new()
                 .when([Compare::mod_revision(
                     k,
@@ -531,10 +606,10 @@ impl LeaseStore for EtcdStore {
                     kv.mod_revision(),
                 )])
                 .and_then([TxnOp::delete(k, None)]);
-            let resp = self.call(OP, k, client.txn(txn)).await?;
+            let resp = self.send_txn(OP, k, &client, txn).await?;
             if resp.succeeded() {
                 self.forget_renewal(kv.lease());
-                self.revoke_now(&mut client, kv.lease()).await;
+                self.revoke_now(&client, kv.lease()).await;
                 return Ok(Some(info));
             }
         }
@@ -561,7 +636,7 @@ impl EtcdStore {
     /// does not exist, else read it.
     async fn put_if_absent(
         &self,
-        client: &mut Client,
+        client: &Client,
         k: &str,
         holder: &HolderId,
         id: i64,
@@ -573,7 +648,7 @@ impl EtcdStore {
                 TxnOp::get(k, None),
             ])
             .or_else([TxnOp::get(k, None)]);
-        let resp = self.call("acquire", k, client.txn(txn)).await?;
+        let resp = self.send_txn("acquire", k, client, txn).await?;
         let kv = txn_get(&resp)
             .ok_or_else(|| protocol("acquire", k, "the acquisition transaction returned no key"))?;
         Ok(if resp.succeeded() {
@@ -591,7 +666,7 @@ impl EtcdStore {
     /// create revision cannot be renewed atomically; the mod revision can.
     async fn recreate_own(
         &self,
-        client: &mut Client,
+        client: &Client,
         k: &str,
         holder: &HolderId,
         id: i64,
@@ -606,7 +681,7 @@ impl EtcdStore {
                 TxnOp::put(k, holder.as_str(), Some(PutOptions::new().with_lease(id))),
                 TxnOp::get(k, None),
             ]);
-        let resp = self.call("acquire", k, client.txn(txn)).await?;
+        let resp = self.send_txn("acquire", k, client, txn).await?;
         if !resp.succeeded() {
             return Ok(None);
         }
@@ -654,7 +729,7 @@ impl<'a> RevokeGuard<'a> {
     async fn revoke_now(mut self) {
         self.armed = false;
         let id = self.id;
-        self.store.revoke_now(&mut self.client, id).await;
+        self.store.revoke_now(&self.client, id).await;
     }
 }
 

@@ -35,8 +35,8 @@ enum OpenError {
 
 pub(crate) async fn subscribe(store: EtcdStore, key: LeaseKey) -> Result<LeaseEvents> {
     let k = key.as_str();
-    let mut client = store.client(OP, k).await?;
-    let (stream, revision) = match open(&store, &mut client, k, None).await {
+    let client = store.client(OP, k).await?;
+    let (stream, revision) = match open(&store, &client, k, None).await {
         Ok(opened) => opened,
         Err(OpenError::Other(e)) => return Err(e),
         Err(OpenError::Compacted) => {
@@ -55,7 +55,7 @@ pub(crate) async fn subscribe(store: EtcdStore, key: LeaseKey) -> Result<LeaseEv
 /// confirm it. Returns the stream and the revision it is current at.
 async fn open(
     store: &EtcdStore,
-    client: &mut Client,
+    client: &Client,
     k: &str,
     start: Option<i64>,
 ) -> std::result::Result<(WatchStream, i64), OpenError> {
@@ -64,7 +64,10 @@ async fn open(
         options = options.with_start_revision(start);
     }
     let mut stream = store
-        .call(OP, k, client.watch(k, Some(options)))
+        .retrying(OP, k, client, |mut c| {
+            let options = options.clone();
+            async move { c.watch(k, Some(options)).await }
+        })
         .await
         .map_err(OpenError::Other)?;
     let first = store
@@ -106,7 +109,7 @@ async fn open(
 /// re-established. Dropping `tx` ends the subscription.
 async fn follow(
     store: EtcdStore,
-    mut client: Client,
+    client: Client,
     key: LeaseKey,
     mut stream: WatchStream,
     mut last: i64,
@@ -154,7 +157,7 @@ async fn follow(
             }
             // Cancelled by the server (e.g. its member lost the leader),
             // ended, or broke: resume from the last seen revision.
-            Ok(_) | Err(_) => match resume(&store, &mut client, k, last, &tx).await {
+            Ok(_) | Err(_) => match resume(&store, &client, k, last, &tx).await {
                 Some(s) => stream = s,
                 None => return,
             },
@@ -166,7 +169,7 @@ async fn follow(
 /// request timeout (at least a second), then gives up.
 async fn resume(
     store: &EtcdStore,
-    client: &mut Client,
+    client: &Client,
     k: &str,
     last: i64,
     tx: &mpsc::Sender<LeaseEvent>,

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod cluster;
+pub mod history;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,170 @@
+//! The card's four scenarios with real electors on a private etcd:
+//! normal operation, leader crash, store failure and store recovery. A
+//! sampler checks throughout that no two electors ever believe they lead at
+//! the same time and that fencing tokens only grow.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leader_core::{ElectionConfig, Elector, LeaseStore};
+use leader_etcd::EtcdStore;
+use leader_testkit::servers::EtcdServer;
+use support::eventually;
+use support::history::Sampler;
+use tokio::time::Instant;
+
+/// Short timings so the scenarios run in seconds; etcd rounds the lease up
+/// to whole seconds on the server, which only delays takeovers.
+const LEASE: Duration = Duration::from_secs(2);
+const RENEWAL: Duration = Duration::from_millis(400);
+/// Slack for a loaded CI machine on top of bounds derived from the timings.
+const SLACK: Duration = Duration::from_secs(5);
+
+fn config(prefix: &str, i: usize) -> ElectionConfig {
+    let mut c = ElectionConfig::new("scenario").with_timing(LEASE, RENEWAL);
+    c.key_prefix = prefix.to_owned();
+    c.instance_id = Some(format!("elector-{i}"));
+    c
+}
+
+fn start_electors(url: &str, prefix: &str, n: usize) -> Vec<Elector> {
+    (0..n)
+        .map(|i| {
+            let store =
+                EtcdStore::from_url(&format!("{url}?request_timeout=1s&connect_timeout=300ms"))
+                    .expect("store");
+            Elector::start(Arc::new(store), config(prefix, i)).expect("elector")
+        })
+        .collect()
+}
+
+fn leaders(electors: &[Elector]) -> Vec<usize> {
+    (0..electors.len())
+        .filter(|i| electors[*i].is_leader())
+        .collect()
+}
+
+async fn wait_for_one_leader(electors: &[Elector], within: Duration) -> usize {
+    let start = Instant::now();
+    loop {
+        let now = leaders(electors);
+        if now.len() == 1 {
+            return now[0];
+        }
+        assert!(
+            start.elapsed() < within,
+            "no single leader within {within:?} (leaders now: {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn prefix(what: &str) -> String {
+    format!("leader-etcd-election:{what}-{}:", std::process::id())
+}
+
+#[tokio::test]
+async fn normal_operation_one_leader_two_followers() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let prefix = prefix("normal");
+    let electors = start_electors(server.url(), &prefix, 3);
+    let sampler = Sampler::start(electors.clone());
+    let leader = wait_for_one_leader(&electors, LEASE + SLACK).await;
+
+    // The store shows the leader's id and token.
+    let store = EtcdStore::from_url(server.url()).expect("store");
+    let info = store
+        .current(electors[leader].key())
+        .await
+        .expect("current")
+        .expect("held");
+    assert_eq!(&info.holder, electors[leader].instance_id());
+    assert_eq!(Some(info.token), electors[leader].token());
+
+    // Leadership is stable over several renewals.
+    let token = electors[leader].token();
+    let until = Instant::now() + RENEWAL * 5;
+    while Instant::now() < until {
+        assert_eq!(leaders(&electors), [leader]);
+        assert_eq!(electors[leader].token(), token);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for e in &electors {
+        e.shutdown().await;
+    }
+    sampler.finish().await.assert_safe();
+    assert!(
+        store
+            .current(electors[0].key())
+            .await
+            .expect("current")
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn leader_crash_a_follower_takes_over_within_the_lease() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let prefix = prefix("crash");
+    let electors = start_electors(server.url(), &prefix, 3);
+    let sampler = Sampler::start(electors.clone());
+    let old = wait_for_one_leader(&electors, LEASE + SLACK).await;
+    let old_token = electors[old].token().expect("leader token");
+
+    electors[old].abort(); // a crash: no release
+    let crashed = Instant::now();
+    let rest: Vec<Elector> = electors
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != old)
+        .map(|(_, e)| e.clone())
+        .collect();
+    // The lease (rounded up to whole seconds by etcd) must run out first;
+    // the watch then wakes the followers at once.
+    let new = wait_for_one_leader(&rest, LEASE + RENEWAL + SLACK).await;
+    let took = crashed.elapsed();
+    assert!(rest[new].token().expect("new token") > old_token);
+    assert!(took <= LEASE + RENEWAL + SLACK, "takeover took {took:?}");
+    for e in &electors {
+        e.shutdown().await;
+    }
+    sampler.finish().await.assert_safe();
+}
+
+#[tokio::test]
+async fn etcd_failure_everyone_steps_down_then_recovery_elects_one_leader() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let prefix = prefix("outage");
+    let electors = start_electors(server.url(), &prefix, 3);
+    let sampler = Sampler::start(electors.clone());
+    let leader = wait_for_one_leader(&electors, LEASE + SLACK).await;
+    let token = electors[leader].token().expect("token");
+
+    // Scenario 3: etcd dies. The leader cannot renew and must stop by its
+    // validity point, at most one lease after its last successful renewal.
+    server.kill().await.expect("kill etcd");
+    let killed = Instant::now();
+    eventually("every elector is a follower", || async {
+        leaders(&electors).is_empty()
+    })
+    .await;
+    assert!(
+        killed.elapsed() <= LEASE + SLACK,
+        "stepped down after {:?}",
+        killed.elapsed()
+    );
+    assert!(electors.iter().all(|e| e.token().is_none()));
+
+    // Scenario 4: etcd comes back (same data). One leader again, once the
+    // old lease (restored by etcd with its TTL) is gone or re-acquired by
+    // its own holder.
+    server.restart().await.expect("restart etcd");
+    let new = wait_for_one_leader(&electors, LEASE * 2 + RENEWAL + SLACK).await;
+    assert!(electors[new].token().expect("token") > token);
+    for e in &electors {
+        e.shutdown().await;
+    }
+    sampler.finish().await.assert_safe();
+}
