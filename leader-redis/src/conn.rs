@@ -10,6 +10,8 @@
 //! (`Indeterminate`), and so that Sentinel re-resolution happens at all.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use leader_core::{Error, ErrorKind, Result};
@@ -64,7 +66,14 @@ impl ConnectionLike for Conn {
 
 enum Target {
     Single(Client),
-    Sentinel(Mutex<SentinelClient>),
+    Sentinel {
+        client: Mutex<SentinelClient>,
+        /// Plain clients for the sentinels, for the master-change check.
+        sentinels: Vec<Client>,
+        service_name: String,
+        /// The sentinel connection that answered last (reused by the check).
+        cached: Mutex<Option<MultiplexedConnection>>,
+    },
     Cluster {
         client: ClusterClient,
         /// Plain clients for the seed nodes, for the pub/sub connection
@@ -76,6 +85,8 @@ enum Target {
 struct Live {
     generation: u64,
     conn: Conn,
+    /// For Sentinel: the master this connection goes to, as `host:port`.
+    master: Option<String>,
 }
 
 /// Connects on demand and reconnects after failures.
@@ -85,6 +96,10 @@ pub(crate) struct Connector {
     connect_timeout: Duration,
     live: Mutex<Option<Live>>,
     next_generation: std::sync::atomic::AtomicU64,
+    /// How often the sentinels are asked whether the master moved.
+    sentinel_check: Duration,
+    /// Whether the master-change check task runs.
+    checking: AtomicBool,
 }
 
 impl fmt::Debug for Connector {
@@ -148,6 +163,30 @@ fn client_for(
     .map_err(|e| build_error(e, endpoint))
 }
 
+/// A plain client for one sentinel, with the sentinels' credentials.
+fn sentinel_client_for(
+    endpoint: &Endpoint,
+    config: &RedisConfig,
+    certs: &Option<TlsCertificates>,
+) -> Result<Client> {
+    let mut settings = RedisConnectionInfo::default();
+    if let Some(user) = config.sentinel_username() {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = config.sentinel_password() {
+        settings = settings.set_password(password.expose());
+    }
+    let info = addr(endpoint, config.tls())
+        .into_connection_info()
+        .map_err(|e| build_error(e, endpoint))?
+        .set_redis_settings(settings);
+    match certs {
+        Some(certs) => Client::build_with_tls(info, certs.clone()),
+        None => Client::open(info),
+    }
+    .map_err(|e| build_error(e, endpoint))
+}
+
 fn build_error(e: redis::RedisError, endpoint: &Endpoint) -> Error {
     invalid(format!("cannot build a Redis client for {endpoint}")).with_source(e)
 }
@@ -184,6 +223,7 @@ impl Connector {
         config: &RedisConfig,
         connect_timeout: Duration,
         response_timeout: Duration,
+        sentinel_check: Duration,
     ) -> Result<Self> {
         config.validate()?;
         let certs = load_certs(config)?;
@@ -228,9 +268,18 @@ impl Connector {
                 let client = builder
                     .build()
                     .map_err(|e| invalid("cannot build the Sentinel client").with_source(e))?;
+                let sentinel_clients = sentinels
+                    .iter()
+                    .map(|e| sentinel_client_for(e, config, &certs))
+                    .collect::<Result<Vec<_>>>()?;
                 let list: Vec<String> = sentinels.iter().map(Endpoint::to_string).collect();
                 (
-                    Target::Sentinel(Mutex::new(client)),
+                    Target::Sentinel {
+                        client: Mutex::new(client),
+                        sentinels: sentinel_clients,
+                        service_name: service_name.clone(),
+                        cached: Mutex::new(None),
+                    },
                     format!("redis sentinel {service_name}@{}", list.join(",")),
                 )
             }
@@ -266,6 +315,8 @@ impl Connector {
             connect_timeout,
             live: Mutex::new(None),
             next_generation: std::sync::atomic::AtomicU64::new(1),
+            sentinel_check,
+            checking: AtomicBool::new(false),
         })
     }
 
@@ -291,12 +342,13 @@ impl Connector {
     ///
     /// The lock is held while connecting so that concurrent callers share one
     /// attempt instead of stampeding a recovering server.
-    pub(crate) async fn get(&self, operation: &'static str) -> Result<(u64, Conn)> {
+    pub(crate) async fn get(self: &Arc<Self>, operation: &'static str) -> Result<(u64, Conn)> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref() {
             return Ok((l.generation, l.conn.clone()));
         }
-        let conn = match tokio::time::timeout(self.connect_timeout, self.connect()).await {
+        let (conn, master) = match tokio::time::timeout(self.connect_timeout, self.connect()).await
+        {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 let (kind, _) = classify(&e, Phase::Connect);
@@ -315,34 +367,88 @@ impl Connector {
             .next_generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(target: "leader_redis", target_desc = %self.description, "connected");
+        if master.is_some() && !self.checking.swap(true, Ordering::SeqCst) {
+            tokio::spawn(check_master(Arc::downgrade(self), self.sentinel_check));
+        }
         *live = Some(Live {
             generation,
             conn: conn.clone(),
+            master,
         });
         Ok((generation, conn))
     }
 
-    async fn connect(&self) -> std::result::Result<Conn, redis::RedisError> {
+    /// Connects; for Sentinel also returns the master's `host:port`.
+    async fn connect(&self) -> std::result::Result<(Conn, Option<String>), redis::RedisError> {
         match &self.target {
-            Target::Single(client) => Ok(Conn::Single(
-                client
-                    .get_multiplexed_async_connection_with_config(&self.config())
-                    .await?,
-            )),
-            Target::Sentinel(sentinel) => {
-                // Asks the sentinels every time: after a failover the old
-                // address is wrong, and the crate does not follow it.
-                let client = sentinel.lock().await.async_get_client().await?;
-                Ok(Conn::Single(
+            Target::Single(client) => Ok((
+                Conn::Single(
                     client
                         .get_multiplexed_async_connection_with_config(&self.config())
                         .await?,
+                ),
+                None,
+            )),
+            Target::Sentinel { client, .. } => {
+                // Asks the sentinels every time: after a failover the old
+                // address is wrong, and the crate does not follow it.
+                let client = client.lock().await.async_get_client().await?;
+                let master = client.get_connection_info().addr().to_string();
+                Ok((
+                    Conn::Single(
+                        client
+                            .get_multiplexed_async_connection_with_config(&self.config())
+                            .await?,
+                    ),
+                    Some(master),
                 ))
             }
             Target::Cluster { client, .. } => {
-                Ok(Conn::Cluster(client.get_async_connection().await?))
+                Ok((Conn::Cluster(client.get_async_connection().await?), None))
             }
         }
+    }
+
+    /// The master's `host:port` according to the first sentinel that
+    /// answers, or `None` when none does.
+    async fn reported_master(&self) -> Option<String> {
+        let Target::Sentinel {
+            sentinels,
+            service_name,
+            cached,
+            ..
+        } = &self.target
+        else {
+            return None;
+        };
+        let mut cached = cached.lock().await;
+        let ask = |mut conn: MultiplexedConnection| async move {
+            let mut cmd = redis::cmd("SENTINEL");
+            cmd.arg("get-master-addr-by-name").arg(service_name);
+            let query = cmd.query_async::<Option<(String, u16)>>(&mut conn);
+            match tokio::time::timeout(self.connect_timeout, query).await {
+                Ok(Ok(Some((host, port)))) => Some((conn, format!("{host}:{port}"))),
+                _ => None,
+            }
+        };
+        if let Some(conn) = cached.take()
+            && let Some((conn, master)) = ask(conn).await
+        {
+            *cached = Some(conn);
+            return Some(master);
+        }
+        for sentinel in sentinels {
+            let config = self.config();
+            let connect = sentinel.get_multiplexed_async_connection_with_config(&config);
+            let Ok(Ok(conn)) = tokio::time::timeout(self.connect_timeout, connect).await else {
+                continue;
+            };
+            if let Some((conn, master)) = ask(conn).await {
+                *cached = Some(conn);
+                return Some(master);
+            }
+        }
+        None
     }
 
     /// Drops connection `generation` if it is still the current one, so the
@@ -390,8 +496,8 @@ impl Connector {
         let attempt = async {
             match &self.target {
                 Target::Single(client) => client.get_async_pubsub().await,
-                Target::Sentinel(sentinel) => {
-                    let client = sentinel.lock().await.async_get_client().await?;
+                Target::Sentinel { client, .. } => {
+                    let client = client.lock().await.async_get_client().await?;
                     client.get_async_pubsub().await
                 }
                 Target::Cluster { seeds, .. } => {
@@ -426,6 +532,37 @@ impl Connector {
             )
             .with_store("redis")
             .with_operation("watch")),
+        }
+    }
+}
+
+/// Asks the sentinels every `interval` where the master is, and drops the
+/// connection when they name another one. This catches a master change that
+/// leaves our connection open and writable (a partitioned old master that
+/// has not been demoted yet), which no command error would reveal. Ends when
+/// the store is dropped.
+async fn check_master(connector: Weak<Connector>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(connector) = connector.upgrade() else {
+            return;
+        };
+        let current = connector
+            .live
+            .lock()
+            .await
+            .as_ref()
+            .and_then(|l| Some((l.generation, l.master.clone()?)));
+        if let Some((generation, master)) = current
+            && let Some(reported) = connector.reported_master().await
+            && reported != master
+        {
+            tracing::warn!(
+                target: "leader_redis",
+                old = %master, new = %reported,
+                "the sentinels report a new master; reconnecting"
+            );
+            connector.invalidate(generation).await;
         }
     }
 }

@@ -11,6 +11,6 @@ mod watch;
 pub use config::{Endpoint, RedisConfig, Secret, Topology};
 pub use keys::KeyLayout;
 pub use store::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_WATCH_HEARTBEAT, RedisStore,
-    RedisStoreBuilder, WaitReplicas,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SENTINEL_CHECK,
+    DEFAULT_WATCH_HEARTBEAT, RedisStore, RedisStoreBuilder, WaitReplicas,
 };

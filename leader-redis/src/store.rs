@@ -27,6 +27,9 @@ pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default interval of the pub/sub connection's liveness ping.
 pub const DEFAULT_WATCH_HEARTBEAT: Duration = Duration::from_secs(5);
 
+/// Default interval of the Sentinel master-change check.
+pub const DEFAULT_SENTINEL_CHECK: Duration = Duration::from_secs(1);
+
 /// Replica acknowledgement after acquire: see [`RedisStoreBuilder::wait_replicas`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WaitReplicas {
@@ -45,6 +48,7 @@ pub struct RedisStoreBuilder {
     wait_replicas: Option<WaitReplicas>,
     ca_file: Option<PathBuf>,
     watch_heartbeat: Duration,
+    sentinel_check: Duration,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -112,6 +116,14 @@ impl RedisStoreBuilder {
         self
     }
 
+    /// With Sentinel: how often the sentinels are asked whether the master
+    /// moved while the connection to the old one still works (default 1 s).
+    /// Connection errors and `READONLY` replies re-resolve at once anyway.
+    pub fn sentinel_check_interval(mut self, interval: Duration) -> Self {
+        self.sentinel_check = interval;
+        self
+    }
+
     /// Builds the store without connecting.
     ///
     /// # Errors
@@ -136,6 +148,7 @@ impl RedisStoreBuilder {
             ("connect timeout", connect_timeout),
             ("response timeout", response_timeout),
             ("watch heartbeat", self.watch_heartbeat),
+            ("sentinel check interval", self.sentinel_check),
         ] {
             if value.is_zero() {
                 return Err(
@@ -152,7 +165,12 @@ impl RedisStoreBuilder {
             )
             .with_store("redis"));
         }
-        let connector = Connector::new(&config, connect_timeout, response_timeout)?;
+        let connector = Arc::new(Connector::new(
+            &config,
+            connect_timeout,
+            response_timeout,
+            self.sentinel_check,
+        )?);
         Ok(RedisStore {
             inner: Arc::new(Inner {
                 connector,
@@ -165,7 +183,7 @@ impl RedisStoreBuilder {
 }
 
 struct Inner {
-    connector: Connector,
+    connector: Arc<Connector>,
     response_timeout: Duration,
     wait_replicas: Option<WaitReplicas>,
     watch_heartbeat: Duration,
@@ -291,6 +309,7 @@ impl RedisStore {
             wait_replicas: None,
             ca_file: None,
             watch_heartbeat: DEFAULT_WATCH_HEARTBEAT,
+            sentinel_check: DEFAULT_SENTINEL_CHECK,
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use leader_core::{Acquire, ElectionConfig, Elector, HolderId, LeaseKey, LeaseStore};
 use leader_redis::RedisStore;
 use redis::AsyncCommands;
-use support::{SentinelSet, eventually, raw};
+use support::{RedisProc, SentinelSet, eventually, free_port, raw};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -176,4 +176,67 @@ async fn killing_the_master_while_an_elector_leads_recovers_the_election() {
     assert!(after_token >= first_token);
     a.shutdown().await;
     b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
+    // Two independent servers and a sentinel pointing at the first. Re-pointing
+    // the sentinel at the second leaves the first fully writable: no error
+    // tells the store, only asking the sentinels does.
+    let x = RedisProc::start(free_port(), &[]).await;
+    let y = RedisProc::start(free_port(), &[]).await;
+    let sentinel = RedisProc::sentinel(free_port(), x.port).await;
+    let store = RedisStore::builder(&format!("127.0.0.1:{},serviceName=mymaster", sentinel.port))
+        .sentinel_check_interval(Duration::from_millis(100))
+        .build()
+        .expect("store");
+    let k = LeaseKey::new(&prefix(), "svc").expect("key");
+    let lease = match store
+        .acquire(&k, &HolderId::new("a").expect("holder"), TTL)
+        .await
+    {
+        Ok(Acquire::Acquired(lease)) => lease,
+        other => panic!("{other:?}"),
+    };
+    let mut xc = raw(&format!("redis://127.0.0.1:{}", x.port)).await;
+    let on_x: Option<String> = xc.get(k.as_str()).await.expect("GET on x");
+    assert_eq!(on_x.as_deref(), Some("a"));
+
+    let mut s = raw(&format!("redis://127.0.0.1:{}", sentinel.port)).await;
+    let _: () = redis::cmd("SENTINEL")
+        .arg("REMOVE")
+        .arg("mymaster")
+        .query_async(&mut s)
+        .await
+        .expect("REMOVE");
+    let _: () = redis::cmd("SENTINEL")
+        .arg("MONITOR")
+        .arg("mymaster")
+        .arg("127.0.0.1")
+        .arg(y.port)
+        .arg(1)
+        .query_async(&mut s)
+        .await
+        .expect("MONITOR");
+    // y has no lease: once the store follows the sentinel, renew says so.
+    let err = eventually(
+        Duration::from_secs(10),
+        "the store to follow the new master",
+        || async {
+            match store.renew(&lease).await {
+                Err(e) if e.kind() == leader_core::ErrorKind::NotHolder => Some(e),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert_eq!(err.kind(), leader_core::ErrorKind::NotHolder);
+    let b = HolderId::new("b").expect("holder");
+    assert!(matches!(
+        store.acquire(&k, &b, TTL).await,
+        Ok(Acquire::Acquired(_))
+    ));
+    let mut yc = raw(&format!("redis://127.0.0.1:{}", y.port)).await;
+    let on_y: Option<String> = yc.get(k.as_str()).await.expect("GET on y");
+    assert_eq!(on_y.as_deref(), Some("b"));
 }
