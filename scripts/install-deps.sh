@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine, if it is missing:
+# the store servers the tests start themselves (redis-server, redis-sentinel,
+# etcd, Postgres) and protoc for etcd-client's build. Idempotent and quick
+# when everything is already there.
+set -euo pipefail
+
+need=()
+command -v redis-server   >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || need+=(redis-sentinel)
+command -v redis-cli      >/dev/null 2>&1 || need+=(redis-tools)
+command -v etcd           >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl        >/dev/null 2>&1 || need+=(etcd-client)
+command -v protoc         >/dev/null 2>&1 || need+=(protobuf-compiler)
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
+command -v openssl        >/dev/null 2>&1 || need+=(openssl)
+
+if ((${#need[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "scripts/install-deps.sh: missing packages: ${need[*]} (run as root, or install them)" >&2
+    exit 1
+  fi
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "scripts/install-deps.sh: cargo not found; install the Rust toolchain (rustup) first" >&2
+  exit 1
+fi
+id postgres >/dev/null 2>&1 || {
+  echo "scripts/install-deps.sh: no 'postgres' user; the postgresql package creates it" >&2
+  exit 1
+}

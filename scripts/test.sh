@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The one test command: installs what is missing on a fresh Debian machine,
+# then runs every test of the workspace. Store tests start their own private
+# redis-server, etcd and Postgres processes on free loopback ports, so no
+# running service is needed. Set LEADER_TEST_REDIS_URL, LEADER_TEST_ETCD_URL or
+# LEADER_TEST_POSTGRES_URL to run the store suites against servers of your own
+# (e.g. the docker-compose.yml at the root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+
+# Fail instead of skipping when a server binary is missing.
+export LEADER_TEST_REQUIRE_SERVERS=1
+export RUST_BACKTRACE=1
+
+echo "== cargo test --workspace --all-features"
+cargo test --workspace --all-features --all-targets --no-fail-fast
+echo "== doc tests"
+cargo test --workspace --all-features --doc
