@@ -293,3 +293,48 @@ async fn invalid_input_is_refused_before_contacting_etcd() {
     let err = store.renew(&foreign).await.expect_err("no etcd lease id");
     assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
 }
+
+/// etcd's count of `Range` (get) requests served, from its metrics page.
+async fn range_requests(server: &EtcdServer) -> u64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(server.addr())
+        .await
+        .expect("connect to etcd's metrics");
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: etcd\r\n\r\n")
+        .await
+        .expect("request metrics");
+    let mut page = String::new();
+    conn.read_to_string(&mut page).await.expect("read metrics");
+    page.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_started_total{") && l.contains("grpc_method=\"Range\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn renewals_on_a_quiet_store_are_one_keep_alive_each() {
+    let (server, store) = setup().await;
+    let key = unique_key("quiet");
+    let lease = acquired(&store, &key, &holder("a"), TTL).await;
+    store
+        .renew(&lease)
+        .await
+        .expect("first renew proves the key");
+    let before = range_requests(&server).await;
+    for _ in 0..10 {
+        store.renew(&lease).await.expect("renew");
+    }
+    let after = range_requests(&server).await;
+    assert_eq!(
+        after, before,
+        "no write happened since the key was proven ours: renewals need no get"
+    );
+
+    // Any write to etcd makes the next renewal check the key again.
+    let mut raw = raw_client(&server).await;
+    raw.put("unrelated", "x", None).await.expect("raw put");
+    store.renew(&lease).await.expect("renew after a write");
+    assert_eq!(range_requests(&server).await, after + 1);
+}
