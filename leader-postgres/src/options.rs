@@ -137,6 +137,7 @@ pub struct PostgresOptions {
     pub(crate) operation_timeout: Duration,
     pub(crate) application_name: String,
     pub(crate) max_idle_connections: usize,
+    pub(crate) lock_delay: bool,
 }
 
 impl PostgresOptions {
@@ -264,6 +265,7 @@ impl PostgresOptions {
             operation_timeout: DEFAULT_OPERATION_TIMEOUT,
             application_name,
             max_idle_connections: 2,
+            lock_delay: true,
         })
     }
 
@@ -346,6 +348,26 @@ impl PostgresOptions {
         self
     }
 
+    /// Whether a term that ended without a release keeps the seat empty for
+    /// one lease TTL (default `true`).
+    ///
+    /// A session lock ends the moment its session ends. When that happens
+    /// without a release (the holder crashed, an operator or
+    /// `idle_session_timeout` terminated the session, the network failed),
+    /// the holder may still believe it leads until its next renewal fails.
+    /// With the delay on, an acquirer that finds such a term's lock free
+    /// waits until one TTL has passed since it first found it so (it gets
+    /// [`Acquire::Held`](leader_core::Acquire::Held) with `remaining` set), so
+    /// two instances never believe they lead at once. The price: after a
+    /// crash a new leader takes over one TTL later instead of at once.
+    /// Graceful releases (and leases this store expires itself) are not
+    /// delayed. Turn it off only if fast failover after a crash matters more
+    /// than a short overlap after a session is killed.
+    pub fn lock_delay(mut self, enabled: bool) -> Self {
+        self.lock_delay = enabled;
+        self
+    }
+
     /// The counter table in use.
     pub fn table_name(&self) -> &TableName {
         &self.table
@@ -402,6 +424,7 @@ impl fmt::Debug for PostgresOptions {
             .field("operation_timeout", &self.operation_timeout)
             .field("application_name", &self.application_name)
             .field("max_idle_connections", &self.max_idle_connections)
+            .field("lock_delay", &self.lock_delay)
             .finish()
     }
 }

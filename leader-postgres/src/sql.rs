@@ -10,14 +10,22 @@
 //!     token       bigint      NOT NULL,    -- the last fencing token minted
 //!     holder      text        NOT NULL,    -- full holder id of the last taker
 //!     pid         integer     NOT NULL,    -- its backend pid (pg_backend_pid())
-//!     acquired_at timestamptz NOT NULL     -- when (server clock), for operators
+//!     acquired_at timestamptz NOT NULL,    -- when (server clock), for operators
+//!     ttl_ms      bigint      NOT NULL,    -- the lease TTL of that term
+//!     released    boolean     NOT NULL,    -- the term ended by a release
+//!     vacated_at  timestamptz              -- first seen ended without release
 //! );
 //! ```
 //!
-//! A row is written only by a session that holds the row's advisory lock, in
-//! the same statement that took the lock, so `token` increases by one per
-//! term and the row names the current holder while the lock is held. Rows
-//! are never deleted by the library: deleting one would restart its tokens.
+//! A row is written only by a session that holds the row's advisory lock, so
+//! `token` increases by one per term and the row names the current holder
+//! while the lock is held. Rows are never deleted by the library: deleting
+//! one would restart its tokens.
+//!
+//! `released`, `ttl_ms` and `vacated_at` implement the lock delay (see
+//! [`PostgresOptions::lock_delay`](crate::PostgresOptions::lock_delay)): a term
+//! that ended without a release (crash, terminated session, partition) keeps
+//! its seat empty for one TTL after an acquirer first finds it free.
 
 use std::sync::Arc;
 
@@ -39,6 +47,7 @@ pub(crate) struct Statements {
     pub(crate) acquire: Arc<str>,
     pub(crate) reacquire: Arc<str>,
     pub(crate) renew: Arc<str>,
+    pub(crate) mark_released: Arc<str>,
     pub(crate) release: Arc<str>,
     pub(crate) holder: Arc<str>,
     pub(crate) terminate: Arc<str>,
@@ -52,7 +61,7 @@ const SESSION_SETTINGS: &str = "s AS MATERIALIZED ( \
               set_config('tcp_keepalives_interval', $6, false) AS c, \
               set_config('tcp_keepalives_count', $7, false) AS d, \
               set_config('tcp_user_timeout', $8, false) AS e \
-       FROM l WHERE l.got)";
+       FROM g WHERE g.got)";
 
 impl Statements {
     pub(crate) fn new(table: &TableName) -> Self {
@@ -74,24 +83,47 @@ impl Statements {
         // Only looked up when the lock was not taken: a constant condition,
         // so Postgres skips scanning pg_locks on success.
         let holder_if_missed = holder_where(" AND NOT (SELECT got FROM l)");
-        // One round trip: try the lock; only if taken, configure the session
-        // and mint the next token; otherwise report who holds it.
-        // Params: $1 key, $2 lease key, $3 holder, $4 app name, $5..$8 TCP.
+        // One round trip: try the lock (l); read the previous term (r);
+        // decide whether the lock delay holds the seat back (d); if so note
+        // when it was first found vacated (v) and give the lock back (x);
+        // otherwise (g) configure the session (s) and mint the next token (u);
+        // if the lock was busy, report who holds it (h).
+        // Params: $1 key, $2 lease key, $3 holder, $4 app name, $5..$8 TCP,
+        // $9 lock delay on, $10 TTL in ms.
         let mint = |lock_expr: &str| {
             format!(
                 "WITH l AS MATERIALIZED (SELECT {lock_expr} AS got), \
+                 r AS MATERIALIZED (SELECT f.released, f.ttl_ms, f.vacated_at, f.holder, f.token \
+                       FROM {t} f WHERE f.lock_key = $1), \
+                 d AS MATERIALIZED (SELECT l.got, \
+                       CASE WHEN l.got AND $9::boolean AND r.released IS FALSE \
+                                 AND r.holder <> $3 \
+                            THEN greatest(0, r.ttl_ms - (extract(epoch FROM \
+                                 now() - coalesce(r.vacated_at, now())) * 1000)::bigint) \
+                            ELSE 0 END AS wait_ms \
+                       FROM l LEFT JOIN r ON true), \
+                 v AS (UPDATE {t} f SET vacated_at = coalesce(f.vacated_at, now()) FROM d \
+                       WHERE d.wait_ms > 0 AND f.lock_key = $1 RETURNING 1), \
+                 x AS MATERIALIZED (SELECT pg_advisory_unlock($1::bigint) AS unlocked \
+                       FROM d WHERE d.wait_ms > 0), \
+                 g AS MATERIALIZED (SELECT d.got AND d.wait_ms = 0 AS got, d.wait_ms FROM d), \
                  {SESSION_SETTINGS}, \
-                 u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, acquired_at) \
-                       SELECT $1, $2, 1, $3, pg_backend_pid(), now() FROM l WHERE l.got \
+                 u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, \
+                           acquired_at, ttl_ms, released, vacated_at) \
+                       SELECT $1, $2, 1, $3, pg_backend_pid(), now(), $10::bigint, false, NULL \
+                       FROM g WHERE g.got \
                        ON CONFLICT (lock_key) DO UPDATE SET token = f.token + 1, \
                           resource = EXCLUDED.resource, holder = EXCLUDED.holder, \
-                          pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at \
+                          pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at, \
+                          ttl_ms = EXCLUDED.ttl_ms, released = false, vacated_at = NULL \
                        RETURNING f.token), \
                  h AS MATERIALIZED ({holder_if_missed}) \
-                 SELECT l.got, (SELECT u.token FROM u) AS token, pg_backend_pid() AS pid, \
-                        (SELECT count(*) FROM s) AS configured, \
+                 SELECT g.got, g.wait_ms, (SELECT u.token FROM u) AS token, \
+                        pg_backend_pid() AS pid, (SELECT count(*) FROM s) AS configured, \
+                        (SELECT count(*) FROM v) + (SELECT count(*) FROM x) AS held_back, \
+                        r.holder AS prev_holder, r.token AS prev_token, \
                         h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid \
-                 FROM l LEFT JOIN h ON true"
+                 FROM g LEFT JOIN h ON true LEFT JOIN r ON true"
             )
         };
         let acquire = mint("pg_try_advisory_lock($1::bigint)");
@@ -107,6 +139,12 @@ impl Statements {
         );
         // Unlock, then tell followers (delivered when the statement commits,
         // i.e. after the unlock), and give the session its idle name back.
+        // A separate, committed statement before the unlock: a follower that
+        // takes the lock right after the unlock must already see `released`.
+        let mark_released = format!(
+            "UPDATE {t} SET released = true \
+             WHERE lock_key = $1 AND pid = pg_backend_pid() AND token = $2"
+        );
         let release = "WITH x AS MATERIALIZED (SELECT pg_advisory_unlock($1::bigint) AS ok) \
              SELECT x.ok, \
                     CASE WHEN x.ok THEN (SELECT true FROM pg_notify($2, $3)) ELSE false END \
@@ -124,7 +162,10 @@ impl Statements {
                 token bigint NOT NULL, \
                 holder text NOT NULL, \
                 pid integer NOT NULL, \
-                acquired_at timestamptz NOT NULL)"
+                acquired_at timestamptz NOT NULL, \
+                ttl_ms bigint NOT NULL, \
+                released boolean NOT NULL, \
+                vacated_at timestamptz)"
         );
         Statements {
             table_exists: "SELECT to_regclass($1) IS NOT NULL AS present".into(),
@@ -132,6 +173,7 @@ impl Statements {
             acquire: acquire.into(),
             reacquire: reacquire.into(),
             renew: renew.into(),
+            mark_released: mark_released.into(),
             release: release.into(),
             holder: holder_select.into(),
             terminate: terminate.into(),

@@ -15,6 +15,7 @@ use leader_core::{
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use crate::conn::{Conn, Connector, classify, is_connection_error};
 use crate::keys::{self, Keepalive};
@@ -29,7 +30,10 @@ pub(crate) const VACATED: &str = "vacated";
 struct Pinned {
     handle: u64,
     holder: HolderId,
+    lock_key: i64,
     state: tokio::sync::Mutex<PinnedState>,
+    /// Wakes the expiry task when the lease ends otherwise.
+    ended: tokio::sync::Notify,
 }
 
 struct PinnedState {
@@ -39,6 +43,9 @@ struct PinnedState {
     /// `None` once an operation on it failed or was cancelled: the socket is
     /// closed, so the server frees the lock, and the lease is lost.
     conn: Option<Conn>,
+    /// Send time of the last successful acquire or renew plus the TTL: the
+    /// store gives the lease up itself after this (see [`PostgresStore::expire`]).
+    valid_until: Instant,
 }
 
 struct Inner {
@@ -69,8 +76,15 @@ pub struct PostgresStore {
 
 /// What the acquire statement reported.
 enum Minted {
-    Got { token: FencingToken, pid: i32 },
+    Got {
+        token: FencingToken,
+        pid: i32,
+    },
+    /// The lock is busy: who holds it (if still there) and its session pid.
     Missed(Option<LeaseInfo>, Option<i32>),
+    /// The lock was free but the previous term ended without a release:
+    /// the lock delay keeps the seat empty a while longer.
+    HeldBack(LeaseInfo),
 }
 
 impl PostgresStore {
@@ -194,7 +208,9 @@ impl PostgresStore {
     fn unpin(&self, key: &LeaseKey, handle: u64) {
         let mut leases = self.leases();
         if leases.get(key).is_some_and(|p| p.handle == handle) {
-            leases.remove(key);
+            if let Some(p) = leases.remove(key) {
+                p.ended.notify_one();
+            }
         }
     }
 
@@ -218,9 +234,26 @@ impl PostgresStore {
             .bind(ka.interval_secs.to_string())
             .bind(ka.count.to_string())
             .bind(ka.user_timeout_ms.to_string())
+            .bind(self.inner.options.lock_delay)
+            .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
             .fetch_one(&mut conn.inner)
             .await?;
         let got: bool = row.try_get("got")?;
+        let wait_ms: i64 = row.try_get("wait_ms")?;
+        if wait_ms > 0 {
+            let prev: Option<String> = row.try_get("prev_holder")?;
+            let token: Option<i64> = row.try_get("prev_token")?;
+            let holder = prev.and_then(|h| HolderId::new(h).ok()).ok_or_else(|| {
+                sqlx::Error::Protocol("held back without a previous holder".into())
+            })?;
+            let token = FencingToken(token.and_then(|t| u64::try_from(t).ok()).unwrap_or(0));
+            let remaining = Duration::from_millis(wait_ms.unsigned_abs());
+            return Ok(Minted::HeldBack(LeaseInfo::new(
+                holder,
+                token,
+                Some(remaining),
+            )));
+        }
         if got {
             let token: Option<i64> = row.try_get("token")?;
             let token = token
@@ -262,6 +295,7 @@ impl PostgresStore {
         let mut conn = state.conn.take()?;
         let limit = self.inner.options.operation_timeout;
         let sql = self.inner.sql.reacquire.clone();
+        let sent = Instant::now();
         match tokio::time::timeout(
             limit,
             self.mint(&mut conn, &sql, key, lock_key, &pinned.holder, ttl),
@@ -271,6 +305,7 @@ impl PostgresStore {
             Ok(Ok(Minted::Got { token, pid })) if pid == state.pid => {
                 state.conn = Some(conn);
                 state.token = token;
+                state.valid_until = sent + ttl;
                 Some(
                     Lease::new(key.clone(), pinned.holder.clone(), token, ttl)
                         .with_handle(pinned.handle),
@@ -301,6 +336,7 @@ impl PostgresStore {
             let (mut conn, reused) = self.inner.conns.take().await.map_err(err)?;
             // If this future is dropped mid-statement, `conn` is dropped with
             // it: the socket closes and the server frees any lock it took.
+            let sent = Instant::now();
             let outcome = tokio::time::timeout(
                 limit,
                 self.mint(&mut conn, &sql, key, lock_key, holder, ttl),
@@ -317,18 +353,30 @@ impl PostgresStore {
                     let pinned = Arc::new(Pinned {
                         handle,
                         holder: holder.clone(),
+                        lock_key,
                         state: tokio::sync::Mutex::new(PinnedState {
                             token,
                             pid,
                             conn: Some(conn),
+                            valid_until: sent + ttl,
                         }),
+                        ended: tokio::sync::Notify::new(),
                     });
                     // Replaces a stale entry whose session lost the lock.
-                    self.leases().insert(key.clone(), pinned);
+                    if let Some(old) = self.leases().insert(key.clone(), pinned.clone()) {
+                        old.ended.notify_one();
+                    }
+                    self.spawn_expiry(key.clone(), pinned);
                     tracing::debug!(key = %key, %holder, token = token.0, pid, "postgres lease acquired");
                     return Ok(Acquire::Acquired(
                         Lease::new(key.clone(), holder.clone(), token, ttl).with_handle(handle),
                     ));
+                }
+                Ok(Ok(Minted::HeldBack(info))) => {
+                    // The statement gave the lock back: the session is clean.
+                    self.inner.conns.put_back(conn);
+                    tracing::debug!(key = %key, previous = %info.holder, remaining = ?info.remaining, "lock delay after a term that ended without release");
+                    return Ok(Acquire::Held(info));
                 }
                 Ok(Ok(Minted::Missed(info, lock_pid))) => {
                     self.inner.conns.put_back(conn);
@@ -367,6 +415,79 @@ impl PostgresStore {
         Err(err(Error::unavailable(
             "the lock was busy but its holder could not be identified (it kept changing)",
         )))
+    }
+
+    /// Gives the lease up if it is not renewed within its TTL (its holder
+    /// stopped renewing without releasing: a stuck task, an aborted
+    /// elector). A session lock has no server-side expiry; this gives it one,
+    /// no earlier than the elector's own validity ends. It ends as a release
+    /// (followers are notified and no lock delay applies, since the holder
+    /// cannot believe it leads any more).
+    fn spawn_expiry(&self, key: LeaseKey, pinned: Arc<Pinned>) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let until = pinned.state.lock().await.valid_until;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = pinned.ended.notified() => return,
+                }
+                let mut state = pinned.state.lock().await;
+                if state.valid_until > Instant::now() {
+                    continue; // renewed meanwhile
+                }
+                let Some(conn) = state.conn.take() else {
+                    return;
+                };
+                let token = state.token;
+                drop(state);
+                store.unpin(&key, pinned.handle);
+                tracing::warn!(key = %key, holder = %pinned.holder, token = token.0, "postgres lease not renewed within its TTL; giving it up");
+                // Errors only mean the session is closed: the lock is freed.
+                let _ = store.unlock(conn, pinned.lock_key, token).await;
+            }
+        });
+    }
+
+    /// Marks the term released, unlocks, notifies followers and returns the
+    /// connection to the idle set (or closes it on any failure).
+    async fn unlock(&self, mut conn: Conn, lock_key: i64, token: FencingToken) -> Result<bool> {
+        let limit = self.inner.options.operation_timeout;
+        let token = i64::try_from(token.0).unwrap_or(i64::MAX);
+        let outcome = tokio::time::timeout(limit, async {
+            sqlx::query(AssertSqlSafe(self.inner.sql.mark_released.clone()))
+                .bind(lock_key)
+                .bind(token)
+                .execute(&mut conn.inner)
+                .await?;
+            let row = sqlx::query(AssertSqlSafe(self.inner.sql.release.clone()))
+                .bind(lock_key)
+                .bind(keys::channel(lock_key))
+                .bind(VACATED)
+                .bind(keys::application_name(&self.inner.options.application_name))
+                .fetch_one(&mut conn.inner)
+                .await?;
+            row.try_get::<bool, _>("ok")
+        })
+        .await;
+        match outcome {
+            Ok(Ok(true)) => {
+                self.inner.conns.put_back(conn);
+                Ok(true)
+            }
+            // Not held any more (unlocked behind our back): close it anyway.
+            Ok(Ok(false)) => Ok(false),
+            Ok(Err(e)) => Err(classify(
+                e,
+                false,
+                "unlock failed; the pinned session was closed, so the server frees the lock when \
+                 it sees the connection end",
+            )),
+            Err(_) => Err(Error::indeterminate(format!(
+                "unlock got no answer within {limit:?}; the pinned session was closed, so the \
+                 server frees the lock when it sees the connection end"
+            ))),
+        }
     }
 
     /// Detects a transaction-mode pooler: a second statement on the same
@@ -545,14 +666,16 @@ impl LeaseStore for PostgresStore {
                 "the pinned session was closed after an earlier failure".into(),
             ));
         };
-        let lock_key = self.lock_key(&lease.key);
+        let lock_key = pinned.lock_key;
         let limit = self.inner.options.operation_timeout.min(lease.ttl);
+        let sent = Instant::now();
         // Taken out of the slot for the statement: if this future is dropped,
         // the connection closes and the lease is lost, never left in doubt.
         let outcome = tokio::time::timeout(limit, self.check_held(&mut conn, lock_key)).await;
         let failure = match outcome {
             Ok(Ok((pid, true))) if pid == state.pid => {
                 state.conn = Some(conn);
+                state.valid_until = sent + lease.ttl;
                 return Ok(());
             }
             Ok(Ok((pid, _))) if pid != state.pid => {
@@ -596,40 +719,12 @@ impl LeaseStore for PostgresStore {
         let conn = state.conn.take();
         drop(state);
         self.unpin(&lease.key, pinned.handle);
-        let Some(mut conn) = conn else {
+        let Some(conn) = conn else {
             return Ok(false);
         };
-        let lock_key = self.lock_key(&lease.key);
-        let limit = self.inner.options.operation_timeout;
-        let outcome = tokio::time::timeout(limit, async {
-            let row = sqlx::query(AssertSqlSafe(self.inner.sql.release.clone()))
-                .bind(lock_key)
-                .bind(keys::channel(lock_key))
-                .bind(VACATED)
-                .bind(keys::application_name(&self.inner.options.application_name))
-                .fetch_one(&mut conn.inner)
-                .await?;
-            row.try_get::<bool, _>("ok")
-        })
-        .await;
-        match outcome {
-            Ok(Ok(true)) => {
-                self.inner.conns.put_back(conn);
-                Ok(true)
-            }
-            // Not held any more (unlocked behind our back): close it anyway.
-            Ok(Ok(false)) => Ok(false),
-            Ok(Err(e)) => Err(err(classify(
-                e,
-                false,
-                "unlock failed; the pinned session was closed, so the server frees the lock when \
-                 it sees the connection end",
-            ))),
-            Err(_) => Err(err(Error::indeterminate(format!(
-                "unlock got no answer within {limit:?}; the pinned session was closed, so the \
-                 server frees the lock when it sees the connection end"
-            )))),
-        }
+        self.unlock(conn, pinned.lock_key, lease.token)
+            .await
+            .map_err(err)
     }
 
     async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use leader_core::{ErrorKind, FencingToken, LeaseEvent, LeaseStore};
+use leader_testkit::proxy::{FaultProxy, Mode};
 use sqlx::Row;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -140,37 +141,123 @@ async fn explicit_lock_keys_are_used_and_visible_in_pg_locks() {
     assert!(s.release(&lease).await.expect("release"));
 }
 
+/// Terminates the backend whose application_name is `app`; returns how many.
+async fn terminate_app(url: &str, app: &str) -> i64 {
+    let mut admin = admin(url).await;
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
+         WHERE application_name = $1",
+    )
+    .bind(app)
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate")
+}
+
 #[tokio::test]
-async fn terminated_holder_session_fails_renewal_and_frees_the_lock() {
+async fn terminated_holder_session_fails_renewal_and_the_lock_delay_keeps_the_seat_empty() {
     let pg = server().await;
     let s = store(pg.url());
     let key = key("terminated");
+    let ttl = Duration::from_secs(2);
     let lease = acquired(
-        s.acquire(&key, &holder("victim_1"), TTL)
+        s.acquire(&key, &holder("victim_1"), ttl)
             .await
             .expect("acquire"),
     );
-    let mut admin = admin(pg.url()).await;
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'victim_1'",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .expect("terminate");
-    assert_eq!(killed, 1);
+    assert_eq!(terminate_app(pg.url(), "victim_1").await, 1);
     let err = s
         .renew(&lease)
         .await
         .expect_err("renew on a terminated session");
     assert_eq!(err.kind(), ErrorKind::NotHolder, "{err}");
+
+    // The victim might still believe it leads until its next renewal: the
+    // seat stays empty for one TTL after it is first found free.
     let other = store(pg.url());
-    eventually(Duration::from_secs(10), "the lock to be free", || async {
+    let first_try = tokio::time::Instant::now();
+    let info = held(
+        other
+            .acquire(&key, &holder("next_1"), ttl)
+            .await
+            .expect("try"),
+    );
+    assert_eq!(info.holder.as_str(), "victim_1");
+    let remaining = info.remaining.expect("the delay says how long");
+    assert!(remaining <= ttl && remaining > ttl / 2, "{remaining:?}");
+    assert_eq!(
+        other.current(&key).await.expect("current"),
+        None,
+        "nobody holds the lock"
+    );
+    eventually(ttl * 5, "the delay to pass", || async {
         matches!(
-            other.acquire(&key, &holder("next_1"), TTL).await,
+            other.acquire(&key, &holder("next_1"), ttl).await,
             Ok(leader_core::Acquire::Acquired(_))
         )
     })
     .await;
+    assert!(
+        first_try.elapsed() >= ttl,
+        "acquired before the delay ended"
+    );
+}
+
+#[tokio::test]
+async fn without_lock_delay_a_terminated_holders_lock_is_free_at_once() {
+    let pg = server().await;
+    let opts = options(pg.url()).lock_delay(false);
+    let s = leader_postgres::PostgresStore::new(opts.clone());
+    let other = leader_postgres::PostgresStore::new(opts);
+    let key = key("nodelay");
+    let lease = acquired(
+        s.acquire(&key, &holder("victim_2"), TTL)
+            .await
+            .expect("acquire"),
+    );
+    assert_eq!(terminate_app(pg.url(), "victim_2").await, 1);
+    let next = acquired(
+        other
+            .acquire(&key, &holder("next_2"), TTL)
+            .await
+            .expect("free at once"),
+    );
+    assert!(next.token > lease.token);
+}
+
+#[tokio::test]
+async fn a_lease_not_renewed_within_its_ttl_is_given_up_by_the_store() {
+    let pg = server().await;
+    let s = store(pg.url());
+    let other = store(pg.url());
+    let key = key("expiry");
+    let ttl = Duration::from_millis(800);
+    let lease = acquired(
+        s.acquire(&key, &holder("idle_1"), ttl)
+            .await
+            .expect("acquire"),
+    );
+    let mut events = other.watch(&key).await.expect("watch");
+    let started = tokio::time::Instant::now();
+    // Released as if gracefully: followers hear of it and no delay applies.
+    let event = tokio::time::timeout(ttl * 10, events.recv())
+        .await
+        .expect("expiry notified");
+    assert_eq!(event, Some(LeaseEvent::Vacated));
+    assert!(
+        started.elapsed() >= ttl * 9 / 10,
+        "expired early: {:?}",
+        started.elapsed()
+    );
+    let next = acquired(
+        other
+            .acquire(&key, &holder("next_3"), ttl)
+            .await
+            .expect("free, no delay"),
+    );
+    assert!(next.token > lease.token);
+    let err = s.renew(&lease).await.expect_err("expired");
+    assert_eq!(err.kind(), ErrorKind::NotHolder);
 }
 
 #[tokio::test]
@@ -200,6 +287,9 @@ async fn force_release_ends_the_holder_session_and_returns_its_info() {
     );
     let err = s.renew(&lease).await.expect_err("holder lost it");
     assert_eq!(err.kind(), ErrorKind::NotHolder);
+    // force_release also ends a term without a release: the delay applies.
+    let info = held(ops.acquire(&key, &holder("ops_1"), TTL).await.expect("try"));
+    assert!(info.remaining.is_some(), "{info:?}");
 }
 
 #[tokio::test]
@@ -241,16 +331,23 @@ async fn release_notifies_watchers_and_listener_loss_ends_the_stream() {
 #[tokio::test]
 async fn cancelled_renewal_gives_the_lease_up_instead_of_leaving_it_in_doubt() {
     let pg = server().await;
-    let s = store(pg.url());
+    let proxy = FaultProxy::start(pg.addr()).await.expect("proxy");
+    let via_proxy = format!("postgres://postgres@{}/postgres", proxy.addr());
+    let s = leader_postgres::PostgresStore::new(options(&via_proxy).lock_delay(false));
     let key = key("cancel");
     let lease = acquired(s.acquire(&key, &holder("c_1"), TTL).await.expect("acquire"));
-    {
-        // Poll the renewal once (the statement is sent), then drop it.
-        let mut renew = Box::pin(s.renew(&lease));
-        let _ = futures::poll!(renew.as_mut());
-    }
+    // The renewal is sent into a partition and its future dropped (as an
+    // elector's request timeout does).
+    proxy.set_mode(Mode::Blackhole);
+    let cancelled = tokio::time::timeout(Duration::from_millis(300), s.renew(&lease)).await;
+    assert!(
+        cancelled.is_err(),
+        "the renewal cannot finish in a partition"
+    );
+    proxy.set_mode(Mode::PassThrough);
     let err = s.renew(&lease).await.expect_err("the lease was given up");
-    assert_eq!(err.kind(), ErrorKind::NotHolder);
+    assert_eq!(err.kind(), ErrorKind::NotHolder, "{err}");
+    // Its connection was closed, so the server frees the lock.
     let other = store(pg.url());
     eventually(
         Duration::from_secs(10),
