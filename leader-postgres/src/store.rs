@@ -207,10 +207,10 @@ impl PostgresStore {
     /// Forgets the pinned lease `handle` on `key` (if still the current one).
     fn unpin(&self, key: &LeaseKey, handle: u64) {
         let mut leases = self.leases();
-        if leases.get(key).is_some_and(|p| p.handle == handle) {
-            if let Some(p) = leases.remove(key) {
-                p.ended.notify_one();
-            }
+        if leases.get(key).is_some_and(|p| p.handle == handle)
+            && let Some(p) = leases.remove(key)
+        {
+            p.ended.notify_one();
         }
     }
 
