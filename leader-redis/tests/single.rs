@@ -444,3 +444,54 @@ async fn garbage_replies_are_protocol_errors() {
         .expect_err("garbage");
     assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
 }
+
+#[tokio::test]
+async fn network_faults_map_to_unavailable_or_indeterminate() {
+    use leader_testkit::proxy::{FaultProxy, Mode};
+    let redis = RedisServer::from_env_or_start()
+        .await
+        .expect("redis server");
+    let proxy = FaultProxy::start(redis.addr()).await.expect("proxy");
+    let store = RedisStore::builder(&format!("redis://{}", proxy.addr()))
+        .response_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .expect("store");
+    let k = key("faults");
+    let lease = acquired(&store, &k, &holder("a"), TTL).await;
+
+    // A partition: the command is sent and nothing comes back.
+    proxy.set_mode(Mode::Blackhole);
+    let err = store.renew(&lease).await.expect_err("blackholed");
+    assert_eq!(err.kind(), ErrorKind::Indeterminate, "{err}");
+    // The hung connection was dropped; a new one cannot complete its
+    // handshake, so nothing is sent: unavailable.
+    let err = store.renew(&lease).await.expect_err("still blackholed");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+
+    // Connection reset while a command is in flight: outcome unknown.
+    proxy.set_mode(Mode::PassThrough);
+    eventually(
+        Duration::from_secs(10),
+        "renew after the partition heals",
+        || async { store.renew(&lease).await.ok() },
+    )
+    .await;
+    proxy.set_mode(Mode::Blackhole);
+    let renew = store.renew(&lease);
+    tokio::pin!(renew);
+    assert!(futures::poll!(renew.as_mut()).is_pending());
+    proxy.set_mode(Mode::Reset);
+    let err = renew.await.expect_err("reset mid-command");
+    assert_eq!(err.kind(), ErrorKind::Indeterminate, "{err}");
+
+    // Refused connections: nothing was sent.
+    proxy.set_mode(Mode::Refuse);
+    let err = store.current(&k).await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    proxy.set_mode(Mode::PassThrough);
+    eventually(Duration::from_secs(10), "recovery", || async {
+        store.renew(&lease).await.ok()
+    })
+    .await;
+}
