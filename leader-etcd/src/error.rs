@@ -34,6 +34,9 @@ const UNAUTHENTICATED: i32 = 16;
 /// Whether anything in the error's source chain says the connection could
 /// not be established (so the request never left this process).
 fn is_connect_failure(err: &(dyn StdError + 'static)) -> bool {
+    if is_tls_failure(err) {
+        return true;
+    }
     let mut cur = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -56,6 +59,37 @@ fn is_connect_failure(err: &(dyn StdError + 'static)) -> bool {
         cur = e.source();
     }
     false
+}
+
+/// Whether the TLS handshake failed (an untrusted or mismatched server
+/// certificate, a refused client certificate): nothing was sent.
+fn is_tls_failure(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        // `io::Error::source` skips its own payload: look inside.
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The source chain of an etcd-client error, for the checks above.
+fn chain(err: &EtcdError) -> Option<&(dyn StdError + 'static)> {
+    match err {
+        EtcdError::GRpcStatus(s) => Some(s),
+        EtcdError::TransportError(e) => Some(e),
+        EtcdError::IoError(e) => Some(e),
+        _ => None,
+    }
 }
 
 /// The kind for an etcd-client error.
@@ -126,6 +160,9 @@ pub(crate) fn is_lease_not_found(err: &EtcdError) -> bool {
 pub(crate) fn from_etcd(op: &'static str, key: &str, err: EtcdError) -> Error {
     let kind = classify(&err);
     let what = match kind {
+        ErrorKind::Unavailable if chain(&err).is_some_and(is_tls_failure) => {
+            "the TLS handshake with etcd failed (check the CA, client certificate and domain)"
+        }
         ErrorKind::Unavailable => "etcd could not be reached",
         ErrorKind::Indeterminate => "the request to etcd did not complete",
         ErrorKind::Auth => "etcd refused the credentials or permission",

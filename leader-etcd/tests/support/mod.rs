@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod history;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
