@@ -4,5 +4,6 @@ mod error;
 pub mod history;
 pub mod proxy;
 pub mod servers;
+pub mod suite;
 
 pub use error::{Error, Result};

@@ -1,0 +1,540 @@
+//! Election-level cases: the card's scenarios through the real
+//! `leader_core::Elector`, with every store call recorded and checked by the
+//! history checker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use leader_core::{Elector, FencingToken, HealthStatus, LeaderContext, WorkHandle};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::store::poll;
+use super::{CaseResult, Ctx, Failure, ensure};
+use crate::history::{CheckOptions, FencedResource, History, Op, Outcome, RecordingStore};
+
+/// Several electors on one resource, each with its own client wrapped in a
+/// [`RecordingStore`], run-while-leader work writing to one
+/// [`FencedResource`], and a sampler of `is_leader()` across all of them.
+struct Cluster {
+    electors: Vec<Elector>,
+    ids: Vec<String>,
+    history: History,
+    resource: Arc<FencedResource>,
+    max_leaders: Arc<AtomicUsize>,
+    tasks: Vec<JoinHandle<()>>,
+    works: Vec<WorkHandle>,
+    validity: Duration,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        for work in &self.works {
+            work.stop();
+        }
+        for elector in &self.electors {
+            elector.abort();
+        }
+    }
+}
+
+impl Cluster {
+    async fn start(ctx: &Ctx, resource_name: &str, n: usize) -> Result<Cluster, Failure> {
+        let history = History::new();
+        let resource = Arc::new(FencedResource::recording(history.clone()));
+        let mut electors = Vec::new();
+        let mut ids = Vec::new();
+        let mut tasks = Vec::new();
+        let mut works = Vec::new();
+        let mut validity = ctx.profile().lease;
+        for i in 0..n {
+            let id = format!("i{i}");
+            let client = ctx.client().await?;
+            let store = Arc::new(RecordingStore::new(client, history.clone()));
+            let config = ctx.election_config(resource_name, &id);
+            validity = config.lease_duration.mul_f64(1.0 - config.clock_drift);
+            let elector = Elector::start(store, config)?;
+            works.push(start_work(
+                &elector,
+                &id,
+                &history,
+                &resource,
+                ctx.profile().interval() / 2,
+            ));
+            tasks.push(record_step_downs(&elector, &id, &history));
+            electors.push(elector);
+            ids.push(id);
+        }
+        let max_leaders = Arc::new(AtomicUsize::new(0));
+        tasks.push(tokio::spawn(sample_leaders(
+            electors.clone(),
+            max_leaders.clone(),
+        )));
+        Ok(Cluster {
+            electors,
+            ids,
+            history,
+            resource,
+            max_leaders,
+            tasks,
+            works,
+            validity,
+        })
+    }
+
+    fn leaders(&self) -> Vec<usize> {
+        (0..self.electors.len())
+            .filter(|&i| self.electors[i].is_leader())
+            .collect()
+    }
+
+    /// Waits until exactly one instance other than `except` leads; returns
+    /// it and the time waited.
+    async fn wait_for_leader(
+        &self,
+        within: Duration,
+        except: Option<usize>,
+    ) -> Result<(usize, Duration), Failure> {
+        let started = Instant::now();
+        let found = poll(within, Duration::from_millis(1), || async {
+            match self.leaders()[..] {
+                [one] if Some(one) != except => Some(one),
+                _ => None,
+            }
+        })
+        .await;
+        match found {
+            Some(i) => Ok((i, started.elapsed())),
+            None => Err(Failure::new(format!(
+                "no new leader within {within:?} (leaders now: {:?})",
+                self.leaders()
+            ))),
+        }
+    }
+
+    fn token(&self, i: usize) -> Result<FencingToken, Failure> {
+        self.electors[i]
+            .token()
+            .ok_or_else(|| Failure::new(format!("leader {} has no token", self.ids[i])))
+    }
+
+    /// Waits until leader `i`'s work has written with its token.
+    async fn wait_written(&self, i: usize, within: Duration) -> Result<FencingToken, Failure> {
+        let token = self.token(i)?;
+        let res = self.resource.clone();
+        poll(within, Duration::from_millis(1), || async {
+            (res.highest() >= Some(token)).then_some(())
+        })
+        .await
+        .ok_or_else(|| {
+            Failure::new(format!(
+                "{}'s work did not write within {within:?}",
+                self.ids[i]
+            ))
+        })?;
+        Ok(token)
+    }
+
+    async fn shutdown(&self) {
+        for elector in &self.electors {
+            elector.shutdown().await;
+        }
+    }
+
+    /// The history check (validity-capped terms) and the sampler's verdict.
+    fn check(&self) -> CaseResult {
+        let max = self.max_leaders.load(Ordering::SeqCst);
+        ensure!(
+            max <= 1,
+            "{max} instances said is_leader() == true at the same moment"
+        );
+        self.history
+            .check_with(&CheckOptions::with_validity(self.validity))
+            .map_err(|v| Failure::new(format!("history check failed:\n{v}")))?;
+        Ok(())
+    }
+}
+
+/// Run-while-leader work: writes with the term's token at once and every
+/// `period`, and records the loss signal when it comes.
+fn start_work(
+    elector: &Elector,
+    id: &str,
+    history: &History,
+    resource: &Arc<FencedResource>,
+    period: Duration,
+) -> WorkHandle {
+    let (id, history, resource) = (id.to_owned(), history.clone(), resource.clone());
+    elector.run_while_leader(move |lctx: LeaderContext| {
+        let (id, history, resource) = (id.clone(), history.clone(), resource.clone());
+        async move {
+            let token = lctx.token();
+            resource.write(&id, token);
+            loop {
+                tokio::select! {
+                    () = lctx.cancelled() => {
+                        history.instant(&id, Op::LossSignal, Outcome::Ok, Some(token));
+                        return;
+                    }
+                    () = sleep(period) => {
+                        if !lctx.is_cancelled() {
+                            resource.write(&id, token);
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Records a step-down each time the elector's published state goes from
+/// leader to not leader (observed: never earlier than the real one).
+fn record_step_downs(elector: &Elector, id: &str, history: &History) -> JoinHandle<()> {
+    let mut rx = elector.subscribe();
+    let (id, history) = (id.to_owned(), history.clone());
+    tokio::spawn(async move {
+        let (mut was, mut token) = {
+            let s = rx.borrow_and_update();
+            (s.is_leader, s.token)
+        };
+        while rx.changed().await.is_ok() {
+            let s = rx.borrow_and_update().clone();
+            if was && !s.is_leader {
+                history.instant(&id, Op::StepDown, Outcome::Ok, token);
+            }
+            was = s.is_leader;
+            if s.is_leader {
+                token = s.token;
+            }
+        }
+    })
+}
+
+/// Samples `is_leader()` of every elector back to back (no await between),
+/// keeping the highest count seen at one moment.
+async fn sample_leaders(electors: Vec<Elector>, max: Arc<AtomicUsize>) {
+    loop {
+        let n = electors.iter().filter(|e| e.is_leader()).count();
+        max.fetch_max(n, Ordering::SeqCst);
+        sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// How long a follower may take to notice a free seat: the retry period
+/// with its 20 % jitter, plus one request.
+fn follower_reaction(ctx: &Ctx) -> Duration {
+    let i = ctx.profile().interval();
+    i.mul_f64(1.2) + i
+}
+
+/// Several instances: exactly one leads, stays leader while renewing, the
+/// followers know who it is, health says Healthy / Degraded.
+pub async fn election_one_leader(ctx: &Ctx) -> CaseResult {
+    let cluster = Cluster::start(ctx, "one-leader", 3).await?;
+    let p = ctx.profile();
+    let (leader, took) = cluster
+        .wait_for_leader(follower_reaction(ctx) + p.slack, None)
+        .await?;
+    println!("  first leader after {took:?}");
+    let token = cluster.wait_written(leader, p.slack).await?;
+    // Hold for two leases: renewals must keep the same leader and term.
+    let until = Instant::now() + p.lease * 2;
+    while Instant::now() < until {
+        ensure!(
+            cluster.leaders() == vec![leader],
+            "leadership moved or split: {:?}",
+            cluster.leaders()
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    ensure!(
+        cluster.token(leader)? == token,
+        "the token changed without a new term"
+    );
+    let info = ctx
+        .store()
+        .current(cluster.electors[leader].key())
+        .await?
+        .ok_or_else(|| Failure::new("the store shows no holder while an instance leads"))?;
+    ensure!(
+        info.holder.as_str() == cluster.ids[leader] && info.token == token,
+        "the store shows {}/{} but {} leads with token {token}",
+        info.holder,
+        info.token,
+        cluster.ids[leader]
+    );
+    for (i, elector) in cluster.electors.iter().enumerate() {
+        let health = elector.health();
+        let expected = if i == leader {
+            HealthStatus::Healthy
+        } else {
+            HealthStatus::Degraded
+        };
+        ensure!(
+            health.status == expected,
+            "{} health {:?}, expected {expected:?}",
+            cluster.ids[i],
+            health.status
+        );
+        ensure!(
+            health.data.leader_id.as_ref().map(|h| h.as_str())
+                == Some(cluster.ids[leader].as_str()),
+            "{} thinks the leader is {:?}",
+            cluster.ids[i],
+            health.data.leader_id
+        );
+    }
+    cluster.shutdown().await;
+    cluster.check()
+}
+
+/// The leader crashes (abort: no release): another instance leads within
+/// lease + retry period, with a higher token; the crashed leader's late
+/// write is rejected by the fenced resource.
+pub async fn election_crash_failover(ctx: &Ctx) -> CaseResult {
+    let cluster = Cluster::start(ctx, "crash", 3).await?;
+    let p = ctx.profile();
+    let (old, _) = cluster
+        .wait_for_leader(follower_reaction(ctx) + p.slack, None)
+        .await?;
+    let old_token = cluster.wait_written(old, p.slack).await?;
+    cluster.history.instant(
+        &cluster.ids[old],
+        Op::StepDown,
+        Outcome::Ok,
+        Some(old_token),
+    );
+    cluster.electors[old].abort();
+    ensure!(
+        !cluster.electors[old].is_leader(),
+        "an aborted elector still says it leads"
+    );
+    let bound = ctx.granted(p.lease) + follower_reaction(ctx) + p.slack;
+    let (new, took) = cluster.wait_for_leader(bound, Some(old)).await?;
+    println!(
+        "  crash failover: new leader after {took:?} (lease {:?}, bound {bound:?})",
+        p.lease
+    );
+    let new_token = cluster.wait_written(new, p.slack).await?;
+    ensure!(
+        new_token > old_token,
+        "the new term's token {new_token} is not above {old_token}"
+    );
+    // The crashed leader wakes up from its "pause" and writes: fenced off.
+    ensure!(
+        !cluster.resource.write(&cluster.ids[old], old_token),
+        "the fenced resource accepted the crashed leader's stale write"
+    );
+    cluster.shutdown().await;
+    let summary = cluster.check();
+    ensure!(
+        cluster.resource.rejected() >= 1,
+        "the stale write was not counted"
+    );
+    summary
+}
+
+/// Graceful shutdown of the leader: a follower leads quickly (the time is
+/// printed), without waiting for the lease to expire.
+pub async fn election_graceful_handover(ctx: &Ctx) -> CaseResult {
+    let cluster = Cluster::start(ctx, "graceful", 3).await?;
+    let p = ctx.profile();
+    let (old, _) = cluster
+        .wait_for_leader(follower_reaction(ctx) + p.slack, None)
+        .await?;
+    let old_token = cluster.wait_written(old, p.slack).await?;
+    let started = Instant::now();
+    cluster.electors[old].shutdown().await;
+    let released = started.elapsed();
+    ensure!(
+        !cluster.electors[old].is_leader(),
+        "a shut-down elector still says it leads"
+    );
+    // Notifying stores wake followers at once; others within a retry period.
+    let bound = if ctx.capabilities().notifies() {
+        p.interval() + p.slack
+    } else {
+        follower_reaction(ctx) + p.slack
+    };
+    let (new, took) = cluster.wait_for_leader(bound, Some(old)).await?;
+    let total = released + took;
+    println!(
+        "  graceful handover: shutdown took {released:?}, new leader {total:?} after shutdown began (notifications: {:?})",
+        ctx.capabilities().notifications
+    );
+    ensure!(
+        total < p.lease,
+        "handover took {total:?}: no faster than waiting for expiry ({:?})",
+        p.lease
+    );
+    ensure!(
+        cluster.token(new)? > old_token,
+        "the new token is not above {old_token}"
+    );
+    sleep(p.interval() * 2).await;
+    ensure!(
+        !cluster.electors[old].is_leader(),
+        "the shut-down elector leads again"
+    );
+    cluster.shutdown().await;
+    cluster.check()
+}
+
+/// Run-while-leader work is cancelled when leadership is lost (here: an
+/// operator's force_release) and starts again with the next term's token.
+pub async fn election_work_cancelled_on_loss(ctx: &Ctx) -> CaseResult {
+    let cluster = Cluster::start(ctx, "work", 1).await?;
+    let p = ctx.profile();
+    let (leader, _) = cluster
+        .wait_for_leader(follower_reaction(ctx) + p.slack, None)
+        .await?;
+    let token = cluster.wait_written(leader, p.slack).await?;
+    let started = Instant::now();
+    ctx.store()
+        .force_release(cluster.electors[leader].key())
+        .await?
+        .ok_or_else(|| Failure::new("force_release found no holder"))?;
+    // Noticed at the next renewal (one interval), answered within a request.
+    let bound = p.interval() * 2 + p.slack;
+    let history = cluster.history.clone();
+    let id = cluster.ids[leader].clone();
+    poll(bound, Duration::from_millis(1), || async {
+        history
+            .events()
+            .iter()
+            .any(|e| e.process == id && e.op == Op::LossSignal && e.token == Some(token))
+            .then_some(())
+    })
+    .await
+    .ok_or_else(|| {
+        Failure::new(format!(
+            "the work was not told of the loss within {bound:?}"
+        ))
+    })?;
+    println!(
+        "  loss signalled {:?} after force_release",
+        started.elapsed()
+    );
+    let bound = follower_reaction(ctx) + p.interval() + p.slack;
+    let res = cluster.resource.clone();
+    poll(bound, Duration::from_millis(1), || async {
+        (res.highest() > Some(token)).then_some(())
+    })
+    .await
+    .ok_or_else(|| {
+        Failure::new(format!(
+            "the work did not start again with a new term within {bound:?}"
+        ))
+    })?;
+    cluster.shutdown().await;
+    cluster.check()
+}
+
+/// The store stops: by the time the old lease could have expired, no
+/// instance believes it leads, the work was cancelled, and health says
+/// Unhealthy.
+pub async fn election_store_down_steps_down(ctx: &Ctx) -> CaseResult {
+    let control = ctx
+        .control()
+        .ok_or_else(|| Failure::new("no server control"))?;
+    let cluster = Cluster::start(ctx, "down", 3).await?;
+    let p = ctx.profile();
+    let (leader, _) = cluster
+        .wait_for_leader(follower_reaction(ctx) + p.slack, None)
+        .await?;
+    let token = cluster.wait_written(leader, p.slack).await?;
+    // Every successful renewal was sent before this instant.
+    let stopped = Instant::now();
+    control.stop().await?;
+    let result = async {
+        sleep_until(stopped + p.lease).await;
+        let leaders = cluster.leaders();
+        ensure!(
+            leaders.is_empty(),
+            "{leaders:?} still believe they lead {:?} after the store stopped (the lease could have expired)",
+            stopped.elapsed()
+        );
+        let history = cluster.history.clone();
+        let id = cluster.ids[leader].clone();
+        poll(p.slack, Duration::from_millis(1), || async {
+            history
+                .events()
+                .iter()
+                .any(|e| e.process == id && e.op == Op::LossSignal && e.token == Some(token))
+                .then_some(())
+        })
+        .await
+        .ok_or_else(|| Failure::new("the leader's work was not cancelled"))?;
+        // Unhealthy once the store has been silent for the renew deadline.
+        let bound = p.lease + p.slack;
+        poll(bound.saturating_sub(stopped.elapsed()), Duration::from_millis(5), || async {
+            cluster
+                .electors
+                .iter()
+                .all(|e| e.health().status == HealthStatus::Unhealthy)
+                .then_some(())
+        })
+        .await
+        .ok_or_else(|| {
+            let statuses: Vec<_> = cluster.electors.iter().map(|e| e.health().status).collect();
+            Failure::new(format!("health is {statuses:?} {bound:?} after the store stopped; expected Unhealthy"))
+        })?;
+        Ok(())
+    }
+    .await;
+    control.start().await?;
+    cluster.shutdown().await;
+    result?;
+    cluster.check()
+}
+
+/// The store comes back: a leader within about one renewal interval (plus
+/// whatever lease the store kept across the restart, plus slack).
+pub async fn election_store_returns(ctx: &Ctx) -> CaseResult {
+    let control = ctx
+        .control()
+        .ok_or_else(|| Failure::new("no server control"))?;
+    let cluster = Cluster::start(ctx, "returns", 3).await?;
+    let p = ctx.profile();
+    cluster
+        .wait_for_leader(follower_reaction(ctx) + p.slack, None)
+        .await?;
+    control.stop().await?;
+    let none = poll(p.lease + p.slack, Duration::from_millis(5), || async {
+        cluster.leaders().is_empty().then_some(())
+    })
+    .await;
+    if none.is_none() {
+        control.start().await?;
+        return Err(Failure::new(
+            "instances still lead long after the store stopped",
+        ));
+    }
+    control.start().await?;
+    let back = Instant::now();
+    // A store that persisted the old lease (etcd) makes everyone wait for it.
+    let key = cluster.electors[0].key().clone();
+    let kept = poll(p.slack, Duration::from_millis(20), || async {
+        ctx.store().current(&key).await.ok()
+    })
+    .await
+    .flatten()
+    .and_then(|info| info.remaining)
+    .unwrap_or_default();
+    let bound = kept + follower_reaction(ctx) + p.interval() + p.slack;
+    let (_, took) = cluster
+        .wait_for_leader(bound.saturating_sub(back.elapsed()), None)
+        .await?;
+    println!(
+        "  store back: a leader {:?} after the restart (old lease kept: {kept:?}, renewal interval {:?})",
+        back.elapsed(),
+        p.interval()
+    );
+    let _ = took;
+    cluster.shutdown().await;
+    cluster.check()
+}

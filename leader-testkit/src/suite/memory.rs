@@ -1,0 +1,78 @@
+//! [`MemoryFixture`]: the suite's fixture for `leader_core::MemoryStore`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use leader_core::testing::{Fault, FaultyStore};
+use leader_core::{ErrorKind, LeaseStore, MemoryStore};
+
+use super::{Fixture, Profile, ServerControl};
+
+/// The in-memory store as a suite fixture. Every client shares one store
+/// (behind `leader_core::testing::FaultyStore`), and "stopping the server"
+/// makes every call fail with `Unavailable` until it is started again, so
+/// the store-down cases run too. The lease state survives a stop, as with
+/// a persistent server.
+///
+/// Its profile is [`Profile::paused_time`]: run it under
+/// `#[tokio::test(start_paused = true)]` (`conformance_tests!(paused, ...)`).
+#[derive(Debug)]
+pub struct MemoryFixture {
+    store: Arc<FaultyStore>,
+    profile: Profile,
+}
+
+impl Default for MemoryFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryFixture {
+    /// A fresh, empty memory store.
+    pub fn new() -> Self {
+        MemoryFixture {
+            store: Arc::new(FaultyStore::new(Arc::new(MemoryStore::new()))),
+            profile: Profile::paused_time(),
+        }
+    }
+
+    /// Uses `profile` instead of [`Profile::paused_time`] (for real time).
+    pub fn with_profile(mut self, profile: Profile) -> Self {
+        self.profile = profile;
+        self
+    }
+}
+
+#[async_trait]
+impl Fixture for MemoryFixture {
+    fn name(&self) -> String {
+        "memory".to_owned()
+    }
+
+    async fn store(&self) -> leader_core::Result<Arc<dyn LeaseStore>> {
+        Ok(self.store.clone())
+    }
+
+    fn control(&self) -> Option<&dyn ServerControl> {
+        Some(self)
+    }
+
+    fn profile(&self) -> Profile {
+        self.profile
+    }
+}
+
+#[async_trait]
+impl ServerControl for MemoryFixture {
+    async fn stop(&self) -> crate::Result<()> {
+        self.store
+            .set_all(Some(Fault::Fail(ErrorKind::Unavailable)));
+        Ok(())
+    }
+
+    async fn start(&self) -> crate::Result<()> {
+        self.store.clear();
+        Ok(())
+    }
+}
