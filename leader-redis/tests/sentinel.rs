@@ -121,9 +121,12 @@ async fn killing_the_master_while_an_elector_leads_recovers_the_election() {
         .expect("held");
     assert_eq!(before.holder.as_str(), first);
 
+    let mut replica = raw(&format!("redis://127.0.0.1:{}", set.replica.port)).await;
+    let on_replica: Option<String> = replica.get(key.as_str()).await.expect("GET on replica");
     let old = set.master.port;
     let killed_at = Instant::now();
     set.master.kill();
+    let mut on_new_master = None;
     // Sample who believes it leads until the election has recovered on the
     // new master: (both believed at once, the leader after recovery).
     let mut overlap_samples = 0u32;
@@ -141,6 +144,12 @@ async fn killing_the_master_while_an_elector_leads_recovers_the_election() {
         }
         last = Instant::now();
         let moved = set.master_port().await.is_some_and(|p| p != old);
+        if moved
+            && on_new_master.is_none()
+            && let Ok(seen) = observer.current(&key).await
+        {
+            on_new_master = Some(seen.map(|i| format!("{} token {}", i.holder, i.token)));
+        }
         if moved && (la ^ lb) {
             let (id, tok) = if la {
                 ("instance-a", a.token())
@@ -161,14 +170,12 @@ async fn killing_the_master_while_an_elector_leads_recovers_the_election() {
     // The record the issue asks for (run with --nocapture to see it).
     println!(
         "sentinel failover record: leader before = {first} (token {first_token}); \
-         leader after = {after_holder} (token {after_token}); lease {}; \
-         recovered {recovered_after:?} after the kill; leaderless for about \
-         {leaderless_since_kill:?}; samples with two believed leaders = {overlap_samples}",
-        if kept {
-            "survived the failover (replicated before the kill)"
-        } else {
-            "was lost or re-acquired (new term)"
-        },
+         lease key on the replica at the kill = {on_replica:?}; first read on the \
+         promoted master = {on_new_master:?}; leader after = {after_holder} (token \
+         {after_token}, {}); recovered {recovered_after:?} after the kill; leaderless \
+         for about {leaderless_since_kill:?}; samples with two believed leaders = \
+         {overlap_samples}",
+        if kept { "same term" } else { "new term" },
     );
     // Tokens minted after the failover come from the promoted replica's
     // counter; if the acquisition's INCR had not replicated they could
