@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use leader_core::{Acquire, ElectionConfig, Elector, HolderId, LeaseStore};
 use leader_etcd::EtcdStore;
+use leader_testkit::history::{CheckOptions, History, Op, Outcome, RecordingStore};
 use support::cluster::EtcdCluster;
 use support::history::Sampler;
 use support::{eventually, unique_key};
@@ -56,12 +57,16 @@ async fn store_operations_survive_losing_the_etcd_leader() {
 async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
     let cluster = EtcdCluster::start().await;
     let prefix = format!("leader-etcd-cluster:{}:", std::process::id());
+    let history = History::new();
+    let mut validity = LEASE;
     let electors: Vec<Elector> = (0..3)
         .map(|i| {
             let mut config = ElectionConfig::new("failover").with_timing(LEASE, RENEWAL);
             config.key_prefix = prefix.clone();
             config.instance_id = Some(format!("elector-{i}"));
-            Elector::start(Arc::new(store(&cluster)), config).expect("elector")
+            validity = LEASE.mul_f64(1.0 - config.clock_drift);
+            let recorded = RecordingStore::new(Arc::new(store(&cluster)), history.clone());
+            Elector::start(Arc::new(recorded), config).expect("elector")
         })
         .collect();
     let sampler = Sampler::start(electors.clone());
@@ -70,6 +75,17 @@ async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
     })
     .await;
 
+    // Kill the etcd leader once the elected leader is in its steady renewal
+    // rhythm (two successful renewals).
+    eventually("the leader renews twice", || async {
+        history
+            .events()
+            .iter()
+            .filter(|e| e.op == Op::Renew && e.outcome == Outcome::Ok)
+            .count()
+            >= 2
+    })
+    .await;
     let victim = cluster.kill_leader().await;
     let killed = Instant::now();
     cluster.wait_for_leader().await;
@@ -95,6 +111,25 @@ async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
     }
     let report = sampler.finish().await;
     report.assert_safe();
+    // Every acquire, renew and release as the store saw it: believed terms
+    // (capped at the elector's validity) never overlap, tokens only grow.
+    let summary = history.assert_ok_with(&CheckOptions::with_validity(validity));
+    eprintln!("history: {summary:?}");
+    if std::env::var_os("LEADER_ETCD_DUMP").is_some() {
+        let origin = history.origin();
+        for e in history.events() {
+            eprintln!(
+                "{:>8?} {:>8?} {} {:?} {:?} {:?}",
+                e.invoked - origin,
+                e.completed.map(|c| c - origin),
+                e.process,
+                e.op,
+                e.outcome,
+                e.token
+            );
+        }
+        eprintln!("killed at {:?}", killed - origin);
+    }
     eprintln!(
         "killed etcd member {} ({}); sampler: {} rounds, terms {:?}",
         victim,

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use leader_core::{ElectionConfig, Elector, LeaseStore};
 use leader_etcd::EtcdStore;
+use leader_testkit::history::{CheckOptions, History, RecordingStore};
 use leader_testkit::servers::EtcdServer;
 use support::eventually;
 use support::history::Sampler;
@@ -29,15 +30,25 @@ fn config(prefix: &str, i: usize) -> ElectionConfig {
     c
 }
 
-fn start_electors(url: &str, prefix: &str, n: usize) -> Vec<Elector> {
+/// Electors whose store calls are recorded in `history`.
+fn start_electors(url: &str, prefix: &str, n: usize, history: &History) -> Vec<Elector> {
     (0..n)
         .map(|i| {
             let store =
                 EtcdStore::from_url(&format!("{url}?request_timeout=1s&connect_timeout=300ms"))
                     .expect("store");
-            Elector::start(Arc::new(store), config(prefix, i)).expect("elector")
+            let recorded = RecordingStore::new(Arc::new(store), history.clone());
+            Elector::start(Arc::new(recorded), config(prefix, i)).expect("elector")
         })
         .collect()
+}
+
+/// Checks the recorded history: believed terms (capped at the electors'
+/// validity, `lease * (1 - clock_drift)`) never overlap; tokens only grow.
+fn check(history: &History) {
+    let validity = LEASE.mul_f64(1.0 - config("x", 0).clock_drift);
+    let summary = history.assert_ok_with(&CheckOptions::with_validity(validity));
+    assert!(summary.terms >= 1, "{summary:?}");
 }
 
 fn leaders(electors: &[Elector]) -> Vec<usize> {
@@ -69,7 +80,8 @@ fn prefix(what: &str) -> String {
 async fn normal_operation_one_leader_two_followers() {
     let server = EtcdServer::start().await.expect("etcd");
     let prefix = prefix("normal");
-    let electors = start_electors(server.url(), &prefix, 3);
+    let history = History::new();
+    let electors = start_electors(server.url(), &prefix, 3, &history);
     let sampler = Sampler::start(electors.clone());
     let leader = wait_for_one_leader(&electors, LEASE + SLACK).await;
 
@@ -95,6 +107,7 @@ async fn normal_operation_one_leader_two_followers() {
         e.shutdown().await;
     }
     sampler.finish().await.assert_safe();
+    check(&history);
     assert!(
         store
             .current(electors[0].key())
@@ -108,7 +121,8 @@ async fn normal_operation_one_leader_two_followers() {
 async fn leader_crash_a_follower_takes_over_within_the_lease() {
     let server = EtcdServer::start().await.expect("etcd");
     let prefix = prefix("crash");
-    let electors = start_electors(server.url(), &prefix, 3);
+    let history = History::new();
+    let electors = start_electors(server.url(), &prefix, 3, &history);
     let sampler = Sampler::start(electors.clone());
     let old = wait_for_one_leader(&electors, LEASE + SLACK).await;
     let old_token = electors[old].token().expect("leader token");
@@ -131,13 +145,15 @@ async fn leader_crash_a_follower_takes_over_within_the_lease() {
         e.shutdown().await;
     }
     sampler.finish().await.assert_safe();
+    check(&history);
 }
 
 #[tokio::test]
 async fn etcd_failure_everyone_steps_down_then_recovery_elects_one_leader() {
     let server = EtcdServer::start().await.expect("etcd");
     let prefix = prefix("outage");
-    let electors = start_electors(server.url(), &prefix, 3);
+    let history = History::new();
+    let electors = start_electors(server.url(), &prefix, 3, &history);
     let sampler = Sampler::start(electors.clone());
     let leader = wait_for_one_leader(&electors, LEASE + SLACK).await;
     let token = electors[leader].token().expect("token");
@@ -167,4 +183,5 @@ async fn etcd_failure_everyone_steps_down_then_recovery_elects_one_leader() {
         e.shutdown().await;
     }
     sampler.finish().await.assert_safe();
+    check(&history);
 }
