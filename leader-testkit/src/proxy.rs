@@ -170,7 +170,14 @@ async fn accept_loop(
         }
         if state.mode == Mode::Refuse {
             // Not listening is what makes a connect fail with "refused".
-            listener = None;
+            // Connections the kernel already completed are open ones for
+            // their clients: take them before closing the listener.
+            if let Some(l) = listener.take() {
+                for client in drain_backlog(l) {
+                    let guard = OpenGuard::new(open.clone());
+                    tokio::spawn(connection(client, upstream, rx.clone(), guard));
+                }
+            }
             if rx.changed().await.is_err() {
                 return;
             }
@@ -200,6 +207,23 @@ async fn accept_loop(
             changed = rx.changed() => if changed.is_err() { return },
         }
     }
+}
+
+/// Accepts every connection waiting in `listener`'s backlog, then closes it.
+fn drain_backlog(listener: TcpListener) -> Vec<TcpStream> {
+    let Ok(std_listener) = listener.into_std() else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    // The socket is non-blocking (tokio set it so): stop at WouldBlock.
+    while let Ok((client, _)) = std_listener.accept() {
+        if client.set_nonblocking(true).is_ok()
+            && let Ok(client) = TcpStream::from_std(client)
+        {
+            out.push(client);
+        }
+    }
+    out
 }
 
 /// Counts open connections.
