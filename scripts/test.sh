@@ -16,5 +16,7 @@ export RUST_BACKTRACE=1
 
 echo "== cargo test --workspace --all-features"
 cargo test --workspace --all-features --all-targets --no-fail-fast
+echo "== the facade with every store feature off"
+cargo test -p leader --no-default-features
 echo "== doc tests"
 cargo test --workspace --all-features --doc

@@ -1,0 +1,45 @@
+//! Leader election and leases on shared stores, one dependency away.
+//!
+//! This facade re-exports [`leader_core`] (the elector, named locks, fencing
+//! tokens, health, metrics, config, the in-memory store) and builds a store
+//! from a URL at run time, each store behind its cargo feature:
+//!
+//! | URL | store | feature |
+//! |---|---|---|
+//! | `memory://` or `memory://name` | in-process [`MemoryStore`] | always |
+//! | `redis://`, `rediss://`, `host:port,password=...,ssl=true` | Redis | `redis` (default) |
+//! | `etcd://h1:2379,h2:2379`, `http://...`, `https://...` | etcd | `etcd` |
+//! | `postgres://...`, `postgresql://...` | Postgres | `postgres` |
+//!
+//! One compiled program runs against any enabled store by changing only its
+//! configuration:
+//!
+//! ```no_run
+//! # async fn run() -> leader::Result<()> {
+//! // LeaderElection section + store connection string, from a file and/or
+//! // LeaderElection__* / Store__ConnectionString / Redis__ConnectionString.
+//! let settings = leader::Settings::from_env()?;
+//! let elector = settings.start_elector()?; // no store configured: single-instance mode
+//! if elector.is_leader() { /* work */ }
+//! elector.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod connect;
+mod settings;
+
+pub use connect::{StoreOptions, StoreUrl, connect, connect_with};
+pub use leader_core::*;
+pub use settings::Settings;
+
+/// The Redis store crate, when the `redis` feature is on.
+#[cfg(feature = "redis")]
+pub use leader_redis as redis;
+
+/// The etcd store crate, when the `etcd` feature is on.
+#[cfg(feature = "etcd")]
+pub use leader_etcd as etcd;
+
+/// The Postgres store crate, when the `postgres` feature is on.
+#[cfg(feature = "postgres")]
+pub use leader_postgres as postgres;
