@@ -86,6 +86,12 @@ impl Connector {
         }
     }
 
+    /// Closes every idle connection (after one of them turned out dead, the
+    /// others probably are too: the server restarted).
+    pub(crate) fn clear(&self) {
+        self.idle().clear();
+    }
+
     /// Returns a connection that holds no lock; closes it if enough are idle.
     pub(crate) fn put_back(&self, conn: Conn) {
         let mut idle = self.idle();

@@ -255,7 +255,12 @@ impl PostgresOptions {
                 }
             }
         }
-        let connect = connect.application_name(&crate::keys::application_name(&application_name));
+        let connect = connect
+            .application_name(&crate::keys::application_name(&application_name))
+            // Tokens must survive a server crash: a lost commit would let a
+            // token repeat. Stronger server settings (remote_apply) are
+            // replaced by `on`, which still waits for synchronous standbys.
+            .options([("synchronous_commit", "on")]);
         Ok(PostgresOptions {
             connect,
             has_password,

@@ -152,9 +152,17 @@ impl Statements {
                     set_config('application_name', $4, false) AS app \
              FROM x"
             .to_owned();
-        let terminate = "SELECT pg_terminate_backend($1::integer, $2::bigint) AS done, \
-                    (SELECT true FROM pg_notify($3, $4)) AS notified"
-            .to_owned();
+        // Ends the holding session ($1, waiting up to $2 ms) and notifies
+        // followers ($3, $4). Marks the term released ($5 key, $6 token):
+        // a force release is an operator's explicit decision, so the lock
+        // delay does not apply to it.
+        let terminate = format!(
+            "WITH m AS (UPDATE {t} SET released = true \
+                  WHERE lock_key = $5 AND pid = $1 AND token = $6 RETURNING 1) \
+             SELECT pg_terminate_backend($1::integer, $2::bigint) AS done, \
+                    (SELECT true FROM pg_notify($3, $4)) AS notified, \
+                    (SELECT count(*) FROM m) AS marked"
+        );
         let create_table = format!(
             "CREATE TABLE IF NOT EXISTS {t} ( \
                 lock_key bigint PRIMARY KEY, \

@@ -3,18 +3,18 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, FencingToken, HolderId, Lease, LeaseEvents,
     LeaseInfo, LeaseKey, LeaseStore, NotificationSupport, Result, check_ttl,
 };
-use sqlx::postgres::PgRow;
+use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{AssertSqlSafe, Row};
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use crate::conn::{Conn, Connector, classify, is_connection_error};
@@ -52,7 +52,10 @@ struct Inner {
     options: PostgresOptions,
     sql: Statements,
     conns: Connector,
-    schema: OnceCell<()>,
+    /// The counter table is known to exist (reset when a statement says it
+    /// does not: a server restored from an older backup, or a dropped table).
+    schema_ready: AtomicBool,
+    schema_lock: tokio::sync::Mutex<()>,
     leases: Mutex<HashMap<LeaseKey, Arc<Pinned>>>,
     next_handle: AtomicU64,
 }
@@ -100,7 +103,8 @@ impl PostgresStore {
                 sql: Statements::new(&options.table),
                 options,
                 conns,
-                schema: OnceCell::new(),
+                schema_ready: AtomicBool::new(false),
+                schema_lock: tokio::sync::Mutex::new(()),
                 leases: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
             }),
@@ -142,29 +146,46 @@ impl PostgresStore {
     ///
     /// Unavailable, authentication, or missing privileges to create the table.
     pub async fn ensure_schema(&self) -> Result<()> {
-        self.inner
-            .schema
-            .get_or_try_init(|| self.create_schema())
-            .await
-            .map(|_| ())
+        if self.inner.schema_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _one_at_a_time = self.inner.schema_lock.lock().await;
+        if !self.inner.schema_ready.load(Ordering::Acquire) {
+            self.create_schema().await?;
+            self.inner.schema_ready.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Notes a statement's complaint that the counter table is missing, so
+    /// the next operation creates it again. Returns whether that was it.
+    fn table_missing(&self, e: &sqlx::Error) -> bool {
+        let missing =
+            matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
+        if missing {
+            tracing::warn!(table = ?self.inner.options.table, "the counter table is missing; creating it again");
+            self.inner.schema_ready.store(false, Ordering::Release);
+        }
+        missing
     }
 
     async fn create_schema(&self) -> Result<()> {
-        let err = |e: Error| e.with_store(STORE).with_operation("create schema");
-        let (mut conn, _) = self.inner.conns.take().await.map_err(err)?;
         let table = self.inner.options.table.as_written();
-        let result = self
-            .with_timeout(self.inner.options.operation_timeout, async {
-                let present: bool = sqlx::query(AssertSqlSafe(self.inner.sql.table_exists.clone()))
-                    .bind(&table)
-                    .fetch_one(&mut conn.inner)
+        let (exists, create) = (
+            self.inner.sql.table_exists.clone(),
+            self.inner.sql.create_table.clone(),
+        );
+        let what = format!("could not check or create the counter table {table:?}");
+        self.on_idle(self.inner.options.operation_timeout, &what, |conn| {
+            let (exists, create, table) = (exists.clone(), create.clone(), table.clone());
+            Box::pin(async move {
+                let present: bool = sqlx::query(AssertSqlSafe(exists))
+                    .bind(table)
+                    .fetch_one(&mut *conn)
                     .await?
                     .try_get("present")?;
                 if !present {
-                    match sqlx::query(AssertSqlSafe(self.inner.sql.create_table.clone()))
-                        .execute(&mut conn.inner)
-                        .await
-                    {
+                    match sqlx::query(AssertSqlSafe(create)).execute(&mut *conn).await {
                         Ok(_) => {}
                         // Another instance created it at the same moment.
                         Err(sqlx::Error::Database(db))
@@ -174,19 +195,9 @@ impl PostgresStore {
                 }
                 Ok(())
             })
-            .await;
-        match result {
-            Ok(Ok(())) => {
-                self.inner.conns.put_back(conn);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(err(classify(
-                e,
-                false,
-                &format!("could not check or create the counter table {table:?}"),
-            ))),
-            Err(e) => Err(err(e)),
-        }
+        })
+        .await
+        .map_err(|e| e.with_store(STORE).with_operation("create schema"))
     }
 
     async fn with_timeout<F: Future>(&self, limit: Duration, f: F) -> Result<F::Output> {
@@ -388,7 +399,9 @@ impl PostgresStore {
                         (Some(info), Some(pid)) if &info.holder == holder && !terminated_stale => {
                             tracing::info!(key = %key, %holder, pid, "terminating a stale session of the same holder");
                             terminated_stale = true;
-                            self.terminate(pid, lock_key, limit).await.map_err(err)?;
+                            self.terminate(pid, lock_key, info.token, limit)
+                                .await
+                                .map_err(err)?;
                         }
                         (Some(info), _) => return Ok(Acquire::Held(info)),
                         // The holder let go between the try and the lookup.
@@ -397,11 +410,19 @@ impl PostgresStore {
                 }
                 Ok(Err(e)) => {
                     drop(conn);
+                    // Lost with a server restored from an old backup (or
+                    // dropped): create it again and retry. Closing the
+                    // connection freed any lock the failed statement took.
+                    if self.table_missing(&e) && attempt < 2 {
+                        self.ensure_schema().await.map_err(err)?;
+                        continue;
+                    }
                     // A reused idle connection may have died while idle; its
                     // session is gone, so one retry on a fresh one is safe.
                     if !(reused && is_connection_error(&e) && attempt == 0) {
                         return Err(err(classify(e, false, "acquire statement failed")));
                     }
+                    self.inner.conns.clear();
                 }
                 Err(_) => {
                     drop(conn);
@@ -507,50 +528,86 @@ impl PostgresStore {
         }
     }
 
-    /// `pg_terminate_backend(pid)`, waiting up to `limit` for it to exit, then
-    /// NOTIFY followers of the key.
-    async fn terminate(&self, pid: i32, lock_key: i64, limit: Duration) -> Result<bool> {
-        let (mut conn, _) = self.inner.conns.take().await?;
+    /// Runs `op` on an idle connection within `limit`, returning the
+    /// connection to the idle set after success. A reused idle connection
+    /// that turns out dead (the server restarted) is replaced once.
+    async fn on_idle<T, F>(&self, limit: Duration, what: &str, op: F) -> Result<T>
+    where
+        F: for<'c> Fn(&'c mut PgConnection) -> BoxFuture<'c, std::result::Result<T, sqlx::Error>>,
+    {
+        for attempt in 0..2 {
+            let (mut conn, reused) = self.inner.conns.take().await?;
+            match tokio::time::timeout(limit, op(&mut conn.inner)).await {
+                Ok(Ok(value)) => {
+                    self.inner.conns.put_back(conn);
+                    return Ok(value);
+                }
+                Ok(Err(e)) if reused && attempt == 0 && is_connection_error(&e) => {
+                    self.inner.conns.clear();
+                }
+                Ok(Err(e)) => {
+                    self.table_missing(&e);
+                    return Err(classify(e, false, what));
+                }
+                Err(_) => {
+                    return Err(Error::indeterminate(format!(
+                        "{what}: no answer within {limit:?}"
+                    )));
+                }
+            }
+        }
+        Err(Error::unavailable(format!(
+            "{what}: the connection failed twice"
+        )))
+    }
+
+    /// `pg_terminate_backend(pid)`, waiting up to `limit` for it to exit,
+    /// marking its term (`token`) released and notifying followers.
+    async fn terminate(
+        &self,
+        pid: i32,
+        lock_key: i64,
+        token: FencingToken,
+        limit: Duration,
+    ) -> Result<bool> {
+        let sql = self.inner.sql.terminate.clone();
         let wait_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
-        let result = self
-            .with_timeout(limit + Duration::from_secs(1), async {
-                let row = sqlx::query(AssertSqlSafe(self.inner.sql.terminate.clone()))
+        let token = i64::try_from(token.0).unwrap_or(i64::MAX);
+        let channel = keys::channel(lock_key);
+        let what = format!("terminating backend {pid}");
+        self.on_idle(limit + Duration::from_secs(1), &what, |conn| {
+            let (sql, channel) = (sql.clone(), channel.clone());
+            Box::pin(async move {
+                let row = sqlx::query(AssertSqlSafe(sql))
                     .bind(pid)
                     .bind(wait_ms)
-                    .bind(keys::channel(lock_key))
+                    .bind(channel)
                     .bind(VACATED)
-                    .fetch_one(&mut conn.inner)
+                    .bind(lock_key)
+                    .bind(token)
+                    .fetch_one(conn)
                     .await?;
                 row.try_get::<bool, _>("done")
             })
-            .await?;
-        match result {
-            Ok(done) => {
-                self.inner.conns.put_back(conn);
-                Ok(done)
-            }
-            Err(e) => Err(classify(
-                e,
-                false,
-                &format!("terminating backend {pid} failed"),
-            )),
-        }
+        })
+        .await
     }
 
     /// Who holds `lock_key` now, read on an idle connection.
     async fn lookup(&self, lock_key: i64) -> Result<Option<(LeaseInfo, i32)>> {
-        let (mut conn, _) = self.inner.conns.take().await?;
+        let sql = self.inner.sql.holder.clone();
         let limit = self.inner.options.operation_timeout;
-        let result = self
-            .with_timeout(limit, async {
+        self.on_idle(limit, "reading the holder failed", |conn| {
+            let sql = sql.clone();
+            Box::pin(async move {
                 // The counter row is committed just after the lock shows in
                 // pg_locks; a read in between sees the previous holder's pid.
                 // That window is microseconds: read again a few times.
                 let mut last = None;
                 for _ in 0..3 {
-                    let row = sqlx::query(AssertSqlSafe(self.inner.sql.holder.clone()))
+                    let row = sqlx::query(AssertSqlSafe(sql.clone()))
                         .bind(lock_key)
-                        .fetch_optional(&mut conn.inner)
+                        .fetch_optional(&mut *conn)
                         .await?;
                     let Some(row) = row else { return Ok(None) };
                     let lock_pid: i32 = row.try_get("lock_pid")?;
@@ -564,14 +621,8 @@ impl PostgresStore {
                 }
                 Ok(last)
             })
-            .await?;
-        match result {
-            Ok(found) => {
-                self.inner.conns.put_back(conn);
-                Ok(found)
-            }
-            Err(e) => Err(classify(e, false, "reading the holder failed")),
-        }
+        })
+        .await
     }
 }
 
@@ -750,7 +801,11 @@ impl LeaseStore for PostgresStore {
             return Ok(None);
         };
         let limit = self.inner.options.operation_timeout;
-        if !self.terminate(pid, lock_key, limit).await.map_err(err)? {
+        if !self
+            .terminate(pid, lock_key, info.token, limit)
+            .await
+            .map_err(err)?
+        {
             return Err(err(Error::indeterminate(format!(
                 "backend {pid} holding the lock did not exit within {limit:?}"
             ))));
