@@ -61,6 +61,18 @@ fn is_connect_failure(err: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// Whether an I/O or transport error is in the source chain.
+fn is_transport_failure(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.downcast_ref::<std::io::Error>().is_some() || e.to_string() == "transport error" {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
 /// Whether the TLS handshake failed (an untrusted or mismatched server
 /// certificate, a refused client certificate): nothing was sent.
 fn is_tls_failure(err: &(dyn StdError + 'static)) -> bool {
@@ -119,6 +131,15 @@ pub(crate) fn classify(err: &EtcdError) -> ErrorKind {
                 }
                 RESOURCE_EXHAUSTED => ErrorKind::Unavailable,
                 UNAUTHENTICATED | PERMISSION_DENIED => ErrorKind::Auth,
+                // A transport failure surfaced without a gRPC code (a broken
+                // pipe or reset while sending): maybe sent, maybe not.
+                _ if is_transport_failure(status) => {
+                    if is_connect_failure(status) {
+                        ErrorKind::Unavailable
+                    } else {
+                        ErrorKind::Indeterminate
+                    }
+                }
                 INVALID_ARGUMENT if msg.contains("authentication failed") => ErrorKind::Auth,
                 INVALID_ARGUMENT if msg.contains("user name") => ErrorKind::Auth,
                 _ => ErrorKind::Protocol,

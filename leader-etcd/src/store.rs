@@ -60,9 +60,9 @@ pub(crate) fn ttl_seconds(ttl: Duration) -> i64 {
 ///   (not through this library, which revokes the lease as well) is therefore
 ///   seen on the first renewal after it, up to the lag of the member
 ///   answering the keep-alive.
-/// * **release** deletes the key in a transaction that checks the create
-///   revision and lease are still ours, then revokes the lease in the
-///   background (a lease without keys is harmless and expires anyway).
+/// * **release** deletes the key in a transaction that checks its revision
+///   (our token), lease and holder id are still ours, then revokes the lease
+///   in the background (a lease without keys is harmless and expires anyway).
 /// * **current** reads the key and the remaining TTL of its lease (whole
 ///   seconds, as etcd reports it; the real expiry is within one second after).
 /// * **force_release** deletes the key (if it did not change meanwhile) and
@@ -90,7 +90,10 @@ struct Inner {
 #[derive(Default)]
 struct RenewState {
     stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
-    verified_revision: Option<i64>,
+    /// The store revision at which the key was last proven to hold this
+    /// token and holder (a forged or stale `Lease` with the same etcd lease
+    /// id never matches it).
+    verified: Option<(i64, FencingToken, HolderId)>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -540,7 +543,10 @@ impl LeaseStore for EtcdStore {
                 "its etcd lease expired or was revoked",
             ));
         };
-        if revision.is_some() && revision == state.verified_revision {
+        let proven = state.verified.as_ref().is_some_and(|(rev, token, holder)| {
+            Some(*rev) == revision && *token == lease.token && *holder == lease.holder
+        });
+        if proven {
             // Nothing was written to etcd since the key was last proven ours.
             return Ok(());
         }
@@ -555,7 +561,7 @@ impl LeaseStore for EtcdStore {
             self.forget_renewal(id);
             return Err(not_holder(OP, lease, "the key was deleted or replaced"));
         }
-        state.verified_revision = Some(at);
+        state.verified = Some((at, lease.token, lease.holder.clone()));
         Ok(())
     }
 
@@ -570,12 +576,17 @@ impl LeaseStore for EtcdStore {
             .when([
                 Compare::mod_revision(k, CompareOp::Equal, token),
                 Compare::lease(k, CompareOp::Equal, id),
+                Compare::value(k, CompareOp::Equal, lease.holder.as_str()),
             ])
             .and_then([TxnOp::delete(k, None)]);
         let resp = self.send_txn(OP, k, &client, txn).await?;
-        // The key is gone with the delete; the lease itself is no longer
-        // needed by anyone and is revoked off the caller's path.
-        self.revoke_in_background(&client, id);
+        if resp.succeeded() {
+            // The key is gone with the delete; the lease itself is no longer
+            // needed by anyone and is revoked off the caller's path. When the
+            // release was refused the lease is left alone: the `Lease` may be
+            // stale or forged, and its lease id may be someone's live term.
+            self.revoke_in_background(&client, id);
+        }
         Ok(resp.succeeded())
     }
 
