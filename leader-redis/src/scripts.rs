@@ -12,6 +12,14 @@ use redis::Script;
 /// ARGV: holder, ttl in ms.
 /// Returns `{1, holder, token, pttl}` when acquired,
 /// `{0, holder, token-or-empty, pttl}` when someone else holds the key.
+///
+/// The token is `max(counter + 1, server time in µs + 1)`: strictly greater
+/// than the counter, so tokens never repeat while Redis keeps its data, and
+/// floored by the server clock, so they keep increasing after Redis lost the
+/// counter (a restart without persistence, a failover to a lagging replica),
+/// as long as the server clock does not run behind the lost tokens. Values
+/// stay below 2^53, so Lua's doubles compare them exactly; the counter is
+/// handled as a string everywhere else.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -20,7 +28,14 @@ if holder and holder ~= ARGV[1] then
   local token = redis.call('HGET', KEYS[2], 'token') or ''
   return {0, holder, token, redis.call('PTTL', KEYS[1])}
 end
-local token = redis.call('INCR', KEYS[3])
+local time = redis.call('TIME')
+local now = time[1] .. string.format('%06d', tonumber(time[2]))
+local counter = redis.call('GET', KEYS[3])
+if not counter or (tonumber(counter) and tonumber(counter) < tonumber(now)) then
+  redis.call('SET', KEYS[3], now)
+end
+redis.call('INCR', KEYS[3])
+local token = redis.call('GET', KEYS[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
 redis.call('HSET', KEYS[2], 'holder', ARGV[1], 'token', token)

@@ -248,6 +248,15 @@ async fn building_never_connects_and_the_store_recovers_after_restart() {
     })
     .await;
     assert_eq!(err.kind(), ErrorKind::NotHolder);
+    // The counter was lost with the data; tokens still increase because
+    // they are floored by the server clock.
+    let again = acquired(&store, &k, &a, TTL).await;
+    assert!(
+        again.token > lease.token,
+        "{:?} after {:?}",
+        again.token,
+        lease.token
+    );
 }
 
 #[tokio::test]
@@ -487,6 +496,18 @@ async fn network_faults_map_to_unavailable_or_indeterminate() {
 
     // Refused connections: nothing was sent.
     proxy.set_mode(Mode::Refuse);
+    let addr = proxy.addr();
+    eventually(
+        Duration::from_secs(10),
+        "the proxy to refuse connections",
+        || async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
     let err = store.current(&k).await.expect_err("refused");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     proxy.set_mode(Mode::PassThrough);

@@ -1,0 +1,144 @@
+//! The testkit's conformance suite (store-level and election-level cases)
+//! against a private redis-server, a TLS-only server, Sentinel (master,
+//! replica, three sentinels) and a three-master Cluster.
+//!
+//! Single server and TLS run one test per case (each with its own cheap
+//! server); Sentinel and Cluster run every case on one topology (starting a
+//! topology takes seconds), reporting all failures at the end.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use leader_core::LeaseStore;
+use leader_redis::RedisStore;
+use leader_testkit::suite::{Fixture, Profile, ServerControl};
+
+/// A store client as the suite's electors use it: the response timeout is
+/// the profile's interval (the electors' request timeout).
+fn client(connection: &str, ca: Option<&PathBuf>) -> leader_core::Result<Arc<dyn LeaseStore>> {
+    // Connecting may take longer than one request (TLS handshakes of many
+    // clients at once on a loaded machine); a failed connect is Unavailable
+    // either way, and the electors bound each call by their own timeout.
+    let profile = Profile::real_server();
+    let mut builder = RedisStore::builder(connection)
+        .response_timeout(profile.interval())
+        .connect_timeout(profile.lease);
+    if let Some(ca) = ca {
+        builder = builder.ca_file(ca);
+    }
+    Ok(Arc::new(builder.build()?) as Arc<dyn LeaseStore>)
+}
+
+mod single {
+    use leader_testkit::servers::RedisServer;
+    use leader_testkit::suite::ServerFixture;
+
+    async fn fixture() -> ServerFixture<RedisServer> {
+        let server = RedisServer::from_env_or_start()
+            .await
+            .expect("redis-server");
+        ServerFixture::new(
+            "redis",
+            server,
+            |url| async move { super::client(&url, None) },
+        )
+    }
+
+    leader_testkit::conformance_tests!(fixture().await);
+}
+
+/// A fixture over one of this crate's test topologies.
+struct Topology<T: Send + Sync + 'static> {
+    name: &'static str,
+    connection: String,
+    ca: Option<PathBuf>,
+    control: Option<Box<dyn ServerControl>>,
+    _servers: T,
+}
+
+#[async_trait]
+impl<T: Send + Sync + 'static> Fixture for Topology<T> {
+    fn name(&self) -> String {
+        self.name.to_owned()
+    }
+
+    async fn store(&self) -> leader_core::Result<Arc<dyn LeaseStore>> {
+        client(&self.connection, self.ca.as_ref())
+    }
+
+    fn control(&self) -> Option<&dyn ServerControl> {
+        self.control.as_deref()
+    }
+}
+
+/// Kill / restart of a TLS server (same ports, same certificates).
+struct TlsControl(tokio::sync::Mutex<support::RedisProc>);
+
+#[async_trait]
+impl ServerControl for TlsControl {
+    async fn stop(&self) -> leader_testkit::Result<()> {
+        self.0.lock().await.kill();
+        Ok(())
+    }
+
+    async fn start(&self) -> leader_testkit::Result<()> {
+        let mut proc = self.0.lock().await;
+        proc.respawn();
+        proc.wait_ready(None).await;
+        Ok(())
+    }
+}
+
+mod tls {
+    use super::{Topology, support};
+
+    async fn fixture() -> Topology<support::TlsFiles> {
+        let server = support::TlsRedis::start().await;
+        let connection = format!("rediss://127.0.0.1:{}", server.tls_port());
+        let support::TlsRedis { proc, files } = server;
+        Topology {
+            name: "redis over TLS",
+            connection,
+            ca: Some(files.ca.clone()),
+            control: Some(Box::new(super::TlsControl(tokio::sync::Mutex::new(proc)))),
+            _servers: files,
+        }
+    }
+
+    leader_testkit::conformance_tests!(fixture().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_passes_the_conformance_suite() {
+    let set = support::SentinelSet::start().await;
+    let fixture = Topology {
+        name: "redis sentinel",
+        connection: set.connection_string(),
+        ca: None,
+        // Stopping "the server" of a Sentinel deployment is a failover,
+        // covered in tests/sentinel.rs; the restart cases do not apply.
+        control: None,
+        _servers: set,
+    };
+    leader_testkit::suite::run_all(Arc::new(fixture))
+        .await
+        .assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_passes_the_conformance_suite() {
+    let cluster = support::Cluster::start().await;
+    let fixture = Topology {
+        name: "redis cluster",
+        connection: cluster.connection_string(),
+        ca: None,
+        control: None,
+        _servers: cluster,
+    };
+    leader_testkit::suite::run_all(Arc::new(fixture))
+        .await
+        .assert_passed();
+}
