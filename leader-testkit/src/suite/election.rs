@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::store::poll;
-use super::{CaseResult, Ctx, Failure, ensure};
+use super::{CaseResult, Ctx, Failure, Link, ensure};
 use crate::history::{CheckOptions, FencedResource, History, Op, Outcome, RecordingStore};
 
 /// Several electors on one resource, each with its own client wrapped in a
@@ -25,6 +25,8 @@ struct Cluster {
     max_leaders: Arc<AtomicUsize>,
     tasks: Vec<JoinHandle<()>>,
     works: Vec<WorkHandle>,
+    /// One per elector when started with [`Cluster::start_linked`].
+    links: Vec<Box<dyn Link>>,
     validity: Duration,
 }
 
@@ -44,16 +46,37 @@ impl Drop for Cluster {
 
 impl Cluster {
     async fn start(ctx: &Ctx, resource_name: &str, n: usize) -> Result<Cluster, Failure> {
+        Self::build(ctx, resource_name, n, false).await
+    }
+
+    /// Like [`Cluster::start`], each elector's client behind its own link.
+    async fn start_linked(ctx: &Ctx, resource_name: &str, n: usize) -> Result<Cluster, Failure> {
+        Self::build(ctx, resource_name, n, true).await
+    }
+
+    async fn build(
+        ctx: &Ctx,
+        resource_name: &str,
+        n: usize,
+        linked: bool,
+    ) -> Result<Cluster, Failure> {
         let history = History::new();
         let resource = Arc::new(FencedResource::recording(history.clone()));
         let mut electors = Vec::new();
         let mut ids = Vec::new();
         let mut tasks = Vec::new();
         let mut works = Vec::new();
+        let mut links = Vec::new();
         let mut validity = ctx.profile().lease;
         for i in 0..n {
             let id = format!("i{i}");
-            let client = ctx.client().await?;
+            let client = if linked {
+                let (client, link) = ctx.linked_client().await?;
+                links.push(link);
+                client
+            } else {
+                ctx.client().await?
+            };
             let store = Arc::new(RecordingStore::new(client, history.clone()));
             let config = ctx.election_config(resource_name, &id);
             validity = config.lease_duration.mul_f64(1.0 - config.clock_drift);
@@ -82,6 +105,7 @@ impl Cluster {
             max_leaders,
             tasks,
             works,
+            links,
             validity,
         })
     }
@@ -137,6 +161,41 @@ impl Cluster {
             ))
         })?;
         Ok(token)
+    }
+
+    /// The term `new_token` was acquired no earlier than the old term's
+    /// lease could expire in the store: its last successful acquire or
+    /// renew *invocation* plus the lease (1 % clock-rate tolerance). Only for
+    /// an old term that ended without a release.
+    fn lease_was_respected(
+        &self,
+        old: usize,
+        old_token: FencingToken,
+        new_token: FencingToken,
+        lease: Duration,
+    ) -> CaseResult {
+        let events = self.history.events();
+        let last_ok = events
+            .iter()
+            .filter(|e| e.process == self.ids[old] && e.token == Some(old_token))
+            .filter(|e| matches!(e.op, Op::Acquire | Op::Renew) && e.outcome == Outcome::Ok)
+            .map(|e| e.invoked)
+            .max()
+            .ok_or_else(|| Failure::new("no successful acquire of the old term was recorded"))?;
+        let acquired = events
+            .iter()
+            .filter(|e| {
+                e.op == Op::Acquire && e.outcome == Outcome::Ok && e.token == Some(new_token)
+            })
+            .find_map(|e| e.completed)
+            .ok_or_else(|| Failure::new("no acquisition of the new term was recorded"))?;
+        let gap = acquired.saturating_duration_since(last_ok);
+        ensure!(
+            gap >= lease.mul_f64(0.99),
+            "the new term was granted {gap:?} after the old leader's last successful renewal was sent: \
+             before its lease ({lease:?}) could expire"
+        );
+        Ok(())
     }
 
     async fn shutdown(&self) {
@@ -324,6 +383,7 @@ pub async fn election_crash_failover(ctx: &Ctx) -> CaseResult {
         new_token > old_token,
         "the new term's token {new_token} is not above {old_token}"
     );
+    cluster.lease_was_respected(old, old_token, new_token, p.lease)?;
     // The crashed leader wakes up from its "pause" and writes: fenced off.
     ensure!(
         !cluster.resource.write(&cluster.ids[old], old_token),
@@ -535,6 +595,94 @@ pub async fn election_store_returns(ctx: &Ctx) -> CaseResult {
         p.interval()
     );
     let _ = took;
+    cluster.shutdown().await;
+    cluster.check()
+}
+
+/// The leader alone is cut off from the store (a partition, no errors,
+/// just silence): it stops believing it leads before anyone else can take
+/// over, another instance leads within lease + retry, the old leader's late
+/// write is fenced off, and after healing it rejoins as a follower.
+pub async fn election_partitioned_leader_steps_down(ctx: &Ctx) -> CaseResult {
+    let cluster = Cluster::start_linked(ctx, "partition", 3).await?;
+    let p = ctx.profile();
+    let (old, _) = cluster
+        .wait_for_leader(follower_reaction(ctx) + p.slack, None)
+        .await?;
+    let old_token = cluster.wait_written(old, p.slack).await?;
+    let cut_at = Instant::now();
+    cluster.links[old].cut();
+    // `wait_for_leader` requires exactly one leader: the new one appearing
+    // while the old one still believes would not count.
+    let bound = ctx.granted(p.lease) + follower_reaction(ctx) + p.slack;
+    let (new, took) = cluster.wait_for_leader(bound, Some(old)).await?;
+    println!(
+        "  partitioned leader replaced {:?} after the cut",
+        cut_at.elapsed()
+    );
+    let _ = took;
+    let new_token = cluster.wait_written(new, p.slack).await?;
+    cluster.lease_was_respected(old, old_token, new_token, p.lease)?;
+    ensure!(
+        new_token > old_token,
+        "the new token {new_token} is not above {old_token}"
+    );
+    ensure!(
+        !cluster.resource.write(&cluster.ids[old], old_token),
+        "the fenced resource accepted the partitioned leader's stale write"
+    );
+    cluster.links[old].heal();
+    let healthy = poll(
+        follower_reaction(ctx) + p.slack,
+        Duration::from_millis(5),
+        || async {
+            (cluster.electors[old].health().status == HealthStatus::Degraded).then_some(())
+        },
+    )
+    .await;
+    ensure!(
+        healthy.is_some(),
+        "after healing the old leader's health is {:?}, expected Degraded (a follower)",
+        cluster.electors[old].health().status
+    );
+    ensure!(
+        cluster.leaders() == vec![new],
+        "after healing the leaders are {:?}",
+        cluster.leaders()
+    );
+    cluster.shutdown().await;
+    cluster.check()
+}
+
+/// Every client's link is slow (a tenth of the renewal interval per round
+/// trip): one leader is elected and keeps its term through renewals.
+pub async fn election_slow_store_keeps_one_leader(ctx: &Ctx) -> CaseResult {
+    let cluster = Cluster::start_linked(ctx, "slow", 3).await?;
+    let p = ctx.profile();
+    for link in &cluster.links {
+        link.slow(p.interval() / 10);
+    }
+    let (leader, took) = cluster
+        .wait_for_leader(follower_reaction(ctx) * 2 + p.slack, None)
+        .await?;
+    println!("  leader on a slow store after {took:?}");
+    let token = cluster.wait_written(leader, p.slack).await?;
+    let until = Instant::now() + p.lease * 2;
+    while Instant::now() < until {
+        ensure!(
+            cluster.leaders() == vec![leader],
+            "leadership moved or split on a slow store: {:?}",
+            cluster.leaders()
+        );
+        sleep(Duration::from_millis(10)).await;
+    }
+    ensure!(
+        cluster.token(leader)? == token,
+        "the term changed on a slow store"
+    );
+    for link in &cluster.links {
+        link.heal();
+    }
     cluster.shutdown().await;
     cluster.check()
 }

@@ -1,12 +1,13 @@
 //! [`MemoryFixture`]: the suite's fixture for `leader_core::MemoryStore`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use leader_core::testing::{Fault, FaultyStore};
 use leader_core::{ErrorKind, LeaseStore, MemoryStore};
 
-use super::{Fixture, Profile, ServerControl};
+use super::{Fixture, Link, LinkedClient, Profile, ServerControl};
 
 /// The in-memory store as a suite fixture. Every client shares one store
 /// (behind `leader_core::testing::FaultyStore`), and "stopping the server"
@@ -18,6 +19,7 @@ use super::{Fixture, Profile, ServerControl};
 /// `#[tokio::test(start_paused = true)]` (`conformance_tests!(paused, ...)`).
 #[derive(Debug)]
 pub struct MemoryFixture {
+    inner: MemoryStore,
     store: Arc<FaultyStore>,
     profile: Profile,
 }
@@ -31,8 +33,10 @@ impl Default for MemoryFixture {
 impl MemoryFixture {
     /// A fresh, empty memory store.
     pub fn new() -> Self {
+        let inner = MemoryStore::new();
         MemoryFixture {
-            store: Arc::new(FaultyStore::new(Arc::new(MemoryStore::new()))),
+            store: Arc::new(FaultyStore::new(Arc::new(inner.clone()))),
+            inner,
             profile: Profile::paused_time(),
         }
     }
@@ -60,6 +64,32 @@ impl Fixture for MemoryFixture {
 
     fn profile(&self) -> Profile {
         self.profile
+    }
+
+    fn links(&self) -> bool {
+        true
+    }
+
+    async fn linked_client(&self) -> leader_core::Result<Option<LinkedClient>> {
+        let link = Arc::new(FaultyStore::new(Arc::new(self.inner.clone())));
+        Ok(Some((link.clone(), Box::new(FaultyLink(link)))))
+    }
+}
+
+/// A [`Link`] made of a per-client `FaultyStore`: cut makes every call
+/// hang, slow delays every call.
+#[derive(Debug)]
+pub struct FaultyLink(pub Arc<FaultyStore>);
+
+impl Link for FaultyLink {
+    fn cut(&self) {
+        self.0.set_all(Some(Fault::Hang));
+    }
+    fn heal(&self) {
+        self.0.clear();
+    }
+    fn slow(&self, delay: Duration) {
+        self.0.set_all(Some(Fault::Delay(delay)));
     }
 }
 

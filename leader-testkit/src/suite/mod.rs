@@ -45,7 +45,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leader_core::{Capabilities, ElectionConfig, HolderId, LeaseKey, LeaseStore};
 
-pub use memory::MemoryFixture;
+pub use memory::{FaultyLink, MemoryFixture};
 
 use crate::servers::Server;
 
@@ -75,6 +75,53 @@ pub trait Fixture: Send + Sync + 'static {
     fn profile(&self) -> Profile {
         Profile::real_server()
     }
+
+    /// Whether [`Fixture::linked_client`] gives clients whose link to the
+    /// store can be cut or slowed (the partition and slow-store cases).
+    fn links(&self) -> bool {
+        false
+    }
+
+    /// A new client whose connection to the store goes through a [`Link`]
+    /// the case can cut (a partition of this client only) or slow down.
+    /// `Ok(None)` (the default) when the fixture has no such clients.
+    ///
+    /// # Errors
+    ///
+    /// When the client or its link cannot be built.
+    async fn linked_client(&self) -> leader_core::Result<Option<LinkedClient>> {
+        Ok(None)
+    }
+}
+
+/// A client and the link that carries its traffic.
+pub type LinkedClient = (Arc<dyn LeaseStore>, Box<dyn Link>);
+
+/// The network between one client and the store.
+pub trait Link: Send + Sync {
+    /// A partition: nothing flows and nothing fails; calls hang until the
+    /// client's own timeouts fire.
+    fn cut(&self);
+    /// Back to normal.
+    fn heal(&self);
+    /// Adds about `delay` to every round trip.
+    fn slow(&self, delay: Duration);
+}
+
+impl Link for crate::proxy::FaultProxy {
+    fn cut(&self) {
+        self.set_mode(crate::proxy::Mode::Blackhole);
+    }
+    fn heal(&self) {
+        self.set_mode(crate::proxy::Mode::PassThrough);
+    }
+    fn slow(&self, delay: Duration) {
+        // Half each way, a quarter of it random.
+        self.set_mode(crate::proxy::Mode::Latency {
+            fixed: delay * 3 / 8,
+            jitter: delay / 4,
+        });
+    }
 }
 
 #[async_trait]
@@ -90,6 +137,12 @@ impl<F: Fixture + ?Sized> Fixture for Arc<F> {
     }
     fn profile(&self) -> Profile {
         (**self).profile()
+    }
+    fn links(&self) -> bool {
+        (**self).links()
+    }
+    async fn linked_client(&self) -> leader_core::Result<Option<LinkedClient>> {
+        (**self).linked_client().await
     }
 }
 
@@ -253,6 +306,20 @@ impl<S: Deref<Target = Server> + Send + Sync + 'static> Fixture for ServerFixtur
     fn profile(&self) -> Profile {
         self.profile
     }
+
+    fn links(&self) -> bool {
+        true
+    }
+
+    async fn linked_client(&self) -> leader_core::Result<Option<LinkedClient>> {
+        let proxy = crate::proxy::FaultProxy::start(self.server.addr())
+            .await
+            .map_err(|e| {
+                leader_core::Error::unavailable(format!("cannot start a fault proxy: {e}"))
+            })?;
+        let client = (self.connect)(self.server.url_via(proxy.addr())).await?;
+        Ok(Some((client, Box::new(proxy))))
+    }
 }
 
 /// Why a case failed.
@@ -411,6 +478,23 @@ impl Ctx {
     /// The server control, when the fixture has one.
     pub fn control(&self) -> Option<&dyn ServerControl> {
         self.fixture.control()
+    }
+
+    /// A new client behind a [`Link`] the case can cut or slow.
+    ///
+    /// # Errors
+    ///
+    /// When the fixture has no linked clients or cannot build one.
+    pub async fn linked_client(&self) -> Result<LinkedClient, Failure> {
+        self.fixture
+            .linked_client()
+            .await?
+            .ok_or_else(|| Failure::new("the fixture has no linked clients"))
+    }
+
+    /// Whether the fixture has linked clients.
+    pub fn links(&self) -> bool {
+        self.fixture.links()
     }
 
     /// `ttl` rounded up to the store's TTL granularity (what the store

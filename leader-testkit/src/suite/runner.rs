@@ -20,7 +20,14 @@ pub enum Level {
     Election,
 }
 
-type Applies = fn(&Capabilities, bool) -> Option<&'static str>;
+/// What decides whether a case applies.
+struct Env {
+    caps: Capabilities,
+    control: bool,
+    links: bool,
+}
+
+type Applies = fn(&Env) -> Option<&'static str>;
 type Run = for<'a> fn(&'a Ctx) -> BoxFuture<'a, CaseResult>;
 
 struct CaseDef {
@@ -32,31 +39,36 @@ struct CaseDef {
     run: Run,
 }
 
-fn always(_: &Capabilities, _: bool) -> Option<&'static str> {
+fn always(_: &Env) -> Option<&'static str> {
     None
 }
 
-fn needs_control(_: &Capabilities, control: bool) -> Option<&'static str> {
-    (!control).then_some("the fixture cannot stop its server (external server or no control)")
+fn needs_control(env: &Env) -> Option<&'static str> {
+    (!env.control).then_some("the fixture cannot stop its server (external server or no control)")
 }
 
-fn needs_expiry(c: &Capabilities, _: bool) -> Option<&'static str> {
-    (!c.server_side_expiry).then_some(
+fn needs_links(env: &Env) -> Option<&'static str> {
+    (!env.links).then_some("the fixture has no linked clients (no fault proxy or link)")
+}
+
+fn needs_expiry(env: &Env) -> Option<&'static str> {
+    (!env.caps.server_side_expiry).then_some(
         "the store has no server-side expiry (session-bound: see session_loss_frees_the_resource)",
     )
 }
 
-fn needs_session(c: &Capabilities, _: bool) -> Option<&'static str> {
-    (!c.session_bound).then_some("the store is not session-bound (see expiry_frees_the_resource)")
+fn needs_session(env: &Env) -> Option<&'static str> {
+    (!env.caps.session_bound)
+        .then_some("the store is not session-bound (see expiry_frees_the_resource)")
 }
 
-fn needs_notifications(c: &Capabilities, _: bool) -> Option<&'static str> {
-    (!c.notifies())
+fn needs_notifications(env: &Env) -> Option<&'static str> {
+    (!env.caps.notifies())
         .then_some("the store declares no notifications (see watch_unsupported_is_typed)")
 }
 
-fn needs_no_notifications(c: &Capabilities, _: bool) -> Option<&'static str> {
-    (c.notifications != NotificationSupport::None)
+fn needs_no_notifications(env: &Env) -> Option<&'static str> {
+    (env.caps.notifications != NotificationSupport::None)
         .then_some("the store declares notifications (see release_notifications_arrive)")
 }
 
@@ -96,6 +108,8 @@ registry! {
     election::election_crash_failover, Election, always;
     election::election_graceful_handover, Election, always;
     election::election_work_cancelled_on_loss, Election, always;
+    election::election_partitioned_leader_steps_down, Election, needs_links;
+    election::election_slow_store_keeps_one_leader, Election, needs_links;
     election::election_store_down_steps_down, Election, needs_control;
     election::election_store_returns, Election, needs_control;
 }
@@ -247,7 +261,12 @@ pub async fn run_case(fixture: Arc<dyn Fixture>, name: &str) -> CaseReport {
         Ok(ctx) => ctx,
         Err(e) => return report(CaseOutcome::Failed(format!("setting up: {e}"))),
     };
-    if let Some(reason) = (def.applies)(&ctx.capabilities(), ctx.control().is_some()) {
+    let env = Env {
+        caps: ctx.capabilities(),
+        control: ctx.control().is_some(),
+        links: ctx.links(),
+    };
+    if let Some(reason) = (def.applies)(&env) {
         let r = report(CaseOutcome::NotApplicable(reason));
         println!("[{}] {r}", fixture.name());
         return r;
@@ -367,6 +386,8 @@ macro_rules! __conformance_cases {
             election_crash_failover,
             election_graceful_handover,
             election_work_cancelled_on_loss,
+            election_partitioned_leader_steps_down,
+            election_slow_store_keeps_one_leader,
             election_store_down_steps_down,
             election_store_returns,
         );
