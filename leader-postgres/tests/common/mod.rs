@@ -4,10 +4,16 @@
 use std::future::Future;
 use std::time::Duration;
 
-use leader_core::{Acquire, HolderId, Lease, LeaseInfo, LeaseKey};
+use std::sync::Arc;
+
+use leader_core::{
+    Acquire, ElectionConfig, Elector, HolderId, Lease, LeaseInfo, LeaseKey, LeaseStore,
+};
 use leader_postgres::{PostgresOptions, PostgresStore};
+use leader_testkit::history::{History, Op, Outcome, RecordingStore};
 use leader_testkit::servers::PostgresServer;
 use sqlx::{Connection, PgConnection};
+use tokio::task::JoinHandle;
 
 /// A private Postgres (or `LEADER_TEST_POSTGRES_URL`).
 pub async fn server() -> PostgresServer {
@@ -85,5 +91,85 @@ where
             "timed out after {limit:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An election config with the suite's real-server timing: `lease`, and a
+/// quarter of it for renewal interval, retry period and request timeout.
+pub fn election_config(
+    prefix: &str,
+    resource: &str,
+    instance: &str,
+    lease: Duration,
+) -> ElectionConfig {
+    let mut config = ElectionConfig::new(resource).with_timing(lease, lease / 4);
+    config.key_prefix = prefix.to_owned();
+    config.instance_id = Some(instance.to_owned());
+    config.retry_period = Some(lease / 4);
+    config.request_timeout = Some(lease / 4);
+    config.release_timeout = lease;
+    config
+}
+
+/// An elector on `store`, its calls recorded in `history` and its
+/// step-downs recorded as they are published.
+pub struct Recorded {
+    pub elector: Elector,
+    pub id: String,
+    watcher: JoinHandle<()>,
+}
+
+impl Drop for Recorded {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        self.elector.abort();
+    }
+}
+
+pub fn recorded(store: Arc<dyn LeaseStore>, config: ElectionConfig, history: &History) -> Recorded {
+    let id = config
+        .instance_id
+        .clone()
+        .expect("tests name their instances");
+    let store = Arc::new(RecordingStore::new(store, history.clone()));
+    let elector = Elector::start(store, config).expect("valid election config");
+    let mut rx = elector.subscribe();
+    let (who, history) = (id.clone(), history.clone());
+    let watcher = tokio::spawn(async move {
+        let (mut was, mut token) = {
+            let s = rx.borrow_and_update();
+            (s.is_leader, s.token)
+        };
+        while rx.changed().await.is_ok() {
+            let s = rx.borrow_and_update().clone();
+            if was && !s.is_leader {
+                history.instant(&who, Op::StepDown, Outcome::Ok, token);
+            }
+            was = s.is_leader;
+            if s.is_leader {
+                token = s.token;
+            }
+        }
+    });
+    Recorded {
+        elector,
+        id,
+        watcher,
+    }
+}
+
+/// Waits until `elector` leads (true) or not (false), for at most `within`;
+/// returns the time waited.
+pub async fn until_leading(elector: &Elector, leading: bool, within: Duration) -> Option<Duration> {
+    let started = tokio::time::Instant::now();
+    let deadline = started + within;
+    loop {
+        if elector.is_leader() == leading {
+            return Some(started.elapsed());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
