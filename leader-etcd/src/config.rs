@@ -265,7 +265,8 @@ impl EtcdConfig {
         })
     }
 
-    /// Parses a URL in the form described in the [module docs](self).
+    /// Parses an `etcd://`, `etcds://`, `http://` or `https://` URL (see the
+    /// crate docs for the options).
     ///
     /// # Errors
     ///

@@ -338,3 +338,15 @@ async fn renewals_on_a_quiet_store_are_one_keep_alive_each() {
     store.renew(&lease).await.expect("renew after a write");
     assert_eq!(range_requests(&server).await, after + 1);
 }
+
+#[tokio::test]
+async fn a_store_can_use_a_client_the_application_built() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let raw = raw_client(&server).await;
+    let config = leader_etcd::EtcdConfig::new([server.url()]).expect("config");
+    let store = EtcdStore::with_client(raw, config).expect("store over an existing client");
+    let key = unique_key("own-client");
+    let lease = acquired(&store, &key, &holder("a"), TTL).await;
+    store.renew(&lease).await.expect("renew");
+    assert!(store.release(&lease).await.expect("release"));
+}
