@@ -11,4 +11,4 @@ pub use options::{
     DEFAULT_APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, DEFAULT_TABLE,
     PostgresOptions, TableName,
 };
-pub use store::PostgresStore;
+pub use store::{PostgresStore, SessionInfo};

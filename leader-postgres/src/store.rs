@@ -77,6 +77,25 @@ pub struct PostgresStore {
     inner: Arc<Inner>,
 }
 
+/// What the server says about the session pinned to a lease: which backend
+/// holds the lock and the TCP settings the store applied to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The backend's pid (`pg_backend_pid()`, the `pid` in `pg_stat_activity`).
+    pub pid: i32,
+    /// The session's `application_name` (the holder id, 63 bytes at most).
+    pub application_name: String,
+    /// `SHOW tcp_keepalives_idle` (0 on a Unix socket, where it has no effect).
+    pub tcp_keepalives_idle: String,
+    /// `SHOW tcp_keepalives_interval`.
+    pub tcp_keepalives_interval: String,
+    /// `SHOW tcp_keepalives_count`.
+    pub tcp_keepalives_count: String,
+    /// `SHOW tcp_user_timeout`.
+    pub tcp_user_timeout: String,
+}
+
 /// What the acquire statement reported.
 enum Minted {
     Got {
@@ -525,6 +544,69 @@ impl PostgresStore {
             }
             Ok((now_pid, _)) => Err(pooler_error(pid, now_pid)),
             Err(e) => Err(classify(e, false, "checking the new lock failed")),
+        }
+    }
+
+    /// Asks the session pinned to the lease on `key` (held through this
+    /// store) who it is and which TCP settings it runs with; `None` when this
+    /// store holds no lease on `key`. For operators and tests.
+    ///
+    /// # Errors
+    ///
+    /// When the session does not answer; the lease is then given up, as a
+    /// failed renewal would.
+    pub async fn pinned_session(&self, key: &LeaseKey) -> Result<Option<SessionInfo>> {
+        let Some(pinned) = self.pinned(key) else {
+            return Ok(None);
+        };
+        let mut state = pinned.state.lock().await;
+        let Some(mut conn) = state.conn.take() else {
+            return Ok(None);
+        };
+        let limit = self.inner.options.operation_timeout;
+        let outcome = tokio::time::timeout(limit, async {
+            let row = sqlx::query(
+                "SELECT pg_backend_pid() AS pid, \
+                        current_setting('application_name') AS app, \
+                        current_setting('tcp_keepalives_idle') AS idle, \
+                        current_setting('tcp_keepalives_interval') AS intvl, \
+                        current_setting('tcp_keepalives_count') AS cnt, \
+                        current_setting('tcp_user_timeout') AS uto",
+            )
+            .fetch_one(&mut conn.inner)
+            .await?;
+            Ok::<_, sqlx::Error>(SessionInfo {
+                pid: row.try_get("pid")?,
+                application_name: row.try_get("app")?,
+                tcp_keepalives_idle: row.try_get("idle")?,
+                tcp_keepalives_interval: row.try_get("intvl")?,
+                tcp_keepalives_count: row.try_get("cnt")?,
+                tcp_user_timeout: row.try_get("uto")?,
+            })
+        })
+        .await;
+        let err = |e: Error| {
+            e.with_store(STORE)
+                .with_operation("pinned_session")
+                .with_key(key.as_str())
+        };
+        match outcome {
+            Ok(Ok(info)) => {
+                state.conn = Some(conn);
+                Ok(Some(info))
+            }
+            Ok(Err(e)) => {
+                drop(state);
+                self.unpin(key, pinned.handle);
+                Err(err(classify(e, false, "the pinned session failed")))
+            }
+            Err(_) => {
+                drop(state);
+                self.unpin(key, pinned.handle);
+                Err(err(Error::indeterminate(format!(
+                    "the pinned session did not answer within {limit:?}"
+                ))))
+            }
         }
     }
 

@@ -435,3 +435,48 @@ async fn tokens_survive_a_server_crash_and_a_lost_table_is_recreated() {
         "a new table restarts the counter (documented)"
     );
 }
+
+#[tokio::test]
+async fn the_pinned_session_runs_with_keepalives_derived_from_the_ttl() {
+    let pg = server().await;
+    let s = store(pg.url());
+    let key = key("keepalive");
+    assert_eq!(s.pinned_session(&key).await.expect("no lease yet"), None);
+    let ttl = Duration::from_secs(30);
+    let lease = acquired(
+        s.acquire(&key, &holder("ka_1"), ttl)
+            .await
+            .expect("acquire"),
+    );
+    let info = s
+        .pinned_session(&key)
+        .await
+        .expect("session")
+        .expect("pinned");
+    // ttl/2 idle, ttl/6 interval (s), 3 probes, user timeout (ms) idle + 3 * interval.
+    assert_eq!(
+        (
+            info.tcp_keepalives_idle.as_str(),
+            info.tcp_keepalives_interval.as_str(),
+            info.tcp_keepalives_count.as_str(),
+            info.tcp_user_timeout.as_str()
+        ),
+        ("15", "5", "3", "30000"),
+        "{info:?}"
+    );
+    assert_eq!(info.application_name, "ka_1");
+    let current = s.current(&key).await.expect("current").expect("held");
+    assert_eq!(current.token, lease.token);
+    let mut admin = admin(pg.url()).await;
+    let locked_by: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+         AND classid = (($1::bigint >> 32) & 4294967295)::oid AND objid = ($1::bigint & 4294967295)::oid",
+    )
+    .bind(s.lock_key(&key))
+    .fetch_one(&mut admin)
+    .await
+    .expect("the lock in pg_locks");
+    assert_eq!(locked_by, info.pid, "the pinned session holds the lock");
+    assert!(s.release(&lease).await.expect("release"));
+    assert_eq!(s.pinned_session(&key).await.expect("released"), None);
+}
