@@ -31,16 +31,19 @@ fn config(prefix: &str, i: usize) -> ElectionConfig {
 }
 
 /// Electors whose store calls are recorded in `history`.
-fn start_electors(url: &str, prefix: &str, n: usize, history: &History) -> Vec<Elector> {
-    (0..n)
-        .map(|i| {
-            let store =
-                EtcdStore::from_url(&format!("{url}?request_timeout=1s&connect_timeout=300ms"))
-                    .expect("store");
-            let recorded = RecordingStore::new(Arc::new(store), history.clone());
-            Elector::start(Arc::new(recorded), config(prefix, i)).expect("elector")
-        })
-        .collect()
+fn start_electors(
+    url: &str,
+    prefix: &str,
+    ids: std::ops::Range<usize>,
+    history: &History,
+) -> Vec<Elector> {
+    ids.map(|i| {
+        let store = EtcdStore::from_url(&format!("{url}?request_timeout=1s&connect_timeout=300ms"))
+            .expect("store");
+        let recorded = RecordingStore::new(Arc::new(store), history.clone());
+        Elector::start(Arc::new(recorded), config(prefix, i)).expect("elector")
+    })
+    .collect()
 }
 
 /// Checks the recorded history: believed terms (capped at the electors'
@@ -81,7 +84,7 @@ async fn normal_operation_one_leader_two_followers() {
     let server = EtcdServer::start().await.expect("etcd");
     let prefix = prefix("normal");
     let history = History::new();
-    let electors = start_electors(server.url(), &prefix, 3, &history);
+    let electors = start_electors(server.url(), &prefix, 0..3, &history);
     let sampler = Sampler::start(electors.clone());
     let leader = wait_for_one_leader(&electors, LEASE + SLACK).await;
 
@@ -122,7 +125,7 @@ async fn leader_crash_a_follower_takes_over_within_the_lease() {
     let server = EtcdServer::start().await.expect("etcd");
     let prefix = prefix("crash");
     let history = History::new();
-    let electors = start_electors(server.url(), &prefix, 3, &history);
+    let electors = start_electors(server.url(), &prefix, 0..3, &history);
     let sampler = Sampler::start(electors.clone());
     let old = wait_for_one_leader(&electors, LEASE + SLACK).await;
     let old_token = electors[old].token().expect("leader token");
@@ -153,7 +156,7 @@ async fn etcd_failure_everyone_steps_down_then_recovery_elects_one_leader() {
     let server = EtcdServer::start().await.expect("etcd");
     let prefix = prefix("outage");
     let history = History::new();
-    let electors = start_electors(server.url(), &prefix, 3, &history);
+    let electors = start_electors(server.url(), &prefix, 0..3, &history);
     let sampler = Sampler::start(electors.clone());
     let leader = wait_for_one_leader(&electors, LEASE + SLACK).await;
     let token = electors[leader].token().expect("token");
@@ -179,6 +182,58 @@ async fn etcd_failure_everyone_steps_down_then_recovery_elects_one_leader() {
     server.restart().await.expect("restart etcd");
     let new = wait_for_one_leader(&electors, LEASE * 2 + RENEWAL + SLACK).await;
     assert!(electors[new].token().expect("token") > token);
+    for e in &electors {
+        e.shutdown().await;
+    }
+    sampler.finish().await.assert_safe();
+    check(&history);
+}
+
+#[tokio::test]
+async fn a_partitioned_leader_steps_down_before_anyone_else_takes_over() {
+    use leader_testkit::proxy::{FaultProxy, Mode};
+
+    let server = EtcdServer::start().await.expect("etcd");
+    let proxy = FaultProxy::start(server.addr()).await.expect("proxy");
+    let prefix = prefix("partition");
+    let history = History::new();
+    // The first elector reaches etcd through the proxy and leads alone.
+    let cut_off = start_electors(&server.url_via(proxy.addr()), &prefix, 0..1, &history)
+        .pop()
+        .expect("one elector");
+    eventually("the proxied elector leads", || async {
+        cut_off.is_leader()
+    })
+    .await;
+    let mut electors = vec![cut_off.clone()];
+    electors.extend(start_electors(server.url(), &prefix, 1..3, &history));
+    let sampler = Sampler::start(electors.clone());
+    let token = cut_off.token().expect("token");
+
+    // A silent partition: the leader's renewals hang. It must stop believing
+    // it leads by its own deadline, and the lease must run out in etcd
+    // before a follower can take over.
+    proxy.set_mode(Mode::Blackhole);
+    let cut = Instant::now();
+    eventually("the partitioned leader steps down", || async {
+        !cut_off.is_leader()
+    })
+    .await;
+    assert!(
+        cut.elapsed() <= LEASE + SLACK,
+        "stepped down after {:?}",
+        cut.elapsed()
+    );
+    let new = wait_for_one_leader(&electors[1..], LEASE * 2 + RENEWAL + SLACK).await;
+    assert!(electors[1 + new].token().expect("token") > token);
+
+    // Healed: the old leader stays a follower.
+    proxy.set_mode(Mode::PassThrough);
+    let until = Instant::now() + RENEWAL * 4;
+    while Instant::now() < until {
+        assert!(!cut_off.is_leader(), "the healed old leader must not lead");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     for e in &electors {
         e.shutdown().await;
     }

@@ -125,3 +125,30 @@ async fn watch_fails_cleanly_when_etcd_is_unreachable() {
         .expect_err("nothing listens");
     assert!(err.is_retryable(), "{err}");
 }
+
+#[tokio::test]
+async fn a_silent_partition_ends_the_subscription_within_bounded_time() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let proxy = FaultProxy::start(server.addr()).await.expect("proxy");
+    let request_timeout = Duration::from_millis(500);
+    let store = EtcdStore::from_url(&format!(
+        "{}?request_timeout={}ms&connect_timeout=200ms",
+        server.url_via(proxy.addr()),
+        request_timeout.as_millis()
+    ))
+    .expect("store via proxy");
+    let key = unique_key("partition");
+    let mut events = store.watch(&key).await.expect("watch");
+    // Nothing fails, nothing flows: only HTTP/2 pings (every request timeout,
+    // answered within one) reveal the dead stream, then resuming fails for
+    // one request timeout.
+    proxy.set_mode(Mode::Blackhole);
+    let started = tokio::time::Instant::now();
+    assert_eq!(next(&mut events).await, None);
+    let bound = request_timeout * 6 + support::SLACK;
+    assert!(
+        started.elapsed() <= bound,
+        "the subscription ended after {:?}, expected within {bound:?}",
+        started.elapsed()
+    );
+}

@@ -17,6 +17,9 @@ use leader_testkit::servers::Server;
 /// 2-core CI machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// Extra time on top of bounds derived from configured durations.
+pub const SLACK: Duration = Duration::from_secs(5);
+
 /// A key no other test uses.
 pub fn unique_key(what: &str) -> LeaseKey {
     static N: AtomicU64 = AtomicU64::new(0);
