@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `K` | string | the holder id (`redis-cli GET K` shows the leader) | the lease TTL |
 //! | `{K}:term` | hash | `holder`, `token` of the current term | the lease TTL |
-//! | `{K}:token` | string | the fencing counter, `INCR`ed per acquisition | none: never reset |
+//! | `{K}:token` | string | the fencing counter: the last token minted | none: never reset |
 //! | channel `{K}:events` | pub/sub | `released <token>` on release | |
 //!
 //! `{K}` makes Redis Cluster hash only `K` for the sibling keys, which is
