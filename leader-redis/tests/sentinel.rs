@@ -247,3 +247,36 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
     let on_y: Option<String> = yc.get(k.as_str()).await.expect("GET on y");
     assert_eq!(on_y.as_deref(), Some("b"));
 }
+
+#[tokio::test]
+async fn the_cards_sentinel_string_with_a_password_works() {
+    let set = SentinelSet::start_with_password(Some("s3cret")).await;
+    let connection = format!("{},password=s3cret", set.connection_string());
+    let store = RedisStore::new(&connection).expect("store");
+    assert!(!format!("{store:?}").contains("s3cret"));
+    let k = LeaseKey::new(&prefix(), "svc").expect("key");
+    let a = HolderId::new("a").expect("holder");
+    let lease = match store
+        .acquire(&k, &a, TTL)
+        .await
+        .expect("acquire with a password")
+    {
+        Acquire::Acquired(lease) => lease,
+        other => panic!("{other:?}"),
+    };
+    let mut events = store.watch(&k).await.expect("watch with a password");
+    assert!(store.release(&lease).await.expect("release"));
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+    assert_eq!(
+        event.expect("event in time"),
+        Some(leader_core::LeaseEvent::Vacated)
+    );
+
+    let wrong =
+        RedisStore::new(&format!("{},password=wrong", set.connection_string())).expect("store");
+    let err = wrong
+        .acquire(&k, &a, TTL)
+        .await
+        .expect_err("wrong password");
+    assert_eq!(err.kind(), leader_core::ErrorKind::Auth, "{err}");
+}

@@ -118,6 +118,16 @@ impl RedisProc {
     /// Starts a sentinel on `port` monitoring `master_port` as `mymaster`
     /// (quorum 2, down-after 1000 ms).
     pub async fn sentinel(port: u16, master_port: u16) -> RedisProc {
+        Self::sentinel_with_auth(port, master_port, None).await
+    }
+
+    /// A sentinel as [`RedisProc::sentinel`] that authenticates to the
+    /// master and replicas with `password`.
+    pub async fn sentinel_with_auth(
+        port: u16,
+        master_port: u16,
+        password: Option<&str>,
+    ) -> RedisProc {
         let tmp = tempfile::tempdir().expect("temp dir");
         let dir = tmp.path().to_owned();
         let conf = dir.join("sentinel.conf");
@@ -128,9 +138,12 @@ impl RedisProc {
                  sentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds mymaster 1000\n\
                  sentinel failover-timeout mymaster 4000\n\
-                 sentinel parallel-syncs mymaster 1\n",
+                 sentinel parallel-syncs mymaster 1\n{auth}",
                 dir = dir.display(),
                 log = dir.join("sentinel.log").display(),
+                auth = password
+                    .map(|p| format!("sentinel auth-pass mymaster {p}\n"))
+                    .unwrap_or_default(),
             ),
         )
         .expect("write sentinel.conf");
@@ -363,12 +376,24 @@ impl SentinelSet {
     /// Starts the set and waits until every sentinel knows the replica and
     /// the other sentinels (so a failover can be agreed on).
     pub async fn start() -> SentinelSet {
-        let master = RedisProc::start(free_port(), &[]).await;
+        Self::start_with_password(None).await
+    }
+
+    /// As [`SentinelSet::start`], with `requirepass`/`masterauth` on the
+    /// data nodes and `auth-pass` in the sentinels when `password` is given.
+    pub async fn start_with_password(password: Option<&str>) -> SentinelSet {
+        let auth: Vec<&str> = match password {
+            Some(p) => vec!["--requirepass", p, "--masterauth", p],
+            None => Vec::new(),
+        };
+        let master = RedisProc::start(free_port(), &auth).await;
         let mport = master.port.to_string();
-        let replica = RedisProc::start(free_port(), &["--replicaof", "127.0.0.1", &mport]).await;
+        let mut replica_args = vec!["--replicaof", "127.0.0.1", &mport];
+        replica_args.extend(&auth);
+        let replica = RedisProc::start(free_port(), &replica_args).await;
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            sentinels.push(RedisProc::sentinel(free_port(), master.port).await);
+            sentinels.push(RedisProc::sentinel_with_auth(free_port(), master.port, password).await);
         }
         let set = SentinelSet {
             master,
@@ -406,7 +431,10 @@ impl SentinelSet {
             .await;
         }
         // The replica must be in sync before a failover can promote it.
-        let replica_url = format!("redis://127.0.0.1:{}", set.replica.port);
+        let replica_url = match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", set.replica.port),
+            None => format!("redis://127.0.0.1:{}", set.replica.port),
+        };
         eventually(Duration::from_secs(20), "replica in sync", || {
             let url = replica_url.clone();
             async move {
