@@ -134,7 +134,7 @@ impl PostgresStore {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`] naming the bad part of the URL.
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the bad part of the URL.
     pub fn from_url(url: &str) -> Result<Self> {
         Ok(Self::new(PostgresOptions::from_url(url)?))
     }

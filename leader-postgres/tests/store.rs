@@ -40,6 +40,21 @@ async fn acquire_renew_release_with_increasing_tokens_and_named_holder() {
         .map(|r| r.get::<String, _>(0))
         .collect();
     assert!(apps.contains(&"alpha_1_aa".to_owned()), "{apps:?}");
+    // The operators' query from the README names holder and token.
+    let readme = include_str!("../README.md");
+    let start = readme
+        .find("SELECT a.pid, a.application_name")
+        .expect("README query");
+    let end = start + readme[start..].find(';').expect("query ends");
+    let row = sqlx::query(sqlx::AssertSqlSafe(&readme[start..end]))
+        .fetch_all(&mut admin)
+        .await
+        .expect("README query runs")
+        .into_iter()
+        .find(|r| r.get::<String, _>("resource") == key.as_str())
+        .expect("the README query lists the lease");
+    assert_eq!(row.get::<String, _>("holder"), "alpha_1_aa");
+    assert_eq!(row.get::<i64, _>("token") as u64, first.token.0);
 
     assert!(a.release(&first).await.expect("release"));
     assert!(
