@@ -240,3 +240,27 @@ async fn a_lease_survives_its_slot_moving_to_another_node() {
         "the counter moved with the lease"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_and_notifications_work_on_a_tls_cluster() {
+    let files = support::tls_files();
+    let cluster = Cluster::start_with(Some(&files)).await;
+    let store = RedisStore::builder(&cluster.connection_string())
+        .ca_file(&files.ca)
+        .build()
+        .expect("store");
+    let prefix = prefix();
+    let a = HolderId::new("a").expect("holder");
+    for i in 0..12 {
+        let k = LeaseKey::new(&prefix, &format!("job-{i}")).expect("key");
+        let lease = acquired(&store, &k, &a).await;
+        store.renew(&lease).await.expect("renew over TLS");
+        assert!(store.release(&lease).await.expect("release over TLS"));
+    }
+    let k = LeaseKey::new(&prefix, "watched").expect("key");
+    let mut events = store.watch(&k).await.expect("watch over TLS");
+    let lease = acquired(&store, &k, &a).await;
+    assert!(store.release(&lease).await.expect("release"));
+    let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
+    assert_eq!(event.expect("event in time"), Some(LeaseEvent::Vacated));
+}

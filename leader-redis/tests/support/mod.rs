@@ -489,30 +489,64 @@ impl SentinelSet {
 /// Three cluster masters covering all slots.
 pub struct Cluster {
     pub nodes: Vec<RedisProc>,
+    /// The TLS client ports, when started with TLS.
+    pub tls_ports: Vec<u16>,
 }
 
 impl Cluster {
     /// Starts three nodes, creates the cluster with `redis-cli --cluster
     /// create` and waits until every node reports `cluster_state:ok`.
     pub async fn start() -> Cluster {
+        Self::start_with(None).await
+    }
+
+    /// As [`Cluster::start`], with TLS client and bus connections using
+    /// `tls` (each node keeps a plain port for the readiness probe and for
+    /// `redis-cli`; clients connecting over TLS are told the TLS ports).
+    pub async fn start_with(tls: Option<&TlsFiles>) -> Cluster {
         let mut nodes = Vec::new();
+        let mut tls_ports = Vec::new();
         for _ in 0..3 {
-            nodes.push(
-                RedisProc::start(
-                    free_port(),
-                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
-                )
-                .await,
-            );
+            let mut args: Vec<String> =
+                ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+            if let Some(files) = tls {
+                let port = free_port();
+                tls_ports.push(port);
+                args.extend([
+                    "--tls-port".to_string(),
+                    port.to_string(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                    "--tls-cert-file".into(),
+                    files.cert.display().to_string(),
+                    "--tls-key-file".into(),
+                    files.key.display().to_string(),
+                    "--tls-ca-cert-file".into(),
+                    files.ca.display().to_string(),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(RedisProc::start(free_port(), &args).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new(binary("redis-cli"))
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
+        let mut cli = Command::new(binary("redis-cli"));
+        if let Some(files) = tls {
+            cli.arg("--tls").arg("--cacert").arg(&files.ca);
+            let tls_addrs: Vec<String> =
+                tls_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+            cli.arg("--cluster").arg("create").args(&tls_addrs);
+        } else {
+            cli.arg("--cluster").arg("create").args(&addrs);
+        }
+        let out = cli
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
@@ -538,16 +572,22 @@ impl Cluster {
             })
             .await;
         }
-        Cluster { nodes }
+        Cluster { nodes, tls_ports }
     }
 
-    /// The card-style connection string (several hosts, no serviceName).
+    /// The card-style connection string (several hosts, no serviceName);
+    /// over TLS with `ssl=true` and the TLS ports when started with TLS.
     pub fn connection_string(&self) -> String {
-        let addrs: Vec<String> = self
-            .nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        addrs.join(",")
+        let ports: Vec<u16> = if self.tls_ports.is_empty() {
+            self.nodes.iter().map(|n| n.port).collect()
+        } else {
+            self.tls_ports.clone()
+        };
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        if self.tls_ports.is_empty() {
+            addrs.join(",")
+        } else {
+            format!("{},ssl=true", addrs.join(","))
+        }
     }
 }
