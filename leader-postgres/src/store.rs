@@ -57,6 +57,10 @@ struct Inner {
     schema_ready: AtomicBool,
     schema_lock: tokio::sync::Mutex<()>,
     leases: Mutex<HashMap<LeaseKey, Arc<Pinned>>>,
+    /// Serializes acquisitions of one key through this store, so that two
+    /// concurrent calls with the same holder never take each other for a
+    /// stale session of that holder.
+    acquiring: Mutex<HashMap<LeaseKey, Arc<tokio::sync::Mutex<()>>>>,
     next_handle: AtomicU64,
 }
 
@@ -125,6 +129,7 @@ impl PostgresStore {
                 schema_ready: AtomicBool::new(false),
                 schema_lock: tokio::sync::Mutex::new(()),
                 leases: Mutex::new(HashMap::new()),
+                acquiring: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
             }),
         }
@@ -761,6 +766,15 @@ impl LeaseStore for PostgresStore {
         check_ttl(ttl)?;
         self.ensure_schema().await?;
         let lock_key = self.lock_key(key);
+        let turn = self
+            .inner
+            .acquiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _turn = turn.lock().await;
         if let Some(pinned) = self.pinned(key).filter(|p| &p.holder == holder) {
             if let Some(lease) = self.reacquire(&pinned, key, lock_key, ttl).await {
                 return Ok(Acquire::Acquired(lease));

@@ -495,3 +495,30 @@ async fn the_pinned_session_runs_with_keepalives_derived_from_the_ttl() {
     assert!(s.release(&lease).await.expect("release"));
     assert_eq!(s.pinned_session(&key).await.expect("released"), None);
 }
+
+#[test]
+fn store_debug_never_shows_the_password() {
+    let s = leader_postgres::PostgresStore::from_url("postgres://app:hunter2-secret@db/app")
+        .expect("valid URL");
+    let shown = format!("{s:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+}
+
+#[tokio::test]
+async fn concurrent_acquires_by_one_holder_in_one_store_do_not_fight() {
+    let pg = server().await;
+    let s = store(pg.url());
+    let key = key("same-holder-race");
+    let h = holder("racer_1");
+    let (x, y) = tokio::join!(s.acquire(&key, &h, TTL), s.acquire(&key, &h, TTL));
+    let (x, y) = (acquired(x.expect("first")), acquired(y.expect("second")));
+    let (older, newer) = if x.token < y.token { (x, y) } else { (y, x) };
+    assert!(newer.token > older.token);
+    s.renew(&newer).await.expect("the newer term holds");
+    assert_eq!(
+        s.renew(&older).await.expect_err("superseded").kind(),
+        ErrorKind::NotHolder
+    );
+    assert!(s.release(&newer).await.expect("release"));
+}
