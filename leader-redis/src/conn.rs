@@ -100,6 +100,9 @@ pub(crate) struct Connector {
     sentinel_check: Duration,
     /// Whether the master-change check task runs.
     checking: AtomicBool,
+    /// Bumped whenever the Sentinel master changes, so that subscriptions
+    /// on the old master end (their publisher is gone).
+    master_epoch: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for Connector {
@@ -317,7 +320,13 @@ impl Connector {
             next_generation: std::sync::atomic::AtomicU64::new(1),
             sentinel_check,
             checking: AtomicBool::new(false),
+            master_epoch: tokio::sync::watch::Sender::new(0),
         })
+    }
+
+    /// A receiver that changes whenever the Sentinel master changes.
+    pub(crate) fn master_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.master_epoch.subscribe()
     }
 
     /// Whether this is a cluster (keys must share a hash slot).
@@ -563,6 +572,7 @@ async fn check_master(connector: Weak<Connector>, interval: Duration) {
                 "the sentinels report a new master; reconnecting"
             );
             connector.invalidate(generation).await;
+            connector.master_epoch.send_modify(|e| *e += 1);
         }
     }
 }

@@ -4,8 +4,9 @@
 //! subscribes to the lease's channel and forwards `released` /
 //! `force-released` messages as [`LeaseEvent::Vacated`]. The forwarding task
 //! pings the server every heartbeat; when the connection drops or a ping goes
-//! unanswered, the task ends, the sender is dropped and the caller's `recv()`
-//! returns `None`, which tells the elector to poll and subscribe again.
+//! unanswered, or (Sentinel) the sentinels name another master, the task
+//! ends, the sender is dropped and the caller's `recv()` returns `None`,
+//! which tells the elector to poll and subscribe again.
 
 use std::time::Duration;
 
@@ -45,6 +46,8 @@ pub(crate) async fn subscribe(
             .with_operation("watch"));
         }
     }
+    let mut master_changes = connector.master_changes();
+    master_changes.mark_unchanged();
     let (tx, events) = LeaseEvents::channel(16);
     let (mut sink, mut stream) = pubsub.split();
     tokio::spawn(async move {
@@ -54,6 +57,8 @@ pub(crate) async fn subscribe(
         loop {
             tokio::select! {
                 () = tx.closed() => break,
+                // The Sentinel master moved: releases are published there now.
+                _ = master_changes.changed() => break,
                 msg = stream.next() => {
                     let Some(msg) = msg else {
                         tracing::debug!(target: "leader_redis", %channel, "pub/sub connection closed");

@@ -209,6 +209,7 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
     let on_x: Option<String> = xc.get(k.as_str()).await.expect("GET on x");
     assert_eq!(on_x.as_deref(), Some("a"));
 
+    let mut events = store.watch(&k).await.expect("watch on x");
     let mut s = raw(&format!("redis://127.0.0.1:{}", sentinel.port)).await;
     let _: () = redis::cmd("SENTINEL")
         .arg("REMOVE")
@@ -238,6 +239,9 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
     )
     .await;
     assert_eq!(err.kind(), leader_core::ErrorKind::NotHolder);
+    // The subscription on x ended: releases are published on y now.
+    let end = tokio::time::timeout(Duration::from_secs(10), events.recv()).await;
+    assert_eq!(end.expect("the watch on the old master must end"), None);
     let b = HolderId::new("b").expect("holder");
     assert!(matches!(
         store.acquire(&k, &b, TTL).await,
