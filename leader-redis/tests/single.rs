@@ -516,3 +516,61 @@ async fn network_faults_map_to_unavailable_or_indeterminate() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn acl_users_and_databases_from_the_url_are_used() {
+    let server = RedisProc::start(free_port(), &[]).await;
+    let admin = format!("redis://127.0.0.1:{}", server.port);
+    let mut c = raw(&admin).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg("on")
+        .arg(">app-pass")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .query_async(&mut c)
+        .await
+        .expect("ACL SETUSER app");
+    // A user that may read but not run scripts.
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("reader")
+        .arg("on")
+        .arg(">reader-pass")
+        .arg("~*")
+        .arg("+@read")
+        .arg("+ping")
+        .arg("+client")
+        .arg("+hello")
+        .query_async(&mut c)
+        .await
+        .expect("ACL SETUSER reader");
+
+    let k = key("acl");
+    let store = RedisStore::new(&format!("redis://app:app-pass@127.0.0.1:{}/3", server.port))
+        .expect("store");
+    acquired(&store, &k, &holder("a"), TTL).await;
+    let mut db3 = raw(&format!("{admin}/3")).await;
+    let seen: Option<String> = db3.get(k.as_str()).await.expect("GET in db 3");
+    assert_eq!(seen.as_deref(), Some("a"), "the URL's database is used");
+    let seen: Option<String> = c.get(k.as_str()).await.expect("GET in db 0");
+    assert_eq!(seen, None);
+
+    let reader = RedisStore::new(&format!(
+        "127.0.0.1:{},user=reader,password=reader-pass",
+        server.port
+    ))
+    .expect("store");
+    let err = reader
+        .acquire(&key("acl"), &holder("a"), TTL)
+        .await
+        .expect_err("no EVALSHA");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    let wrong =
+        RedisStore::new(&format!("redis://app:nope@127.0.0.1:{}", server.port)).expect("store");
+    let err = wrong.current(&k).await.expect_err("wrong password");
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(!format!("{err} {err:?}").contains("nope"));
+}
