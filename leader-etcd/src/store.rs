@@ -73,6 +73,15 @@ pub(crate) fn ttl_seconds(ttl: Duration) -> i64 {
 /// The connection is made on first use, so a store can be built while etcd
 /// is down; each request is bounded by the request timeout.
 ///
+/// # Cancel safety
+///
+/// Dropping an `acquire` future after its grant was answered revokes the
+/// grant in the background (or leaves the key held by the caller if the
+/// transaction already ran, which the same holder's next `acquire` takes
+/// over). A grant whose answer never arrived holds no key and expires after
+/// its TTL. Dropping a `renew` future drops that lease's keep-alive stream;
+/// the next renewal opens a new one.
+///
 /// `Debug` shows the endpoints and user name, never the password.
 #[derive(Clone)]
 pub struct EtcdStore {
@@ -755,6 +764,33 @@ impl Drop for RevokeGuard<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a cancelled `acquire` relies on: a grant whose guard is dropped
+    /// without being disarmed (the future was dropped between the grant and
+    /// the end of the acquisition) is revoked; a disarmed one is kept.
+    #[tokio::test]
+    async fn an_armed_grant_guard_revokes_on_drop() {
+        let server = leader_testkit::servers::EtcdServer::start()
+            .await
+            .expect("etcd");
+        let store = EtcdStore::from_url(server.url()).expect("store");
+        let mut client = store.client("test", "k").await.expect("client");
+        let dropped = client.lease_grant(60, None).await.expect("grant").id();
+        let kept = client.lease_grant(60, None).await.expect("grant").id();
+        drop(RevokeGuard::new(&store, &client, dropped));
+        RevokeGuard::new(&store, &client, kept).disarm();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ttl = client.lease_time_to_live(dropped, None).await.expect("ttl");
+            if ttl.ttl() <= 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the dropped guard never revoked");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let ttl = client.lease_time_to_live(kept, None).await.expect("ttl");
+        assert!(ttl.ttl() > 0, "a disarmed guard must not revoke");
+    }
 
     #[test]
     fn ttls_round_up_to_whole_seconds() {
