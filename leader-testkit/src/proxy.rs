@@ -53,6 +53,16 @@ pub enum Mode {
     /// TCP retransmission). Nothing fails: clients see silence until their
     /// own timeouts fire. Leaving this mode lets the held bytes flow on.
     Blackhole,
+    /// A partition as the *server* sees it too: like [`Mode::Blackhole`],
+    /// and once it has lasted `upstream_timeout` the proxy resets its
+    /// connections to the server, as the server's TCP keepalive or user
+    /// timeout would (session-bound stores then free the locks of the cut
+    /// off clients). The clients still hear nothing; when the partition
+    /// heals, their dead connections are reset.
+    Partition {
+        /// How long until the server notices the dead peers.
+        upstream_timeout: Duration,
+    },
     /// Reset every open connection (TCP RST to both sides) when set; while
     /// set, new connections are accepted and reset at once.
     Reset,
@@ -67,6 +77,8 @@ struct State {
     /// Bumped by every `set_mode(Mode::Reset)`: a connection older than the
     /// current epoch is reset even if the mode already changed again.
     reset_epoch: u64,
+    /// When the current [`Mode::Partition`] began.
+    partition_since: Option<Instant>,
     closed: bool,
 }
 
@@ -94,6 +106,7 @@ impl FaultProxy {
         let (state, rx) = watch::channel(State {
             mode: Mode::PassThrough,
             reset_epoch: 0,
+            partition_since: None,
             closed: false,
         });
         let open = Arc::new(AtomicUsize::new(0));
@@ -120,6 +133,12 @@ impl FaultProxy {
     /// Switches the mode; open connections follow at once.
     pub fn set_mode(&self, mode: Mode) {
         self.state.send_modify(|s| {
+            let was_partition = matches!(s.mode, Mode::Partition { .. });
+            s.partition_since = match mode {
+                Mode::Partition { .. } if was_partition => s.partition_since,
+                Mode::Partition { .. } => Some(Instant::now()),
+                _ => None,
+            };
             s.mode = mode;
             if mode == Mode::Reset {
                 s.reset_epoch += 1;
@@ -258,13 +277,43 @@ async fn reset_signal(mut rx: watch::Receiver<State>, epoch: u64) {
     }
 }
 
-/// Waits while the proxy is blackholing. `Err` once the proxy is gone.
+impl Mode {
+    /// Whether traffic is held (nothing forwarded).
+    fn holds(self) -> bool {
+        matches!(self, Mode::Blackhole | Mode::Partition { .. })
+    }
+}
+
+/// Waits while the proxy holds traffic. `Err` once the proxy is gone.
 async fn while_blackholed(rx: &mut watch::Receiver<State>) -> Result<(), ()> {
     loop {
-        if rx.borrow_and_update().mode != Mode::Blackhole {
+        if !rx.borrow_and_update().mode.holds() {
             return Ok(());
         }
         rx.changed().await.map_err(|_| ())?;
+    }
+}
+
+/// Resolves once a [`Mode::Partition`] has lasted its upstream timeout.
+async fn server_gives_up(mut rx: watch::Receiver<State>) {
+    loop {
+        let state = *rx.borrow_and_update();
+        let deadline = match (state.mode, state.partition_since) {
+            (Mode::Partition { upstream_timeout }, Some(since)) => Some(since + upstream_timeout),
+            _ => None,
+        };
+        let changed = async {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        match deadline {
+            Some(deadline) => tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return,
+                () = changed => {}
+            },
+            None => changed.await,
+        }
     }
 }
 
@@ -313,7 +362,7 @@ async fn connection(
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
 
-    let outcome = {
+    let end = {
         let (mut client_read, mut client_write) = client.split();
         let (mut server_read, mut server_write) = server.split();
         let flows = try_join(
@@ -321,14 +370,39 @@ async fn connection(
             direction(&mut server_read, &mut client_write, rx.clone()),
         );
         tokio::select! {
-            done = flows => done.is_ok(),
-            () = &mut reset_now => false,
+            done = flows => if done.is_ok() { End::Closed } else { End::Reset },
+            () = &mut reset_now => End::Reset,
+            () = server_gives_up(rx.clone()) => End::ServerGaveUp,
         }
     };
-    if !outcome {
-        reset(&client);
-        reset(&server);
+    match end {
+        End::Closed => {}
+        End::Reset => {
+            reset(&client);
+            reset(&server);
+        }
+        End::ServerGaveUp => {
+            reset(&server);
+            drop(server);
+            // The client hears nothing until the partition heals; then its
+            // packets reach a server that forgot it: a reset.
+            tokio::select! {
+                _ = while_blackholed(&mut rx) => {}
+                () = &mut reset_now => {}
+            }
+            reset(&client);
+        }
     }
+}
+
+/// How a proxied connection ended.
+enum End {
+    /// Both sides closed cleanly.
+    Closed,
+    /// An error or a reset: both sides get a RST.
+    Reset,
+    /// A partition outlasted the server's patience.
+    ServerGaveUp,
 }
 
 struct Chunk {

@@ -259,3 +259,63 @@ async fn dropping_the_proxy_closes_everything() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(eventually(async || TcpStream::connect(addr).await.is_err()).await);
 }
+
+#[tokio::test]
+async fn partition_holds_the_client_and_lets_the_server_time_out() {
+    // An echo server that reports when a connection ends on its side.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let upstream = listener.local_addr().expect("addr");
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let ended_tx = ended_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                loop {
+                    match sock.read(&mut buf).await {
+                        Ok(n) if n > 0 && sock.write_all(&buf[..n]).await.is_ok() => {}
+                        _ => break,
+                    }
+                }
+                let _ = ended_tx.send(Instant::now());
+            });
+        }
+    });
+    let proxy = FaultProxy::start(upstream).await.expect("proxy");
+    let mut conn = connected(&proxy).await;
+    roundtrip(&mut conn, b"ok").await.expect("echo");
+
+    let timeout = Duration::from_millis(200);
+    let cut = Instant::now();
+    proxy.set_mode(Mode::Partition {
+        upstream_timeout: timeout,
+    });
+    let server_saw_end = tokio::time::timeout(WITHIN, ended.recv())
+        .await
+        .expect("the server side is closed")
+        .expect("ended");
+    assert!(
+        server_saw_end - cut >= timeout,
+        "closed after {:?}",
+        server_saw_end - cut
+    );
+    conn.write_all(b"x").await.expect("writes are accepted");
+    let mut buf = [0u8; 1];
+    let silent = tokio::time::timeout(SILENCE, conn.read(&mut buf)).await;
+    assert!(
+        silent.is_err(),
+        "the client hears nothing during the partition: {silent:?}"
+    );
+
+    proxy.set_mode(Mode::PassThrough);
+    let read = tokio::time::timeout(WITHIN, conn.read(&mut buf))
+        .await
+        .expect("no hang");
+    assert_eq!(
+        read.map_err(|e| e.kind()).err(),
+        Some(ErrorKind::ConnectionReset),
+        "healed onto a forgotten connection"
+    );
+    let mut fresh = connected(&proxy).await;
+    assert_eq!(roundtrip(&mut fresh, b"new").await.expect("echo"), b"new");
+}

@@ -611,10 +611,18 @@ pub async fn election_partitioned_leader_steps_down(ctx: &Ctx) -> CaseResult {
         .await?;
     let old_token = cluster.wait_written(old, p.slack).await?;
     let cut_at = Instant::now();
-    cluster.links[old].cut();
+    // The server notices the dead client after one lease (a session-bound
+    // store's tuned keepalive); its lock may then be held back for up to
+    // another lease (a lock delay after a term that ended without release).
+    cluster.links[old].cut(p.lease);
     // `wait_for_leader` requires exactly one leader: the new one appearing
     // while the old one still believes would not count.
-    let bound = ctx.granted(p.lease) + follower_reaction(ctx) + p.slack;
+    let session_extra = if ctx.capabilities().session_bound {
+        p.lease
+    } else {
+        Duration::ZERO
+    };
+    let bound = ctx.granted(p.lease) + session_extra + follower_reaction(ctx) + p.slack;
     let (new, took) = cluster.wait_for_leader(bound, Some(old)).await?;
     println!(
         "  partitioned leader replaced {:?} after the cut",

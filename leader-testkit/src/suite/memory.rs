@@ -82,7 +82,7 @@ impl Fixture for MemoryFixture {
 pub struct FaultyLink(pub Arc<FaultyStore>);
 
 impl Link for FaultyLink {
-    fn cut(&self) {
+    fn cut(&self, _server_notices_after: Duration) {
         self.0.set_all(Some(Fault::Hang));
     }
     fn heal(&self) {

@@ -100,8 +100,10 @@ pub type LinkedClient = (Arc<dyn LeaseStore>, Box<dyn Link>);
 /// The network between one client and the store.
 pub trait Link: Send + Sync {
     /// A partition: nothing flows and nothing fails; calls hang until the
-    /// client's own timeouts fire.
-    fn cut(&self);
+    /// client's own timeouts fire. The server notices the dead client after
+    /// `server_notices_after` (its TCP keepalive / user timeout), which
+    /// matters to session-bound stores.
+    fn cut(&self, server_notices_after: Duration);
     /// Back to normal.
     fn heal(&self);
     /// Adds about `delay` to every round trip.
@@ -109,8 +111,10 @@ pub trait Link: Send + Sync {
 }
 
 impl Link for crate::proxy::FaultProxy {
-    fn cut(&self) {
-        self.set_mode(crate::proxy::Mode::Blackhole);
+    fn cut(&self, server_notices_after: Duration) {
+        self.set_mode(crate::proxy::Mode::Partition {
+            upstream_timeout: server_notices_after,
+        });
     }
     fn heal(&self) {
         self.set_mode(crate::proxy::Mode::PassThrough);
