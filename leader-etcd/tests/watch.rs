@@ -152,3 +152,36 @@ async fn a_silent_partition_ends_the_subscription_within_bounded_time() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_watch_that_would_resume_into_compacted_history_ends() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let proxy = FaultProxy::start(server.addr()).await.expect("proxy");
+    let watched = EtcdStore::from_url(&format!(
+        "{}?request_timeout=5s&connect_timeout=500ms",
+        server.url_via(proxy.addr())
+    ))
+    .expect("store via proxy");
+    let direct = EtcdStore::from_url(server.url()).expect("direct store");
+    let key = unique_key("compacted");
+    let mut events = watched.watch(&key).await.expect("watch");
+
+    proxy.set_mode(Mode::Reset);
+    // Missed events, then their history is compacted away.
+    let lease = acquired(&direct, &key, &holder("a"), TTL).await;
+    assert!(direct.release(&lease).await.expect("release"));
+    let mut raw = support::raw_client(&server).await;
+    let revision = raw
+        .put("bump", "x", None)
+        .await
+        .expect("raw put")
+        .header()
+        .expect("header")
+        .revision();
+    raw.compact(revision, None).await.expect("compact");
+    proxy.set_mode(Mode::PassThrough);
+
+    // Resuming would skip events: the subscription ends instead, and the
+    // elector polls (which sees the current state).
+    assert_eq!(next(&mut events).await, None);
+}
