@@ -34,9 +34,48 @@ fn etcd_binary() -> PathBuf {
 }
 
 impl EtcdCluster {
-    /// Starts three members and waits until the cluster has a leader and
-    /// accepts writes.
+    /// Starts three members and waits until the cluster has a leader. A
+    /// start whose member exits at once (another process took a port between
+    /// choosing and binding it) is retried with fresh ports, three times.
     pub async fn start() -> EtcdCluster {
+        for attempt in 1..=3 {
+            let cluster = Self::launch();
+            if cluster.start_up().await {
+                return cluster;
+            }
+            eprintln!(
+                "etcd cluster start attempt {attempt} failed; logs in {}",
+                cluster.dir.path().display()
+            );
+        }
+        panic!("the etcd cluster did not start in three attempts");
+    }
+
+    /// Waits for a leader; false if a member exited meanwhile.
+    async fn start_up(&self) -> bool {
+        let start = Instant::now();
+        loop {
+            let exited = self.lock().iter_mut().any(|m| {
+                m.child
+                    .as_mut()
+                    .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+            });
+            if exited {
+                return false;
+            }
+            if self.leader().await.is_some() {
+                return true;
+            }
+            assert!(
+                start.elapsed() < PATIENCE,
+                "the etcd cluster elected no leader within {PATIENCE:?}; logs in {}",
+                self.dir.path().display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn launch() -> EtcdCluster {
         let program = etcd_binary();
         let dir = tempfile::Builder::new()
             .prefix("leader-etcd-cluster-")
@@ -87,12 +126,10 @@ impl EtcdCluster {
                 child: Some(child),
             });
         }
-        let cluster = EtcdCluster {
+        EtcdCluster {
             members: Mutex::new(members),
             dir,
-        };
-        cluster.wait_for_leader().await;
-        cluster
+        }
     }
 
     /// `host:port` of every member's client URL.
