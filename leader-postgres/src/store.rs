@@ -213,7 +213,10 @@ impl PostgresStore {
                         Ok(_) => {}
                         // Another instance created it at the same moment.
                         Err(sqlx::Error::Database(db))
-                            if matches!(db.code().as_deref(), Some("42P07" | "23505")) => {}
+                            if matches!(
+                                db.code().as_deref(),
+                                Some("42P07" | "42710" | "23505")
+                            ) => {}
                         Err(e) => return Err(e),
                     }
                 }
