@@ -14,7 +14,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use leader_core::LeaseStore;
 use leader_redis::RedisStore;
-use leader_testkit::suite::{Fixture, Profile, ServerControl};
+use leader_testkit::proxy::FaultProxy;
+use leader_testkit::suite::{Fixture, LinkedClient, Profile, ServerControl};
 
 /// A store client as the suite's electors use it: the response timeout is
 /// the profile's interval (the electors' request timeout).
@@ -56,6 +57,10 @@ struct Topology<T: Send + Sync + 'static> {
     connection: String,
     ca: Option<PathBuf>,
     control: Option<Box<dyn ServerControl>>,
+    /// The single server's address, when clients may be put behind a fault
+    /// proxy (not for Sentinel or Cluster: they learn real node addresses
+    /// from the servers and would bypass it).
+    linkable: Option<std::net::SocketAddr>,
     _servers: T,
 }
 
@@ -71,6 +76,22 @@ impl<T: Send + Sync + 'static> Fixture for Topology<T> {
 
     fn control(&self) -> Option<&dyn ServerControl> {
         self.control.as_deref()
+    }
+
+    fn links(&self) -> bool {
+        self.linkable.is_some()
+    }
+
+    async fn linked_client(&self) -> leader_core::Result<Option<LinkedClient>> {
+        let Some(server) = self.linkable else {
+            return Ok(None);
+        };
+        let proxy = FaultProxy::start(server).await.map_err(|e| {
+            leader_core::Error::unavailable(format!("cannot start a fault proxy: {e}"))
+        })?;
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        let client = client(&format!("{scheme}://{}", proxy.addr()), self.ca.as_ref())?;
+        Ok(Some((client, Box::new(proxy))))
     }
 }
 
@@ -98,11 +119,13 @@ mod tls {
     async fn fixture() -> Topology<support::TlsFiles> {
         let server = support::TlsRedis::start().await;
         let connection = format!("rediss://127.0.0.1:{}", server.tls_port());
+        let linkable = Some(([127, 0, 0, 1], server.tls_port()).into());
         let support::TlsRedis { proc, files } = server;
         Topology {
             name: "redis over TLS",
             connection,
             ca: Some(files.ca.clone()),
+            linkable,
             control: Some(Box::new(super::TlsControl(tokio::sync::Mutex::new(proc)))),
             _servers: files,
         }
@@ -121,6 +144,7 @@ async fn sentinel_passes_the_conformance_suite() {
         // Stopping "the server" of a Sentinel deployment is a failover,
         // covered in tests/sentinel.rs; the restart cases do not apply.
         control: None,
+        linkable: None,
         _servers: set,
     };
     leader_testkit::suite::run_all(Arc::new(fixture))
@@ -136,6 +160,7 @@ async fn cluster_passes_the_conformance_suite() {
         connection: cluster.connection_string(),
         ca: None,
         control: None,
+        linkable: None,
         _servers: cluster,
     };
     leader_testkit::suite::run_all(Arc::new(fixture))
