@@ -113,7 +113,7 @@ async fn terminated_holder_session_steps_down_without_overlap() {
 async fn partitioned_holder_steps_down_before_the_server_frees_its_lock() {
     let pg = server().await;
     let proxy = FaultProxy::start(pg.addr()).await.expect("fault proxy");
-    let via_proxy = format!("postgres://postgres@{}/postgres", proxy.addr());
+    let via_proxy = pg.url_via(proxy.addr());
     let history = History::new();
     let prefix = prefix("partition");
     let a = recorded(

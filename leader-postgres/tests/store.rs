@@ -351,7 +351,7 @@ async fn release_notifies_watchers_and_listener_loss_ends_the_stream() {
 async fn cancelled_renewal_gives_the_lease_up_instead_of_leaving_it_in_doubt() {
     let pg = server().await;
     let proxy = FaultProxy::start(pg.addr()).await.expect("proxy");
-    let via_proxy = format!("postgres://postgres@{}/postgres", proxy.addr());
+    let via_proxy = pg.url_via(proxy.addr());
     let s = leader_postgres::PostgresStore::new(options(&via_proxy).lock_delay(false));
     let key = key("cancel");
     let lease = acquired(s.acquire(&key, &holder("c_1"), TTL).await.expect("acquire"));
