@@ -141,15 +141,47 @@ async fn sentinel_passes_the_conformance_suite() {
         name: "redis sentinel",
         connection: set.connection_string(),
         ca: None,
-        // Stopping "the server" of a Sentinel deployment is a failover,
-        // covered in tests/sentinel.rs; the restart cases do not apply.
-        control: None,
+        // Stopping crashes the whole set (master, replica, sentinels);
+        // a failover is covered in tests/sentinel.rs.
+        control: Some(Box::new(SentinelControl(tokio::sync::Mutex::new(set)))),
         linkable: None,
-        _servers: set,
+        _servers: (),
     };
     leader_testkit::suite::run_all(Arc::new(fixture))
         .await
         .assert_passed();
+}
+
+/// Crash / restart of a whole Sentinel set.
+struct SentinelControl(tokio::sync::Mutex<support::SentinelSet>);
+
+#[async_trait]
+impl ServerControl for SentinelControl {
+    async fn stop(&self) -> leader_testkit::Result<()> {
+        self.0.lock().await.kill_all();
+        Ok(())
+    }
+
+    async fn start(&self) -> leader_testkit::Result<()> {
+        self.0.lock().await.restart_all().await;
+        Ok(())
+    }
+}
+
+/// Crash / restart of every node of a cluster.
+struct ClusterControl(tokio::sync::Mutex<support::Cluster>);
+
+#[async_trait]
+impl ServerControl for ClusterControl {
+    async fn stop(&self) -> leader_testkit::Result<()> {
+        self.0.lock().await.kill_all();
+        Ok(())
+    }
+
+    async fn start(&self) -> leader_testkit::Result<()> {
+        self.0.lock().await.restart_all().await;
+        Ok(())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,9 +191,9 @@ async fn cluster_passes_the_conformance_suite() {
         name: "redis cluster",
         connection: cluster.connection_string(),
         ca: None,
-        control: None,
+        control: Some(Box::new(ClusterControl(tokio::sync::Mutex::new(cluster)))),
         linkable: None,
-        _servers: cluster,
+        _servers: (),
     };
     leader_testkit::suite::run_all(Arc::new(fixture))
         .await

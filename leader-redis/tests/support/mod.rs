@@ -451,6 +451,31 @@ impl SentinelSet {
         set
     }
 
+    /// SIGKILLs every process of the set (a whole-site crash).
+    pub fn kill_all(&mut self) {
+        self.master.kill();
+        self.replica.kill();
+        for s in &mut self.sentinels {
+            s.kill();
+        }
+    }
+
+    /// Starts every process again (same ports; the sentinels keep their
+    /// rewritten configuration, the data nodes lose their data) and waits
+    /// until each answers. Assumes no password.
+    pub async fn restart_all(&mut self) {
+        self.master.respawn();
+        self.replica.respawn();
+        for s in &mut self.sentinels {
+            s.respawn();
+        }
+        self.master.wait_ready(None).await;
+        self.replica.wait_ready(None).await;
+        for s in &mut self.sentinels {
+            s.wait_ready(None).await;
+        }
+    }
+
     /// The card-style connection string for the sentinels.
     pub fn connection_string(&self) -> String {
         let list: Vec<String> = self
@@ -556,12 +581,20 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        for n in &nodes {
+        let cluster = Cluster { nodes, tls_ports };
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok`.
+    pub async fn wait_ok(&self) {
+        for n in &self.nodes {
             let url = format!("redis://127.0.0.1:{}", n.port);
             eventually(Duration::from_secs(20), "cluster_state:ok", || {
                 let url = url.clone();
                 async move {
-                    let mut c = raw(&url).await;
+                    let client = redis::Client::open(url).ok()?;
+                    let mut c = client.get_multiplexed_async_connection().await.ok()?;
                     let info: String = redis::cmd("CLUSTER")
                         .arg("INFO")
                         .query_async(&mut c)
@@ -572,7 +605,25 @@ impl Cluster {
             })
             .await;
         }
-        Cluster { nodes, tls_ports }
+    }
+
+    /// SIGKILLs every node (the whole cluster crashes).
+    pub fn kill_all(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+    }
+
+    /// Starts every node again (same ports and folders: each rejoins with
+    /// its saved `nodes.conf`, without data) and waits for `cluster_state:ok`.
+    pub async fn restart_all(&mut self) {
+        for n in &mut self.nodes {
+            n.respawn();
+        }
+        for n in &mut self.nodes {
+            n.wait_ready(None).await;
+        }
+        self.wait_ok().await;
     }
 
     /// The card-style connection string (several hosts, no serviceName);
