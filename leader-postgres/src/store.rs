@@ -44,7 +44,7 @@ struct PinnedState {
     /// closed, so the server frees the lock, and the lease is lost.
     conn: Option<Conn>,
     /// Send time of the last successful acquire or renew plus the TTL: the
-    /// store gives the lease up itself after this (see [`PostgresStore::expire`]).
+    /// store gives the lease up itself after this (see `spawn_expiry`).
     valid_until: Instant,
 }
 
