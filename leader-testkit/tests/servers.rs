@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use leader_testkit::Error;
 use leader_testkit::servers::{EtcdServer, PostgresServer, RedisServer, Server};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Polls `cond` every 10 ms until it holds or `within` passes.
@@ -263,4 +263,70 @@ async fn bad_external_urls_are_refused_with_the_variable_name() {
         .expect_err("bad url");
     assert!(matches!(err, Error::BadUrl { .. }));
     assert!(err.to_string().contains("LEADER_TEST_ETCD_URL"), "{err}");
+}
+
+/// When the test process dies without running `Drop` (SIGKILL, abort), the
+/// kernel kills its servers (`--pdeathsig KILL`): nothing lingers.
+#[tokio::test]
+async fn servers_die_with_the_test_process() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::unistd::Pid;
+
+    if std::env::var_os("LEADER_TESTKIT_CHILD").is_some() {
+        // The child: start a server, say its pid, wait to be killed.
+        let redis = RedisServer::start().await.expect("start redis-server");
+        println!("SERVER_PID={}", redis.pid().expect("pid"));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return;
+    }
+    // Orphans of the killed child come to us, so we can reap and inspect them.
+    nix::sys::prctl::set_child_subreaper(true).expect("subreaper");
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "servers_die_with_the_test_process",
+            "--nocapture",
+        ])
+        .env("LEADER_TESTKIT_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the child test");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let pid: i32 = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if let Some(pid) = line.strip_prefix("SERVER_PID=") {
+                return pid.trim().parse().expect("pid");
+            }
+        }
+        panic!("the child exited without starting a server");
+    })
+    .await
+    .expect("the child starts a server within 30 s");
+    assert!(process_exists(pid as u32));
+
+    child.start_kill().expect("SIGKILL the child");
+    child.wait().await.expect("child reaped");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(
+            status,
+            Ok(WaitStatus::Signaled(
+                _,
+                nix::sys::signal::Signal::SIGKILL,
+                _
+            ))
+        ),
+        "the orphaned server must have been killed by the kernel: {status:?}"
+    );
+    assert!(!process_exists(pid as u32), "and nothing is left of it");
 }
