@@ -10,7 +10,7 @@
 //! (`Indeterminate`), and so that Sentinel re-resolution happens at all.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -95,7 +95,7 @@ pub(crate) struct Connector {
     description: String,
     connect_timeout: Duration,
     live: Mutex<Option<Live>>,
-    next_generation: std::sync::atomic::AtomicU64,
+    next_generation: AtomicU64,
     /// How often the sentinels are asked whether the master moved.
     sentinel_check: Duration,
     /// Whether the master-change check task runs.
@@ -103,6 +103,10 @@ pub(crate) struct Connector {
     /// Bumped whenever the Sentinel master changes, so that subscriptions
     /// on the old master end (their publisher is gone).
     master_epoch: tokio::sync::watch::Sender<u64>,
+    /// A connection generation whose command was abandoned mid-flight (the
+    /// caller's future was dropped, e.g. by the elector's own timeout); the
+    /// next `get` replaces it. 0: none (generations start at 1).
+    abandoned: AtomicU64,
 }
 
 impl fmt::Debug for Connector {
@@ -317,10 +321,11 @@ impl Connector {
             description,
             connect_timeout,
             live: Mutex::new(None),
-            next_generation: std::sync::atomic::AtomicU64::new(1),
+            next_generation: AtomicU64::new(1),
             sentinel_check,
             checking: AtomicBool::new(false),
             master_epoch: tokio::sync::watch::Sender::new(0),
+            abandoned: AtomicU64::new(0),
         })
     }
 
@@ -354,7 +359,11 @@ impl Connector {
     pub(crate) async fn get(self: &Arc<Self>, operation: &'static str) -> Result<(u64, Conn)> {
         let mut live = self.live.lock().await;
         if let Some(l) = live.as_ref() {
-            return Ok((l.generation, l.conn.clone()));
+            if self.abandoned.load(Ordering::SeqCst) != l.generation {
+                return Ok((l.generation, l.conn.clone()));
+            }
+            tracing::debug!(target: "leader_redis", target_desc = %self.description, "replacing a connection with an abandoned command");
+            *live = None;
         }
         let (conn, master) = match tokio::time::timeout(self.connect_timeout, self.connect()).await
         {
@@ -372,9 +381,7 @@ impl Connector {
                 .with_operation(operation));
             }
         };
-        let generation = self
-            .next_generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(target: "leader_redis", target_desc = %self.description, "connected");
         if master.is_some() && !self.checking.swap(true, Ordering::SeqCst) {
             tokio::spawn(check_master(Arc::downgrade(self), self.sentinel_check));
@@ -458,6 +465,13 @@ impl Connector {
             }
         }
         None
+    }
+
+    /// Marks connection `generation` as suspect: a command on it was
+    /// abandoned before its reply (the connection may be hung). Synchronous,
+    /// for use in `Drop`.
+    pub(crate) fn abandon(&self, generation: u64) {
+        self.abandoned.store(generation, Ordering::SeqCst);
     }
 
     /// Drops connection `generation` if it is still the current one, so the

@@ -207,6 +207,21 @@ impl fmt::Debug for RedisStore {
     }
 }
 
+/// Marks the connection as abandoned when dropped while armed.
+struct InFlight<'a> {
+    connector: &'a Connector,
+    generation: u64,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.connector.abandon(self.generation);
+        }
+    }
+}
+
 fn protocol(operation: &'static str, what: impl Into<String>) -> Error {
     Error::protocol(what)
         .with_store("redis")
@@ -363,7 +378,16 @@ impl RedisStore {
             .get(op)
             .await
             .map_err(|e| e.with_key(key.as_str()))?;
-        match tokio::time::timeout(limit, f(conn)).await {
+        // If the caller drops this future before the reply (its own
+        // timeout), the connection may be hung: have the next call replace it.
+        let mut in_flight = InFlight {
+            connector,
+            generation,
+            armed: true,
+        };
+        let outcome = tokio::time::timeout(limit, f(conn)).await;
+        in_flight.armed = false;
+        match outcome {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(connector
                 .fail(generation, e, op)

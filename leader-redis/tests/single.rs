@@ -574,3 +574,51 @@ async fn acl_users_and_databases_from_the_url_are_used() {
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
     assert!(!format!("{err} {err:?}").contains("nope"));
 }
+
+#[tokio::test]
+async fn a_call_cancelled_by_the_caller_does_not_leave_a_hung_connection_in_use() {
+    use leader_testkit::proxy::{FaultProxy, Mode};
+    let redis = RedisServer::from_env_or_start()
+        .await
+        .expect("redis server");
+    let proxy = FaultProxy::start(redis.addr()).await.expect("proxy");
+    // A response timeout far longer than the caller's own timeout, as when
+    // an elector wraps each call in a shorter deadline.
+    let store = RedisStore::builder(&format!("redis://{}", proxy.addr()))
+        .response_timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .expect("store");
+    let k = key("cancelled");
+    let lease = acquired(&store, &k, &holder("a"), TTL).await;
+    proxy.set_mode(Mode::Blackhole);
+    let cancelled = tokio::time::timeout(Duration::from_millis(200), store.renew(&lease)).await;
+    assert!(cancelled.is_err(), "the caller gave up");
+    // Refuse new connections while the old one would flow again: reusing
+    // the abandoned connection would succeed; replacing it must not.
+    proxy.set_mode(Mode::Refuse);
+    let addr = proxy.addr();
+    eventually(
+        Duration::from_secs(10),
+        "the proxy to refuse connections",
+        || async move {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    let err = store
+        .renew(&lease)
+        .await
+        .expect_err("must reconnect, and be refused");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    proxy.set_mode(Mode::PassThrough);
+    eventually(
+        Duration::from_secs(10),
+        "renew on a new connection",
+        || async { store.renew(&lease).await.ok() },
+    )
+    .await;
+}
