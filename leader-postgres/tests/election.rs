@@ -296,3 +296,83 @@ async fn kill_9_of_the_holder_process_hands_over() {
         checked(&history);
     }
 }
+
+/// Backends LISTENing on `channel`, other than the caller's.
+async fn listeners(url: &str, channel: &str) -> Vec<i32> {
+    let mut admin = admin(url).await;
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN \"' || $1 || '\"' \
+         AND pid <> pg_backend_pid()",
+    )
+    .bind(channel)
+    .fetch_all(&mut admin)
+    .await
+    .expect("list listeners")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listener_is_replaced_and_handover_is_pushed_again() {
+    let pg = server().await;
+    let history = History::new();
+    let prefix = prefix("listener");
+    let a = recorded(
+        pg_store(pg.url()),
+        election_config(&prefix, "svc", "lst-a", LEASE),
+        &history,
+    );
+    until_leading(&a.elector, true, interval() * 3 + SLACK)
+        .await
+        .expect("a leads");
+    let b_store = store(pg.url());
+    let channel = b_store.channel(a.elector.key());
+    let b = recorded(
+        Arc::new(b_store),
+        election_config(&prefix, "svc", "lst-b", LEASE),
+        &history,
+    );
+
+    // b subscribes; its listener's backend is then killed.
+    let deadline = Instant::now() + interval() * 2 + SLACK;
+    let first = loop {
+        let found = listeners(pg.url(), &channel).await;
+        if let [pid] = found[..] {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b never listened on {channel}: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut admin = admin(pg.url()).await;
+    sqlx::query("SELECT pg_terminate_backend($1, 5000)")
+        .bind(first)
+        .execute(&mut admin)
+        .await
+        .expect("terminate the listener");
+
+    // The subscription ends; the elector polls and subscribes again.
+    let deadline = Instant::now() + interval() * 3 + SLACK;
+    loop {
+        let found = listeners(pg.url(), &channel).await;
+        if matches!(found[..], [pid] if pid != first) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b did not listen again: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A graceful handover is pushed through the new listener.
+    let started = Instant::now();
+    a.elector.shutdown().await;
+    let took = until_leading(&b.elector, true, interval() + SLACK)
+        .await
+        .expect("b leads after a's release");
+    println!("handover after re-subscribing: {:?}", started.elapsed());
+    assert!(took < LEASE);
+    b.elector.shutdown().await;
+    checked(&history);
+}
