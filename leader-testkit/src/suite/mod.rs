@@ -167,6 +167,36 @@ pub trait ServerControl: Send + Sync {
     ///
     /// When it does not come back.
     async fn start(&self) -> crate::Result<()>;
+
+    /// Whether [`ServerControl::pause`] works (default: no).
+    fn can_pause(&self) -> bool {
+        false
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing
+    /// answers. The default refuses.
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be paused.
+    async fn pause(&self) -> crate::Result<()> {
+        Err(crate::Error::NotRunning {
+            operation: "pause",
+            server: "this fixture's",
+        })
+    }
+
+    /// Unfreezes a paused server (SIGCONT).
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be resumed.
+    async fn resume(&self) -> crate::Result<()> {
+        Err(crate::Error::NotRunning {
+            operation: "resume",
+            server: "this fixture's",
+        })
+    }
 }
 
 #[async_trait]
@@ -176,6 +206,15 @@ impl ServerControl for Server {
     }
     async fn start(&self) -> crate::Result<()> {
         self.restart().await
+    }
+    fn can_pause(&self) -> bool {
+        !self.is_external()
+    }
+    async fn pause(&self) -> crate::Result<()> {
+        Server::pause(self)
+    }
+    async fn resume(&self) -> crate::Result<()> {
+        Server::resume(self)
     }
 }
 
@@ -189,6 +228,10 @@ pub struct Profile {
     /// Added to every "must happen within" bound, for scheduling delays on
     /// a loaded machine. Never used to make a safety check pass.
     pub slack: Duration,
+    /// The longest one store call may take against a hung server before
+    /// the store's own timeout must have answered (`Indeterminate` or
+    /// `Unavailable`).
+    pub call_timeout: Duration,
 }
 
 impl Profile {
@@ -197,6 +240,7 @@ impl Profile {
         Profile {
             lease: Duration::from_secs(2),
             slack: Duration::from_secs(3),
+            call_timeout: Duration::from_secs(10),
         }
     }
 
@@ -206,12 +250,19 @@ impl Profile {
         Profile {
             lease: Duration::from_secs(2),
             slack: Duration::from_millis(100),
+            call_timeout: Duration::from_secs(10),
         }
     }
 
     /// Sets [`Profile::lease`].
     pub fn with_lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Sets [`Profile::call_timeout`].
+    pub fn with_call_timeout(mut self, call_timeout: Duration) -> Self {
+        self.call_timeout = call_timeout;
         self
     }
 

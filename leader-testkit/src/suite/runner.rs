@@ -24,6 +24,7 @@ pub enum Level {
 struct Env {
     caps: Capabilities,
     control: bool,
+    pause: bool,
     links: bool,
 }
 
@@ -45,6 +46,10 @@ fn always(_: &Env) -> Option<&'static str> {
 
 fn needs_control(env: &Env) -> Option<&'static str> {
     (!env.control).then_some("the fixture cannot stop its server (external server or no control)")
+}
+
+fn needs_pause(env: &Env) -> Option<&'static str> {
+    (!env.pause).then_some("the fixture cannot pause its server (no SIGSTOP control)")
 }
 
 fn needs_links(env: &Env) -> Option<&'static str> {
@@ -104,6 +109,7 @@ registry! {
     store::force_release_frees_any_holder, Store, always;
     store::down_store_gives_typed_errors, Store, needs_control;
     store::client_recovers_after_restart, Store, needs_control;
+    store::hung_store_calls_time_out, Store, needs_pause;
     election::election_one_leader, Election, always;
     election::election_crash_failover, Election, always;
     election::election_graceful_handover, Election, always;
@@ -264,6 +270,7 @@ pub async fn run_case(fixture: Arc<dyn Fixture>, name: &str) -> CaseReport {
     let env = Env {
         caps: ctx.capabilities(),
         control: ctx.control().is_some(),
+        pause: ctx.control().is_some_and(|c| c.can_pause()),
         links: ctx.links(),
     };
     if let Some(reason) = (def.applies)(&env) {
@@ -294,7 +301,13 @@ pub async fn run_case(fixture: Arc<dyn Fixture>, name: &str) -> CaseReport {
     // the next case on this fixture starts clean.
     if matches!(outcome, CaseOutcome::Failed(_))
         && let Some(control) = fixture.control()
-        && let Err(e) = control.start().await
+        && let Err(e) = async {
+            if control.can_pause() {
+                control.resume().await?;
+            }
+            control.start().await
+        }
+        .await
     {
         println!(
             "[{}] could not restart the server after {}: {e}",
@@ -382,6 +395,7 @@ macro_rules! __conformance_cases {
             force_release_frees_any_holder,
             down_store_gives_typed_errors,
             client_recovers_after_restart,
+            hung_store_calls_time_out,
             election_one_leader,
             election_crash_failover,
             election_graceful_handover,
