@@ -14,6 +14,7 @@ command -v etcdctl        >/dev/null 2>&1 || need+=(etcd-client)
 command -v protoc         >/dev/null 2>&1 || need+=(protobuf-compiler)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
 command -v openssl        >/dev/null 2>&1 || need+=(openssl)
+command -v promtool       >/dev/null 2>&1 || need+=(prometheus)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

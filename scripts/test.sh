@@ -14,6 +14,9 @@ scripts/install-deps.sh
 export LEADER_TEST_REQUIRE_SERVERS=1
 export RUST_BACKTRACE=1
 
+echo "== promtool check rules"
+promtool check rules deploy/prometheus/leader-election-rules.yml
+
 echo "== cargo test --workspace --all-features"
 cargo test --workspace --all-features --all-targets --no-fail-fast
 echo "== the facade with every store feature off"

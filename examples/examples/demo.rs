@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::{ElectionConfig, Elector, LeaseStore, MemoryStore};
+use leader::{ElectionConfig, Elector, LeaseStore, MemoryStore};
 use tokio::time::Instant;
 
 const LEASE: Duration = Duration::from_secs(2);
@@ -23,7 +23,7 @@ impl Timeline {
     }
 }
 
-fn replica(store: Arc<dyn LeaseStore>, name: &str) -> leader_core::Result<Elector> {
+fn replica(store: Arc<dyn LeaseStore>, name: &str) -> leader::Result<Elector> {
     let mut config = ElectionConfig::new("demo-queue").with_timing(LEASE, RENEW);
     config.instance_id = Some(name.to_owned());
     config.retry_period = Some(Duration::from_millis(250));
@@ -47,10 +47,12 @@ async fn leader_of(replicas: &[(String, Elector)], within: Duration) -> Option<u
 }
 
 #[tokio::main]
-async fn main() -> leader_core::Result<()> {
+async fn main() -> leader::Result<()> {
     let t = Timeline(Instant::now());
     let store: Arc<dyn LeaseStore> = Arc::new(MemoryStore::new());
-    println!("leader election demo: 4 replicas, in-memory store, lease {LEASE:?}, renewal {RENEW:?}\n");
+    println!(
+        "leader election demo: 4 replicas, in-memory store, lease {LEASE:?}, renewal {RENEW:?}\n"
+    );
 
     let mut replicas = Vec::new();
     for name in ["replica-1", "replica-2", "replica-3", "replica-4"] {
@@ -81,10 +83,16 @@ async fn main() -> leader_core::Result<()> {
         t.say("no leader elected: this is a bug");
         std::process::exit(1);
     };
-    t.say(format!("{} is the leader; the others follow", replicas[first].0));
+    t.say(format!(
+        "{} is the leader; the others follow",
+        replicas[first].0
+    ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    t.say(format!("CRASH: {} dies without releasing its lease", replicas[first].0));
+    t.say(format!(
+        "CRASH: {} dies without releasing its lease",
+        replicas[first].0
+    ));
     let crashed = Instant::now();
     let (name, dead) = replicas.remove(first);
     dead.abort();
@@ -99,7 +107,10 @@ async fn main() -> leader_core::Result<()> {
     ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    t.say(format!("SHUTDOWN: {} leaves gracefully and releases its lease", replicas[second].0));
+    t.say(format!(
+        "SHUTDOWN: {} leaves gracefully and releases its lease",
+        replicas[second].0
+    ));
     let left = Instant::now();
     let (name, leaving) = replicas.remove(second);
     leaving.shutdown().await;

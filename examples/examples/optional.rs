@@ -1,0 +1,32 @@
+//! Pattern 3: optional election. The same code runs as a single instance
+//! (no store configured: always leader) and as a cluster (a store configured).
+//!
+//! ```text
+//! cargo run --example optional                                  # single instance
+//! LEADER_STORE=redis://127.0.0.1:6379 cargo run --example optional  # elected
+//! ```
+
+use std::time::Duration;
+
+#[tokio::main]
+async fn main() -> leader::Result<()> {
+    leader_examples::init_logging();
+    let elector = leader_examples::settings()?.start_elector()?;
+    println!(
+        "election {}",
+        if elector.is_enabled() {
+            "enabled"
+        } else {
+            "disabled: single-instance mode"
+        }
+    );
+    let work = elector.run_while_leader(|ctx| async move {
+        println!("processing with token {}", ctx.token());
+        ctx.cancelled().await;
+        println!("stopped");
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    elector.shutdown().await;
+    work.join().await;
+    Ok(())
+}
