@@ -169,9 +169,7 @@ async fn a_holder_written_by_hand_is_reported_with_token_zero() {
 
 #[tokio::test]
 async fn scripts_are_reloaded_after_script_flush() {
-    let redis = RedisServer::from_env_or_start()
-        .await
-        .expect("redis server");
+    let redis = owned_server().await;
     let store = RedisStore::new(redis.url()).expect("store");
     let mut c = raw(redis.url()).await;
     let k = key("noscript");
@@ -345,9 +343,7 @@ async fn wrong_credentials_are_auth_errors_without_the_password() {
 
 #[tokio::test]
 async fn wait_replicas_fails_and_releases_when_too_few_replicas_acknowledge() {
-    let redis = RedisServer::from_env_or_start()
-        .await
-        .expect("redis server");
+    let redis = owned_server().await;
     let store = RedisStore::builder(redis.url())
         .wait_replicas(1, Duration::from_millis(100))
         .build()
