@@ -1,0 +1,1 @@
+//! leader-bench (work in progress).

@@ -1,0 +1,1 @@
+//! leader-chaos (work in progress).
