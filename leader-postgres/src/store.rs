@@ -716,6 +716,44 @@ impl PostgresStore {
     }
 }
 
+/// One caller's turn to acquire a key through a store; the key's entry in
+/// `Inner::acquiring` is removed when no one else is waiting (also when the
+/// acquisition's future is dropped).
+struct Turn<'a> {
+    store: &'a PostgresStore,
+    key: &'a LeaseKey,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl<'a> Turn<'a> {
+    fn take(store: &'a PostgresStore, key: &'a LeaseKey) -> Self {
+        let mutex = store
+            .inner
+            .acquiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        Turn { store, key, mutex }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .store
+            .inner
+            .acquiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Only the map's copy and ours: nobody else waits for this key.
+        if Arc::strong_count(&self.mutex) == 2 {
+            map.remove(self.key);
+        }
+    }
+}
+
 /// The error for a connection whose statements reach different backends.
 fn pooler_error(pid: i32, now_pid: i32) -> Error {
     Error::invalid_config(format!(
@@ -769,15 +807,8 @@ impl LeaseStore for PostgresStore {
         check_ttl(ttl)?;
         self.ensure_schema().await?;
         let lock_key = self.lock_key(key);
-        let turn = self
-            .inner
-            .acquiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key.clone())
-            .or_default()
-            .clone();
-        let _turn = turn.lock().await;
+        let turn = Turn::take(self, key);
+        let _turn = turn.mutex.lock().await;
         if let Some(pinned) = self.pinned(key).filter(|p| &p.holder == holder) {
             if let Some(lease) = self.reacquire(&pinned, key, lock_key, ttl).await {
                 return Ok(Acquire::Acquired(lease));
