@@ -6,10 +6,15 @@ mod support;
 
 use std::time::Duration;
 
-use leader_core::{Acquire, ErrorKind, HolderId, Lease, LeaseEvent, LeaseKey, LeaseStore};
+use std::sync::Arc;
+
+use leader_core::{
+    Acquire, ElectionConfig, Elector, ErrorKind, HolderId, Lease, LeaseEvent, LeaseKey, LeaseStore,
+};
 use leader_redis::RedisStore;
 use redis::cluster_routing::Slot;
-use support::{Cluster, raw};
+use support::{Cluster, eventually, raw};
+use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -24,14 +29,33 @@ async fn acquired(store: &RedisStore, key: &LeaseKey, who: &HolderId) -> Lease {
     }
 }
 
+/// CLUSTER SLOTS from the first node that answers.
+async fn cluster_slots(cluster: &Cluster) -> Vec<redis::Value> {
+    for node in &cluster.nodes {
+        if node.pid().is_none() {
+            continue;
+        }
+        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", node.port)) else {
+            continue;
+        };
+        let attempt = async {
+            let mut c = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Vec<redis::Value>>(&mut c)
+                .await
+                .ok()
+        };
+        if let Ok(Some(slots)) = tokio::time::timeout(Duration::from_secs(1), attempt).await {
+            return slots;
+        }
+    }
+    panic!("no cluster node answers CLUSTER SLOTS");
+}
+
 /// The node id and port that own `slot`.
 async fn owner(cluster: &Cluster, slot: u16) -> (String, u16) {
-    let mut c = raw(&format!("redis://127.0.0.1:{}", cluster.nodes[0].port)).await;
-    let slots: Vec<redis::Value> = redis::cmd("CLUSTER")
-        .arg("SLOTS")
-        .query_async(&mut c)
-        .await
-        .expect("CLUSTER SLOTS");
+    let slots = cluster_slots(cluster).await;
     for range in slots {
         let redis::Value::Array(items) = range else {
             continue;
@@ -263,4 +287,107 @@ async fn leases_and_notifications_work_on_a_tls_cluster() {
     assert!(store.release(&lease).await.expect("release"));
     let event = tokio::time::timeout(Duration::from_secs(5), events.recv()).await;
     assert_eq!(event.expect("event in time"), Some(LeaseEvent::Vacated));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_masters_node_while_an_elector_leads_recovers_the_election() {
+    let mut cluster = Cluster::start_with_replicas().await;
+    // Every replica must be in sync before a failover can promote it.
+    for node in &cluster.nodes {
+        let url = format!("redis://127.0.0.1:{}", node.port);
+        eventually(Duration::from_secs(20), "replicas in sync", || {
+            let url = url.clone();
+            async move {
+                let mut c = raw(&url).await;
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await
+                    .ok()?;
+                (info.contains("role:master") || info.contains("master_link_status:up"))
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+    let connection = cluster.connection_string();
+    let prefix = prefix();
+    let config = |id: &str| {
+        let mut c = ElectionConfig::new("svc");
+        c.key_prefix = prefix.clone();
+        c.instance_id = Some(id.to_owned());
+        c.lease_duration = Duration::from_secs(3);
+        c.renewal_interval = Duration::from_millis(500);
+        c.retry_period = Some(Duration::from_millis(250));
+        c
+    };
+    let store = || -> Arc<dyn LeaseStore> {
+        Arc::new(
+            RedisStore::builder(&connection)
+                .response_timeout(Duration::from_millis(500))
+                .connect_timeout(Duration::from_secs(1))
+                .build()
+                .expect("store"),
+        )
+    };
+    let a = Elector::start(store(), config("instance-a")).expect("elector a");
+    let b = Elector::start(store(), config("instance-b")).expect("elector b");
+    let observer = store();
+    let key = LeaseKey::new(&prefix, "svc").expect("key");
+    let (first, first_token) = eventually(Duration::from_secs(15), "a first leader", || async {
+        match (a.is_leader(), b.is_leader()) {
+            (true, false) => Some(("instance-a", a.token()?)),
+            (false, true) => Some(("instance-b", b.token()?)),
+            _ => None,
+        }
+    })
+    .await;
+
+    let slot = slot_of(key.as_str());
+    let (_, old_port) = owner(&cluster, slot).await;
+    let killed_at = Instant::now();
+    cluster
+        .nodes
+        .iter_mut()
+        .find(|n| n.port == old_port)
+        .expect("the owner is one of ours")
+        .kill();
+    let mut overlap_samples = 0u32;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let (after_holder, after_token) = loop {
+        assert!(Instant::now() < deadline, "the election did not recover");
+        let (la, lb) = (a.is_leader(), b.is_leader());
+        if la && lb {
+            overlap_samples += 1;
+        }
+        if la ^ lb {
+            let (id, tok) = if la {
+                ("instance-a", a.token())
+            } else {
+                ("instance-b", b.token())
+            };
+            if owner(&cluster, slot).await.1 != old_port
+                && let Ok(Some(info)) = observer.current(&key).await
+                && info.holder.as_str() == id
+                && Some(info.token) == tok
+            {
+                break (id, info.token);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "cluster failover record: leader before = {first} (token {first_token}); leader after = \
+         {after_holder} (token {after_token}, {}); recovered {:?} after killing the slot's \
+         master; samples with two believed leaders = {overlap_samples}",
+        if after_token == first_token {
+            "same term"
+        } else {
+            "new term"
+        },
+        killed_at.elapsed(),
+    );
+    assert!(after_token >= first_token);
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -529,9 +529,18 @@ impl Cluster {
     /// `tls` (each node keeps a plain port for the readiness probe and for
     /// `redis-cli`; clients connecting over TLS are told the TLS ports).
     pub async fn start_with(tls: Option<&TlsFiles>) -> Cluster {
+        Self::start_nodes(tls, 0).await
+    }
+
+    /// Three masters with one replica each (six nodes).
+    pub async fn start_with_replicas() -> Cluster {
+        Self::start_nodes(None, 1).await
+    }
+
+    async fn start_nodes(tls: Option<&TlsFiles>, replicas: usize) -> Cluster {
         let mut nodes = Vec::new();
         let mut tls_ports = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..3 * (1 + replicas) {
             let mut args: Vec<String> =
                 ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
                     .iter()
@@ -572,7 +581,9 @@ impl Cluster {
             cli.arg("--cluster").arg("create").args(&addrs);
         }
         let out = cli
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .arg("--cluster-replicas")
+            .arg(replicas.to_string())
+            .arg("--cluster-yes")
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
