@@ -165,7 +165,8 @@ impl Elector {
     /// Runs `work` whenever this instance becomes leader, handing it a
     /// [`LeaderContext`] with the term's fencing token and a cancellation
     /// signal that fires the moment leadership is lost or the elector shuts
-    /// down. After a loss, `work` is started again on the next win.
+    /// down. After a loss, `work` is started again on the next win; work that
+    /// returns by itself is not restarted within the same term.
     ///
     /// `work` should return promptly once cancelled. If it is still running
     /// when the lost term's lease could expire in the store, its task is
@@ -181,15 +182,22 @@ impl Elector {
         let stop = self.inner.stop.clone();
         let mut terms = tracker.subscribe_terms();
         let handle = tokio::spawn(async move {
+            // Work that returns by itself is started again only in a new term.
+            let mut last_run = None;
             loop {
+                let fresh = |t: &Option<ActiveTerm>| {
+                    t.as_ref()
+                        .is_some_and(|t| !t.cancel.is_cancelled() && Some(t.token) != last_run)
+                };
                 let term = tokio::select! {
                     _ = stop.cancelled() => return,
-                    t = terms.wait_for(|t| t.as_ref().is_some_and(|t| !t.cancel.is_cancelled())) => match t {
+                    t = terms.wait_for(fresh) => match t {
                         Ok(t) => t.clone(),
                         Err(_) => return,
                     },
                 };
                 let Some(term) = term else { continue };
+                last_run = Some(term.token);
                 supervise_term(&tracker, term, &mut work).await;
             }
         });

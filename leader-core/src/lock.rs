@@ -102,7 +102,7 @@ impl Locks {
         let telemetry = Telemetry::new(
             &self.config.metrics_prefix,
             &key,
-            &holder,
+            &self.instance,
             self.config.enable_detailed_logging,
         );
         let tracker = Arc::new(LeaseTracker::new(

@@ -65,9 +65,11 @@ pub(crate) struct Telemetry {
 }
 
 impl Telemetry {
-    pub(crate) fn new(prefix: &str, key: &LeaseKey, holder: &HolderId, detailed: bool) -> Self {
+    /// Handles labelled with the key's resource and `instance` (the instance
+    /// id, not a per-lock holder id: labels must stay few).
+    pub(crate) fn new(prefix: &str, key: &LeaseKey, instance: &HolderId, detailed: bool) -> Self {
         let resource = key.resource().to_owned();
-        let instance = holder.as_str().to_owned();
+        let instance = instance.as_str().to_owned();
         let labels = [
             ("resource", resource.clone()),
             ("instance", instance.clone()),

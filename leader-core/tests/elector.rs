@@ -259,3 +259,28 @@ async fn election_disabled_means_always_leader() {
     assert!(!e.is_leader());
     assert_eq!(store.calls(Op::Acquire), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn work_that_returns_is_restarted_only_in_a_new_term() {
+    let (store, _) = faulty();
+    let e = start(store.clone(), "once", "a");
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = runs.clone();
+    let _work = e.run_while_leader(move |ctx| {
+        let r = r.clone();
+        async move { r.lock().expect("lock").push(ctx.token()) }
+    });
+    let mut state = e.subscribe();
+    state.wait_for(|s| s.is_leader).await.expect("alive");
+    tokio::time::sleep(LEASE * 3).await;
+    assert_eq!(runs.lock().expect("lock").len(), 1, "one run per term");
+    // Lose and regain leadership: one more run, with the new term's token.
+    store.set_all(Some(Fault::Fail(ErrorKind::Unavailable)));
+    state.wait_for(|s| !s.is_leader).await.expect("alive");
+    store.clear();
+    state.wait_for(|s| s.is_leader).await.expect("alive");
+    tokio::time::sleep(RENEW).await;
+    let runs = runs.lock().expect("lock").clone();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert!(runs[1] > runs[0]);
+}
