@@ -297,14 +297,15 @@ async fn kill_9_of_the_holder_process_hands_over() {
     }
 }
 
-/// Backends LISTENing on `channel`, other than the caller's.
-async fn listeners(url: &str, channel: &str) -> Vec<i32> {
+/// Backends LISTENing on `channel` from connections named `app`.
+async fn listeners(url: &str, channel: &str, app: &str) -> Vec<i32> {
     let mut admin = admin(url).await;
     sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity WHERE query = 'LISTEN \"' || $1 || '\"' \
-         AND pid <> pg_backend_pid()",
+         AND application_name = $2",
     )
     .bind(channel)
+    .bind(app)
     .fetch_all(&mut admin)
     .await
     .expect("list listeners")
@@ -323,7 +324,10 @@ async fn a_lost_listener_is_replaced_and_handover_is_pushed_again() {
     until_leading(&a.elector, true, interval() * 3 + SLACK)
         .await
         .expect("a leads");
-    let b_store = store(pg.url());
+    // b's connections that hold no lease carry this name.
+    let sep = if pg.url().contains('?') { '&' } else { '?' };
+    let b_url = format!("{}{sep}application_name=lst-b-idle", pg.url());
+    let b_store = store(&b_url);
     let channel = b_store.channel(a.elector.key());
     let b = recorded(
         Arc::new(b_store),
@@ -334,7 +338,7 @@ async fn a_lost_listener_is_replaced_and_handover_is_pushed_again() {
     // b subscribes; its listener's backend is then killed.
     let deadline = Instant::now() + interval() * 2 + SLACK;
     let first = loop {
-        let found = listeners(pg.url(), &channel).await;
+        let found = listeners(pg.url(), &channel, "lst-b-idle").await;
         if let [pid] = found[..] {
             break pid;
         }
@@ -354,7 +358,7 @@ async fn a_lost_listener_is_replaced_and_handover_is_pushed_again() {
     // The subscription ends; the elector polls and subscribes again.
     let deadline = Instant::now() + interval() * 3 + SLACK;
     loop {
-        let found = listeners(pg.url(), &channel).await;
+        let found = listeners(pg.url(), &channel, "lst-b-idle").await;
         if matches!(found[..], [pid] if pid != first) {
             break;
         }
