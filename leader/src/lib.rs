@@ -43,3 +43,8 @@ pub use leader_etcd as etcd;
 /// The Postgres store crate, when the `postgres` feature is on.
 #[cfg(feature = "postgres")]
 pub use leader_postgres as postgres;
+
+/// The workspace README's examples, compiled as doctests so they stay true.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
