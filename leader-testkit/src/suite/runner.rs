@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use leader_core::{Capabilities, NotificationSupport};
 use tokio::time::Instant;
 
-use super::{CaseResult, Ctx, Fixture, election, store};
+use super::{CaseResult, Ctx, Fixture, election, faults, store};
 
 /// Whether a case talks to the store directly or through electors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +107,9 @@ registry! {
     store::release_notifications_arrive, Store, needs_notifications;
     store::watch_unsupported_is_typed, Store, needs_no_notifications;
     store::force_release_frees_any_holder, Store, always;
-    store::down_store_gives_typed_errors, Store, needs_control;
-    store::client_recovers_after_restart, Store, needs_control;
-    store::hung_store_calls_time_out, Store, needs_pause;
+    faults::down_store_gives_typed_errors, Store, needs_control;
+    faults::client_recovers_after_restart, Store, needs_control;
+    faults::hung_store_calls_time_out, Store, needs_pause;
     election::election_one_leader, Election, always;
     election::election_crash_failover, Election, always;
     election::election_graceful_handover, Election, always;
