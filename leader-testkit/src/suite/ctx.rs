@@ -224,7 +224,7 @@ impl Ctx {
         self.fixture.control()
     }
 
-    /// A new client behind a [`Link`] the case can cut or slow.
+    /// A new client behind a [`Link`](super::Link) the case can cut or slow.
     ///
     /// # Errors
     ///
