@@ -112,7 +112,13 @@ async fn life_cycle(server: &Server) -> (u32, Vec<String>, PathBuf) {
         server.name()
     );
 
+    let started = Instant::now();
     server.kill().await.expect("kill");
+    println!(
+        "{}: kill and reap took {:?}",
+        server.name(),
+        started.elapsed()
+    );
     assert!(
         !process_exists(pid),
         "killed pid {pid} is gone (and reaped)"
@@ -128,7 +134,13 @@ async fn life_cycle(server: &Server) -> (u32, Vec<String>, PathBuf) {
     assert!(matches!(server.pause(), Err(Error::NotRunning { .. })));
 
     let addr = server.addr();
+    let started = Instant::now();
     server.restart().await.expect("restart");
+    println!(
+        "{}: restart after kill answered in {:?}",
+        server.name(),
+        started.elapsed()
+    );
     assert_eq!(server.addr(), addr, "restart keeps the port");
     assert!(server.answers().await);
     let new_pid = server.pid().expect("restarted");
@@ -140,11 +152,18 @@ fn assert_cleaned_up(pid: u32, kids: Vec<String>, dir: PathBuf) {
     assert!(!process_exists(pid), "server pid {pid} is gone after drop");
     assert_all_gone(&kids, "a child of the dropped server is reaped");
     assert!(!dir.exists(), "{} is removed after drop", dir.display());
+    assert!(
+        dir.starts_with(leader_testkit::servers::scratch_root()),
+        "{} is under the scratch root",
+        dir.display()
+    );
 }
 
 #[tokio::test]
 async fn redis_server_life_cycle() {
+    let started = Instant::now();
     let redis = RedisServer::start().await.expect("start redis-server");
+    println!("redis: start answered in {:?}", started.elapsed());
     assert!(redis.url().starts_with("redis://127.0.0.1:"));
     assert_eq!(redis.url(), format!("redis://{}", redis.addr()));
     let (pid, kids, dir) = life_cycle(&redis).await;
@@ -154,7 +173,9 @@ async fn redis_server_life_cycle() {
 
 #[tokio::test]
 async fn etcd_server_life_cycle() {
+    let started = Instant::now();
     let etcd = EtcdServer::start().await.expect("start etcd");
+    println!("etcd: start answered in {:?}", started.elapsed());
     assert_eq!(etcd.url(), format!("http://{}", etcd.addr()));
     let (pid, kids, dir) = life_cycle(&etcd).await;
     drop(etcd);
@@ -163,7 +184,12 @@ async fn etcd_server_life_cycle() {
 
 #[tokio::test]
 async fn postgres_server_life_cycle_reaps_backends() {
+    let started = Instant::now();
     let pg = PostgresServer::start().await.expect("start postgres");
+    println!(
+        "postgres: start (template copy) answered in {:?}",
+        started.elapsed()
+    );
     assert_eq!(
         pg.url(),
         format!(
@@ -273,8 +299,9 @@ async fn servers_die_with_the_test_process() {
     use nix::unistd::Pid;
 
     if std::env::var_os("LEADER_TESTKIT_CHILD").is_some() {
-        // The child: start a server, say its pid, wait to be killed.
+        // The child: start a server, say its pid and folder, wait to be killed.
         let redis = RedisServer::start().await.expect("start redis-server");
+        println!("SERVER_DIR={}", redis.dir().expect("dir").display());
         println!("SERVER_PID={}", redis.pid().expect("pid"));
         tokio::time::sleep(Duration::from_secs(60)).await;
         return;
@@ -294,10 +321,14 @@ async fn servers_die_with_the_test_process() {
         .expect("spawn the child test");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let pid: i32 = tokio::time::timeout(Duration::from_secs(30), async {
+    let (pid, dir): (i32, PathBuf) = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut dir = None;
         while let Some(line) = lines.next_line().await.expect("read") {
+            if let Some(d) = line.strip_prefix("SERVER_DIR=") {
+                dir = Some(PathBuf::from(d.trim()));
+            }
             if let Some(pid) = line.strip_prefix("SERVER_PID=") {
-                return pid.trim().parse().expect("pid");
+                return (pid.trim().parse().expect("pid"), dir.expect("dir first"));
             }
         }
         panic!("the child exited without starting a server");
@@ -329,4 +360,6 @@ async fn servers_die_with_the_test_process() {
         "the orphaned server must have been killed by the kernel: {status:?}"
     );
     assert!(!process_exists(pid as u32), "and nothing is left of it");
+    // Only the folder stays (no Drop ran in the child); remove it here.
+    std::fs::remove_dir_all(&dir).expect("remove the killed child's server folder");
 }

@@ -125,14 +125,14 @@ async fn template(initdb: &Path) -> Result<PathBuf> {
                 .filter(|v| v.chars().all(|c| c.is_ascii_digit()))
                 .unwrap_or("local");
             let uid = nix::unistd::geteuid();
-            let final_dir =
-                std::env::temp_dir().join(format!("leader-testkit-pg{version}-template-u{uid}"));
+            let root = super::scratch_root();
+            let final_dir = root.join(format!("leader-testkit-pg{version}-template-u{uid}"));
             if final_dir.join("PG_VERSION").exists() {
                 return Ok(final_dir);
             }
             let staging = tempfile::Builder::new()
                 .prefix("leader-testkit-pg-initdb-")
-                .tempdir()
+                .tempdir_in(&root)
                 .map_err(|e| Error::io("creating a folder for initdb", e))?;
             chown_to_pg(staging.path())?;
             let data = staging.path().join("data");
@@ -170,7 +170,10 @@ async fn template(initdb: &Path) -> Result<PathBuf> {
 
 async fn start_postgres() -> Result<Server> {
     let env = PostgresServer::ENV_VAR;
+    // Resolve symlinks (`/usr/local/bin/initdb`): the real folder names the
+    // version and holds the matching `postgres`.
     let initdb = find_binary("initdb", "postgresql", env)?;
+    let initdb = std::fs::canonicalize(&initdb).unwrap_or(initdb);
     let program = initdb.with_file_name("postgres");
     if !program.exists() {
         return Err(Error::MissingBinary {

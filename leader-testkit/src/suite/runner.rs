@@ -359,7 +359,9 @@ pub async fn check_case(fixture: impl Fixture, name: &str) {
 /// ```
 ///
 /// The calling crate needs `tokio` as a dev-dependency with the `macros`
-/// and `rt-multi-thread` features (and `test-util` for `paused`).
+/// and `rt-multi-thread` features (and `test-util` for `paused`). The test
+/// functions are named after the cases (`exclusivity`, ...): invoke the
+/// macro in a module of its own if the file has other tests.
 #[macro_export]
 macro_rules! conformance_tests {
     (paused, $fixture:expr) => {
