@@ -323,3 +323,24 @@ async fn an_uncompleted_operation_stays_indeterminate_and_starts_no_term() {
     assert_eq!(events[0].completed, None);
     assert_eq!(history.check().expect("nothing believed").terms, 0);
 }
+
+#[tokio::test]
+async fn the_timeline_shows_each_event_on_one_line() {
+    let b = Build::new();
+    b.acquire("a", 0, 10, 1).step_down("a", 20, Some(1));
+    drop(b.history.invoke("b", Op::Renew));
+    let text = b.history.timeline(10);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "+0.0ms..+10.0ms a Acquire Ok token 1");
+    assert_eq!(lines[1], "+20.0ms..+20.0ms a StepDown Ok token 1");
+    assert!(
+        lines[2].ends_with("..never b Renew Indeterminate"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        b.history
+            .timeline(1)
+            .starts_with("(2 earlier events not shown)")
+    );
+}

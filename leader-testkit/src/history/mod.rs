@@ -214,6 +214,32 @@ impl History {
         self.len() == 0
     }
 
+    /// Every event as one line (`+12.3ms..+12.9ms i0 Acquire Ok token 7`),
+    /// at most the last `max` events, for failure messages.
+    pub fn timeline(&self, max: usize) -> String {
+        let inner = self.lock();
+        let ms = |t: Instant| t.saturating_duration_since(inner.origin).as_secs_f64() * 1e3;
+        let skip = inner.events.len().saturating_sub(max);
+        let mut out = String::new();
+        if skip > 0 {
+            out.push_str(&format!("({skip} earlier events not shown)\n"));
+        }
+        for e in &inner.events[skip..] {
+            let done = e
+                .completed
+                .map_or_else(|| "never".to_owned(), |c| format!("+{:.1}ms", ms(c)));
+            let token = e.token.map_or_else(String::new, |t| format!(" token {t}"));
+            out.push_str(&format!(
+                "+{:.1}ms..{done} {} {:?} {:?}{token}\n",
+                ms(e.invoked),
+                e.process,
+                e.op,
+                e.outcome
+            ));
+        }
+        out
+    }
+
     /// The clock origin (when the history was created), for printing offsets.
     pub fn origin(&self) -> Instant {
         self.lock().origin

@@ -211,6 +211,15 @@ impl Server {
             .map_err(|e| bad(format!("cannot resolve {host}: {e}")))?
             .next()
             .ok_or_else(|| bad(format!("{host} resolves to no address")))?;
+        // A server that is not up (docker compose not started) is reported
+        // once, here, rather than by every case.
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(bad(format!("cannot connect to {addr}: {e}"))),
+            Err(_) => return Err(bad(format!("no answer from {addr} within 5s"))),
+        }
         Ok(Server {
             name,
             env_var,
@@ -282,6 +291,15 @@ impl Server {
     /// The server's folder (data and log), for an owned server.
     pub fn dir(&self) -> Option<&Path> {
         self.owned.as_ref().map(|o| o.dir.path())
+    }
+
+    /// The last `lines` lines of the server's log (empty for an external
+    /// server), to print when a test fails.
+    pub fn log_tail(&self, lines: usize) -> String {
+        self.owned
+            .as_ref()
+            .map(|o| log_tail(&o.spec.log, lines))
+            .unwrap_or_default()
     }
 
     /// The server's log file, for an owned server.

@@ -224,7 +224,12 @@ impl Cluster {
         );
         self.history
             .check_with(&CheckOptions::with_validity(self.validity))
-            .map_err(|v| Failure::new(format!("history check failed:\n{v}")))?;
+            .map_err(|v| {
+                Failure::new(format!(
+                    "history check failed:\n{v}timeline:\n{}",
+                    self.history.timeline(200)
+                ))
+            })?;
         Ok(())
     }
 }
