@@ -289,6 +289,25 @@ async fn bad_external_urls_are_refused_with_the_variable_name() {
         .expect_err("bad url");
     assert!(matches!(err, Error::BadUrl { .. }));
     assert!(err.to_string().contains("LEADER_TEST_ETCD_URL"), "{err}");
+
+    // Nothing listens there (the port was just free): one clear error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let url = format!("postgres://postgres:hunter2@127.0.0.1:{port}/postgres");
+    let err = PostgresServer::external(url)
+        .await
+        .expect_err("nothing listens");
+    let text = err.to_string();
+    assert!(
+        text.contains("LEADER_TEST_POSTGRES_URL") && text.contains("cannot connect"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("hunter2"),
+        "the password is redacted: {text}"
+    );
 }
 
 /// When the test process dies without running `Drop` (SIGKILL, abort), the
