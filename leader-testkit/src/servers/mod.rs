@@ -18,8 +18,9 @@
 //! Every server:
 //!
 //! * runs in the foreground (never daemonized) as a child of the test, in its
-//!   own process group, so [`Server::pause`] and [`Server::kill`] reach every
-//!   process of the server (Postgres backends included);
+//!   own process group (away from the terminal's Ctrl-C); [`Server::pause`]
+//!   and [`Server::kill`] signal its whole process tree (Postgres backends,
+//!   which run in sessions of their own, included);
 //! * is SIGKILLed, waited for and its folder removed when the handle drops,
 //!   and is killed by the kernel if the test binary dies without dropping it
 //!   (`setpriv --pdeathsig KILL`; the signal follows the *thread* that
@@ -96,7 +97,7 @@ struct Owned {
 /// external one named by an environment variable.
 ///
 /// [`RedisServer`], [`PostgresServer`] and [`EtcdServer`] dereference to it.
-/// Dropping an owned server SIGKILLs its process group, waits for it and
+/// Dropping an owned server SIGKILLs its process tree, reaps it and
 /// removes its folder.
 pub struct Server {
     name: &'static str,
