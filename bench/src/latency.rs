@@ -1,0 +1,489 @@
+//! Section a: acquire, renew and release through the library's store beside
+//! the raw store operation done directly with the client crate, interleaved
+//! in one loop so both see the same machine noise.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use etcd_client::{Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp};
+use leader_core::{Acquire, HolderId, Lease, LeaseKey, LeaseStore};
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+use sqlx::{Connection, PgConnection};
+
+use crate::stats::{Samples, fmt_dur, fmt_ratio, header, ratio, row};
+use crate::stores::{Factory, Kind, Servers};
+use crate::{Plan, Result, Verdicts, section};
+
+/// The TTL of every lease in this section.
+const TTL: Duration = Duration::from_secs(30);
+
+/// The raw operations a library operation is compared with.
+#[async_trait]
+pub trait RawOps: Send {
+    /// What the raw acquire, renew and release are, for the table.
+    fn describe(&self) -> [&'static str; 3];
+    /// Takes the lock (an error if it is not free).
+    async fn acquire(&mut self) -> Result<()>;
+    /// Extends it (an error if it is not held).
+    async fn renew(&mut self) -> Result<()>;
+    /// Gives it up.
+    async fn release(&mut self) -> Result<()>;
+}
+
+/// Redis: `SET NX PX`, a compare-and-pexpire script, a compare-and-delete
+/// script (EVALSHA), on a multiplexed connection like the library's.
+pub struct RedisRaw {
+    conn: MultiplexedConnection,
+    key: String,
+    value: String,
+    renew: Script,
+    release: Script,
+}
+
+impl RedisRaw {
+    /// Connects to `url`; the lock lives under `key`.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached.
+    pub async fn connect(url: &str, key: &str) -> Result<Self> {
+        let conn = redis::Client::open(url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        Ok(RedisRaw {
+            conn,
+            key: key.to_owned(),
+            value: "raw-holder".to_owned(),
+            renew: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                 return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+            ),
+            release: Script::new(
+                "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+                 return redis.call('DEL', KEYS[1]) else return 0 end",
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl RawOps for RedisRaw {
+    fn describe(&self) -> [&'static str; 3] {
+        [
+            "SET NX PX",
+            "compare-and-pexpire (EVALSHA)",
+            "compare-and-del (EVALSHA)",
+        ]
+    }
+
+    async fn acquire(&mut self) -> Result<()> {
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(&self.key)
+            .arg(&self.value)
+            .arg("NX")
+            .arg("PX")
+            .arg(TTL.as_millis() as u64)
+            .query_async(&mut self.conn)
+            .await?;
+        ok.map(|_| ())
+            .ok_or_else(|| "raw SET NX found the key taken".into())
+    }
+
+    async fn renew(&mut self) -> Result<()> {
+        let n: i64 = self
+            .renew
+            .key(&self.key)
+            .arg(&self.value)
+            .arg(TTL.as_millis() as u64)
+            .invoke_async(&mut self.conn)
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err("raw renew found the key not held".into())
+        }
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        let _: i64 = self
+            .release
+            .key(&self.key)
+            .arg(&self.value)
+            .invoke_async(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// etcd: lease grant + transaction (put under the lease if the key does not
+/// exist, else get), one keep-alive round trip on an open stream, revoke.
+pub struct EtcdRaw {
+    client: etcd_client::Client,
+    key: String,
+    lease: Option<i64>,
+    keeper: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
+}
+
+impl EtcdRaw {
+    /// Connects to `url` (`http://host:port`); the lock lives under `key`.
+    ///
+    /// # Errors
+    ///
+    /// When etcd cannot be reached.
+    pub async fn connect(url: &str, key: &str) -> Result<Self> {
+        let client = etcd_client::Client::connect([url], None).await?;
+        Ok(EtcdRaw {
+            client,
+            key: key.to_owned(),
+            lease: None,
+            keeper: None,
+        })
+    }
+}
+
+#[async_trait]
+impl RawOps for EtcdRaw {
+    fn describe(&self) -> [&'static str; 3] {
+        ["lease grant + txn", "keep-alive round trip", "lease revoke"]
+    }
+
+    async fn acquire(&mut self) -> Result<()> {
+        let id = self
+            .client
+            .lease_grant(TTL.as_secs() as i64, None)
+            .await?
+            .id();
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                self.key.as_str(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                self.key.as_str(),
+                "raw-holder",
+                Some(PutOptions::new().with_lease(id)),
+            )])
+            .or_else([TxnOp::get(self.key.as_str(), None)]);
+        let resp = self.client.txn(txn).await?;
+        if !resp.succeeded() {
+            return Err("raw etcd txn found the key taken".into());
+        }
+        self.lease = Some(id);
+        self.keeper = None;
+        Ok(())
+    }
+
+    async fn renew(&mut self) -> Result<()> {
+        let id = self.lease.ok_or("raw etcd renew without a lease")?;
+        if self.keeper.is_none() {
+            self.keeper = Some(self.client.lease_keep_alive(id).await?);
+        }
+        let (keeper, stream) = self.keeper.as_mut().ok_or("no keep-alive stream")?;
+        keeper.keep_alive().await?;
+        match stream.message().await? {
+            Some(resp) if resp.ttl() > 0 => Ok(()),
+            _ => Err("raw etcd keep-alive: lease gone".into()),
+        }
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        self.keeper = None;
+        if let Some(id) = self.lease.take() {
+            self.client.lease_revoke(id).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Postgres: `pg_try_advisory_lock`, `SELECT 1`, `pg_advisory_unlock` on one
+/// connection (sqlx, prepared statements like the library's).
+pub struct PgRaw {
+    conn: PgConnection,
+    lock_key: i64,
+}
+
+impl PgRaw {
+    /// Connects to `url`; the lock is advisory lock `lock_key`.
+    ///
+    /// # Errors
+    ///
+    /// When Postgres cannot be reached.
+    pub async fn connect(url: &str, lock_key: i64) -> Result<Self> {
+        Ok(PgRaw {
+            conn: PgConnection::connect(url).await?,
+            lock_key,
+        })
+    }
+}
+
+#[async_trait]
+impl RawOps for PgRaw {
+    fn describe(&self) -> [&'static str; 3] {
+        ["pg_try_advisory_lock", "SELECT 1", "pg_advisory_unlock"]
+    }
+
+    async fn acquire(&mut self) -> Result<()> {
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(self.lock_key)
+            .fetch_one(&mut self.conn)
+            .await?;
+        if got {
+            Ok(())
+        } else {
+            Err("raw pg_try_advisory_lock found the lock taken".into())
+        }
+    }
+
+    async fn renew(&mut self) -> Result<()> {
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut self.conn)
+            .await?;
+        if one == 1 {
+            Ok(())
+        } else {
+            Err("SELECT 1 answered something else".into())
+        }
+    }
+
+    async fn release(&mut self) -> Result<()> {
+        let _: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+            .bind(self.lock_key)
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The raw operations for `kind` (none for the memory store).
+///
+/// # Errors
+///
+/// When the server cannot be reached.
+pub async fn raw_for(kind: Kind, url: &str, key: &str) -> Result<Option<Box<dyn RawOps>>> {
+    Ok(match kind {
+        Kind::Memory => None,
+        Kind::Redis => Some(Box::new(RedisRaw::connect(url, key).await?)),
+        Kind::Etcd => Some(Box::new(EtcdRaw::connect(url, key).await?)),
+        Kind::Postgres => Some(Box::new(PgRaw::connect(url, 0x5eed_0001).await?)),
+    })
+}
+
+/// Library and raw latencies of one operation on one store.
+#[derive(Debug)]
+pub struct OpRow {
+    /// The store.
+    pub kind: Kind,
+    /// `acquire`, `renew` or `release`.
+    pub op: &'static str,
+    /// The library's latencies.
+    pub lib: Samples,
+    /// The raw operation and its latencies.
+    pub raw: Option<(&'static str, Samples)>,
+}
+
+async fn lib_acquire(store: &dyn LeaseStore, key: &LeaseKey, holder: &HolderId) -> Result<Lease> {
+    match store.acquire(key, holder, TTL).await? {
+        Acquire::Acquired(lease) => Ok(lease),
+        Acquire::Held(info) => Err(format!("bench key held by {}", info.holder).into()),
+    }
+}
+
+async fn timed<T, F: Future<Output = Result<T>>>(f: F) -> Result<(T, Duration)> {
+    let t = Instant::now();
+    let v = f.await?;
+    Ok((v, t.elapsed()))
+}
+
+/// Measures one store: `warmup + iters` acquire/release cycles, then one
+/// lease renewed `warmup + iters` times; the raw operation runs beside each
+/// library call, alternating which goes first.
+///
+/// # Errors
+///
+/// A store or raw operation that fails.
+pub async fn measure(factory: &Factory, plan: &Plan) -> Result<Vec<OpRow>> {
+    let kind = factory.kind;
+    let store = factory.open()?;
+    let key = LeaseKey::new("bench:latency:", kind.name())?;
+    let holder = HolderId::new("bench-latency-holder")?;
+    let mut raw = raw_for(kind, &factory.url, &format!("bench:raw:{}", kind.name())).await?;
+    let mut lib_s = [Samples::new()?, Samples::new()?, Samples::new()?];
+    let mut raw_s = [Samples::new()?, Samples::new()?, Samples::new()?];
+    let total = plan.warmup_iters + plan.latency_iters;
+
+    // Acquire / release cycles.
+    for i in 0..total {
+        let rec = i >= plan.warmup_iters;
+        let lib_first = i % 2 == 0;
+        let mut lease = None;
+        for lib_turn in [lib_first, !lib_first] {
+            if lib_turn {
+                let (l, d) = timed(lib_acquire(&*store, &key, &holder)).await?;
+                lease = Some(l);
+                if rec {
+                    lib_s[0].record(d);
+                }
+            } else if let Some(r) = raw.as_mut() {
+                let ((), d) = timed(r.acquire()).await?;
+                if rec {
+                    raw_s[0].record(d);
+                }
+            }
+        }
+        let lease = lease.ok_or("no lease")?;
+        for lib_turn in [lib_first, !lib_first] {
+            if lib_turn {
+                let (released, d) = timed(async { Ok(store.release(&lease).await?) }).await?;
+                if !released {
+                    return Err("library release found the lease gone".into());
+                }
+                if rec {
+                    lib_s[2].record(d);
+                }
+            } else if let Some(r) = raw.as_mut() {
+                let ((), d) = timed(r.release()).await?;
+                if rec {
+                    raw_s[2].record(d);
+                }
+            }
+        }
+    }
+
+    // Steady renewals of one held lease.
+    let lease = lib_acquire(&*store, &key, &holder).await?;
+    if let Some(r) = raw.as_mut() {
+        r.acquire().await?;
+    }
+    for i in 0..total {
+        let rec = i >= plan.warmup_iters;
+        let lib_first = i % 2 == 0;
+        for lib_turn in [lib_first, !lib_first] {
+            if lib_turn {
+                let ((), d) = timed(async { Ok(store.renew(&lease).await?) }).await?;
+                if rec {
+                    lib_s[1].record(d);
+                }
+            } else if let Some(r) = raw.as_mut() {
+                let ((), d) = timed(r.renew()).await?;
+                if rec {
+                    raw_s[1].record(d);
+                }
+            }
+        }
+    }
+    store.release(&lease).await?;
+    if let Some(r) = raw.as_mut() {
+        r.release().await?;
+    }
+
+    let names = raw.as_ref().map(|r| r.describe());
+    let [la, lr, ll] = lib_s;
+    let [ra, rr, rl] = raw_s;
+    Ok(
+        [("acquire", la, ra), ("renew", lr, rr), ("release", ll, rl)]
+            .into_iter()
+            .enumerate()
+            .map(|(i, (op, lib, raw))| OpRow {
+                kind,
+                op,
+                lib,
+                raw: names.map(|n| (n[i], raw)),
+            })
+            .collect(),
+    )
+}
+
+/// The p50 ratio target of an operation (library / raw), per the issues.
+fn target(kind: Kind, op: &str) -> Option<f64> {
+    match (kind, op) {
+        (Kind::Memory, _) => None,
+        (Kind::Etcd, _) => Some(1.2),
+        (Kind::Postgres, "acquire") => Some(1.5),
+        _ => Some(1.25),
+    }
+}
+
+/// Runs section a on every store and prints its table.
+///
+/// # Errors
+///
+/// A store that fails.
+pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Result<()> {
+    section(&format!(
+        "a. Latency: library vs raw store operation ({} operations each after {} warm-up, one connection, sequential, TTL 30 s)",
+        plan.latency_iters, plan.warmup_iters
+    ));
+    let mut rows = Vec::new();
+    for kind in Kind::ALL {
+        rows.extend(measure(&Factory::new(kind, servers.url(kind)), plan).await?);
+    }
+    println!(
+        "{}",
+        header(&[
+            "store",
+            "op",
+            "library p50",
+            "p99",
+            "max",
+            "raw operation",
+            "raw p50",
+            "p99",
+            "max",
+            "ratio p50",
+            "ratio p99",
+        ])
+    );
+    for r in &rows {
+        let mut cells = vec![
+            r.kind.name().to_owned(),
+            r.op.to_owned(),
+            fmt_dur(r.lib.p50()),
+            fmt_dur(r.lib.p99()),
+            fmt_dur(r.lib.max()),
+        ];
+        match &r.raw {
+            Some((name, raw)) => cells.extend([
+                (*name).to_owned(),
+                fmt_dur(raw.p50()),
+                fmt_dur(raw.p99()),
+                fmt_dur(raw.max()),
+                fmt_ratio(r.lib.p50(), raw.p50()),
+                fmt_ratio(r.lib.p99(), raw.p99()),
+            ]),
+            None => cells.extend([
+                "(in-process, no server)".to_owned(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]),
+        }
+        println!("{}", row(&cells));
+    }
+    for r in &rows {
+        let (Some(limit), Some((_, raw))) = (target(r.kind, r.op), &r.raw) else {
+            continue;
+        };
+        let q = ratio(r.lib.p50(), raw.p50());
+        verdicts.add(
+            format!("{} {} p50 within {limit}x of raw", r.kind.name(), r.op),
+            format!(
+                "{q:.2}x ({} vs {})",
+                fmt_dur(r.lib.p50()),
+                fmt_dur(raw.p50())
+            ),
+            q <= limit,
+        );
+        if matches!(r.kind, Kind::Redis | Kind::Postgres) {
+            verdicts.add(
+                format!("{} {} p99 under 1 ms", r.kind.name(), r.op),
+                fmt_dur(r.lib.p99()),
+                r.lib.p99() < Duration::from_millis(1),
+            );
+        }
+    }
+    Ok(())
+}
