@@ -27,11 +27,16 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// For real servers on a loaded 2-core CI box: a 2 s lease, 3 s slack.
+    /// For real servers on a loaded 2-core CI box: a 2 s lease, 3 s slack
+    /// (or `LEADER_TEST_SLACK_MS` milliseconds when set, for slower machines).
     pub fn real_server() -> Self {
+        let slack = std::env::var("LEADER_TEST_SLACK_MS")
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map_or(Duration::from_secs(3), Duration::from_millis);
         Profile {
             lease: Duration::from_secs(2),
-            slack: Duration::from_secs(3),
+            slack,
             call_timeout: Duration::from_secs(10),
         }
     }
