@@ -344,3 +344,67 @@ async fn the_timeline_shows_each_event_on_one_line() {
             .starts_with("(2 earlier events not shown)")
     );
 }
+
+/// The checker's sorted sweeps agree with the plain pairwise definitions on
+/// random histories (acquisitions with random tokens and overlapping calls,
+/// accepted and rejected fenced writes).
+#[tokio::test]
+async fn the_fast_checker_agrees_with_the_pairwise_definitions() {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..300 {
+        let b = Build::new();
+        let n = rng.random_range(1..12);
+        let mut acquires = Vec::new();
+        let mut writes = Vec::new();
+        for i in 0..n {
+            let p = ["a", "b", "c"][rng.random_range(0..3)];
+            let from = rng.random_range(0..100);
+            let to = from + rng.random_range(0..20);
+            if rng.random_bool(0.5) {
+                let token = rng.random_range(1..8);
+                b.acquire(p, from, to, token);
+                // End every term at once: only token order is under test.
+                b.step_down(p, to, Some(token));
+                acquires.push((from, to, token, i));
+            } else {
+                let token = rng.random_range(1..8);
+                let ok = rng.random_bool(0.7);
+                b.write(p, from, token, ok);
+                if ok {
+                    writes.push((from, token));
+                }
+            }
+        }
+        // Pairwise: a later call (invoked after another completed) with a
+        // strictly lower token, or two acquisitions with the same token.
+        let order = acquires
+            .iter()
+            .filter(|y| acquires.iter().any(|x| x.1 < y.0 && y.2 < x.2))
+            .count();
+        let repeats = acquires
+            .iter()
+            .filter(|y| acquires.iter().any(|x| x.3 < y.3 && x.2 == y.2))
+            .count();
+        let stale = writes
+            .iter()
+            .filter(|w| writes.iter().any(|o| o.0 < w.0 && w.1 < o.1))
+            .count();
+        let summary = match b.history.check() {
+            Ok(s) => s,
+            Err(v) => v.summary,
+        };
+        assert_eq!(
+            summary.token_violations,
+            order + repeats,
+            "{}",
+            b.history.timeline(50)
+        );
+        assert_eq!(
+            summary.stale_writes_accepted,
+            stale,
+            "{}",
+            b.history.timeline(50)
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! The safety checker behind [`History::check`](super::History::check).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -215,8 +216,13 @@ impl fmt::Display for Violations {
 
 impl std::error::Error for Violations {}
 
-/// The believed terms of a history.
+/// The believed terms of a history, in order of start.
 pub(crate) fn terms(events: &[Event], options: &CheckOptions) -> Vec<Term> {
+    // Each term only looks at its own instance's events.
+    let mut by_process: HashMap<&str, Vec<&Event>> = HashMap::new();
+    for e in events {
+        by_process.entry(e.process.as_str()).or_default().push(e);
+    }
     let mut out = Vec::new();
     for acquire in events.iter().filter(|e| e.op == Op::Acquire) {
         let (Outcome::Ok, Some(token), Some(start)) =
@@ -224,12 +230,14 @@ pub(crate) fn terms(events: &[Event], options: &CheckOptions) -> Vec<Term> {
         else {
             continue;
         };
-        let mine = |e: &&Event| e.process == acquire.process && e.invoked >= start;
         let same_term = |e: &Event| e.token.is_none_or(|t| t == token);
         let mut end: Option<Instant> = None;
         let mut close = |t: Instant| end = Some(end.map_or(t, |e| e.min(t)));
         let mut last_ok_sent = acquire.invoked;
-        for e in events.iter().filter(mine) {
+        let mine = by_process
+            .get(acquire.process.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        for e in mine.iter().filter(|e| e.invoked >= start) {
             match e.op {
                 Op::Release | Op::StepDown | Op::LossSignal if same_term(e) => close(e.invoked),
                 Op::Acquire if e.outcome == Outcome::Ok && e.token != Some(token) => {
@@ -253,7 +261,44 @@ pub(crate) fn terms(events: &[Event], options: &CheckOptions) -> Vec<Term> {
             end: end.map(|e| e.max(start)),
         });
     }
+    out.sort_by_key(|t| t.start);
     out
+}
+
+/// For events sorted by completion: the running maximum token and the
+/// event holding it, so "the highest token completed before `t`" is a
+/// binary search.
+struct PrefixMax<'a> {
+    completed: Vec<Instant>,
+    best: Vec<(FencingToken, &'a Event)>,
+}
+
+impl<'a> PrefixMax<'a> {
+    fn new(mut done: Vec<(&'a Event, Instant, FencingToken)>) -> Self {
+        done.sort_by_key(|d| d.1);
+        let mut best: Vec<(FencingToken, &'a Event)> = Vec::with_capacity(done.len());
+        for &(e, _, token) in &done {
+            let next = match best.last() {
+                Some(&(max, holder)) if max >= token => (max, holder),
+                _ => (token, e),
+            };
+            best.push(next);
+        }
+        PrefixMax {
+            completed: done.iter().map(|d| d.1).collect(),
+            best,
+        }
+    }
+
+    /// The highest token among events completed strictly before `t`.
+    fn before(&self, t: Instant) -> Option<(FencingToken, &'a Event)> {
+        let n = self.completed.partition_point(|&c| c < t);
+        n.checked_sub(1).map(|i| self.best[i])
+    }
+}
+
+fn completed_with_token(e: &Event) -> Option<(&Event, Instant, FencingToken)> {
+    Some((e, e.completed?, e.token?))
 }
 
 pub(crate) fn check(
@@ -264,15 +309,19 @@ pub(crate) fn check(
     let mut list = Vec::new();
     let terms = terms(events, options);
 
+    // Terms are sorted by start: only later-starting terms that begin
+    // before this one ends can overlap it.
     let mut overlaps = 0;
     for (i, a) in terms.iter().enumerate() {
         for b in &terms[i + 1..] {
+            if a.end.is_some_and(|end| b.start >= end) {
+                break;
+            }
             if a.process != b.process && a.overlaps(b) {
                 overlaps += 1;
-                let (first, second) = if a.start <= b.start { (a, b) } else { (b, a) };
                 list.push(Violation::Overlap {
-                    first: first.clone(),
-                    second: second.clone(),
+                    first: a.clone(),
+                    second: b.clone(),
                 });
             }
         }
@@ -283,47 +332,58 @@ pub(crate) fn check(
         .filter(|e| e.op == Op::Acquire && e.outcome == Outcome::Ok && e.token.is_some())
         .collect();
     let mut token_violations = 0;
-    for (i, x) in acquired.iter().enumerate() {
-        for y in &acquired[i + 1..] {
-            let (Some(tx), Some(ty)) = (x.token, y.token) else {
-                continue;
-            };
-            if tx == ty {
-                token_violations += 1;
-                list.push(Violation::TokenRepeated {
-                    token: tx,
-                    processes: (x.process.clone(), y.process.clone()),
-                });
-                continue;
-            }
-            for (earlier, later, te, tl) in [(x, y, tx, ty), (y, x, ty, tx)] {
-                if let Some(done) = earlier.completed
-                    && done < later.invoked
-                    && tl <= te
-                {
-                    token_violations += 1;
-                    list.push(Violation::TokenOrder {
-                        earlier: (earlier.process.clone(), te),
-                        later: (later.process.clone(), tl),
-                        earlier_completed: done,
-                        later_invoked: later.invoked,
-                    });
-                }
-            }
+    let mut seen: HashMap<FencingToken, &Event> = HashMap::new();
+    for e in &acquired {
+        let Some(token) = e.token else { continue };
+        if let Some(first) = seen.get(&token) {
+            token_violations += 1;
+            list.push(Violation::TokenRepeated {
+                token,
+                processes: (first.process.clone(), e.process.clone()),
+            });
+        } else {
+            seen.insert(token, e);
+        }
+    }
+    let done = PrefixMax::new(
+        acquired
+            .iter()
+            .filter_map(|e| completed_with_token(e))
+            .collect(),
+    );
+    for later in &acquired {
+        let Some(token) = later.token else { continue };
+        // Equal tokens are reported as repeated above.
+        if let Some((max, earlier)) = done.before(later.invoked)
+            && token < max
+        {
+            token_violations += 1;
+            list.push(Violation::TokenOrder {
+                earlier: (earlier.process.clone(), max),
+                later: (later.process.clone(), token),
+                earlier_completed: earlier.completed.unwrap_or(earlier.invoked),
+                later_invoked: later.invoked,
+            });
         }
     }
 
     let writes: Vec<&Event> = events.iter().filter(|e| e.op == Op::FencedWrite).collect();
     let stale_writes_rejected = writes.iter().filter(|e| e.outcome == Outcome::Fail).count();
-    let mut stale_writes_accepted = 0;
-    for w in writes.iter().filter(|e| e.outcome == Outcome::Ok) {
-        let Some(token) = w.token else { continue };
-        let highest_before = writes
+    let accepted: Vec<&Event> = writes
+        .iter()
+        .copied()
+        .filter(|e| e.outcome == Outcome::Ok)
+        .collect();
+    let done = PrefixMax::new(
+        accepted
             .iter()
-            .filter(|o| o.outcome == Outcome::Ok && o.completed.is_some_and(|c| c < w.invoked))
-            .filter_map(|o| o.token)
-            .max();
-        if let Some(highest) = highest_before
+            .filter_map(|e| completed_with_token(e))
+            .collect(),
+    );
+    let mut stale_writes_accepted = 0;
+    for w in &accepted {
+        let Some(token) = w.token else { continue };
+        if let Some((highest, _)) = done.before(w.invoked)
             && token < highest
         {
             stale_writes_accepted += 1;
