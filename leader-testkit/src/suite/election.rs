@@ -321,7 +321,7 @@ pub async fn election_store_returns(ctx: &Ctx) -> CaseResult {
     .and_then(|info| info.remaining)
     .unwrap_or_default();
     let bound = kept + follower_reaction(ctx) + p.interval() + p.slack;
-    let (_, took) = cluster
+    cluster
         .wait_for_leader(bound.saturating_sub(back.elapsed()), None)
         .await?;
     println!(
@@ -329,7 +329,6 @@ pub async fn election_store_returns(ctx: &Ctx) -> CaseResult {
         back.elapsed(),
         p.interval()
     );
-    let _ = took;
     cluster.shutdown().await;
     cluster.check()
 }
@@ -358,12 +357,11 @@ pub async fn election_partitioned_leader_steps_down(ctx: &Ctx) -> CaseResult {
         Duration::ZERO
     };
     let bound = ctx.granted(p.lease) + session_extra + follower_reaction(ctx) + p.slack;
-    let (new, took) = cluster.wait_for_leader(bound, Some(old)).await?;
+    let (new, _) = cluster.wait_for_leader(bound, Some(old)).await?;
     println!(
         "  partitioned leader replaced {:?} after the cut",
         cut_at.elapsed()
     );
-    let _ = took;
     let new_token = cluster.wait_written(new, p.slack).await?;
     cluster.lease_was_respected(old, old_token, new_token, p.lease)?;
     ensure!(
