@@ -15,6 +15,7 @@ command -v protoc         >/dev/null 2>&1 || need+=(protobuf-compiler)
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql); fi
 command -v openssl        >/dev/null 2>&1 || need+=(openssl)
 command -v promtool       >/dev/null 2>&1 || need+=(prometheus)
+command -v setpriv        >/dev/null 2>&1 || need+=(util-linux)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

@@ -66,7 +66,13 @@ impl PostgresStore {
             })
         } else {
             let lock_pid: Option<i32> = row.try_get("lock_pid")?;
-            Ok(Minted::Missed(holder_info(&row, "held_token")?, lock_pid))
+            let row_pid: Option<i32> = row.try_get("row_pid")?;
+            let confirmed = lock_pid.is_some() && row_pid == lock_pid;
+            Ok(Minted::Missed(
+                holder_info(&row, "held_token")?,
+                lock_pid,
+                confirmed,
+            ))
         }
     }
 
@@ -179,8 +185,17 @@ impl PostgresStore {
                     tracing::debug!(key = %key, previous = %info.holder, remaining = ?info.remaining, "lock delay after a term that ended without release");
                     return Ok(Acquire::Held(info));
                 }
-                Ok(Ok(Minted::Missed(info, lock_pid))) => {
+                Ok(Ok(Minted::Missed(info, lock_pid, confirmed))) => {
                     self.inner.conns.put_back(conn);
+                    // A winner racing with us: read again until its counter
+                    // row names it, rather than report its session's name.
+                    let info = match (confirmed, lock_pid) {
+                        (false, Some(_)) => match self.lookup(lock_key).await {
+                            Ok(found) => found.map(|(info, _)| info),
+                            Err(_) => info,
+                        },
+                        _ => info,
+                    };
                     match (info, lock_pid) {
                         // Our own holder id on another session: a session of
                         // ours the server has not dropped yet (its socket died

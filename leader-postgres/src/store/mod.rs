@@ -91,8 +91,11 @@ enum Minted {
         token: FencingToken,
         pid: i32,
     },
-    /// The lock is busy: who holds it (if still there) and its session pid.
-    Missed(Option<LeaseInfo>, Option<i32>),
+    /// Someone else holds the lock: who (if still held), the locking
+    /// backend's pid, and whether the counter row confirmed the holder (it
+    /// is committed just after the lock shows, so a racing read may only see
+    /// the session's application name).
+    Missed(Option<LeaseInfo>, Option<i32>, bool),
     /// The lock was free but the previous term ended without a release:
     /// the lock delay keeps the seat empty a while longer.
     HeldBack(LeaseInfo),

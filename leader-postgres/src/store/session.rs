@@ -250,9 +250,14 @@ impl PostgresStore {
             Box::pin(async move {
                 // The counter row is committed just after the lock shows in
                 // pg_locks; a read in between sees the previous holder's pid.
-                // That window is microseconds: read again a few times.
+                // The window is short but grows on a loaded machine: read
+                // again with a small backoff, for at most about 50 ms.
                 let mut last = None;
-                for _ in 0..3 {
+                for attempt in 0..12u32 {
+                    if attempt > 0 {
+                        tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt)))
+                            .await;
+                    }
                     let row = sqlx::query(AssertSqlSafe(sql.clone()))
                         .bind(lock_key)
                         .fetch_optional(&mut *conn)
@@ -265,7 +270,6 @@ impl PostgresStore {
                         return Ok(info.map(|i| (i, lock_pid)));
                     }
                     last = info.map(|i| (i, lock_pid));
-                    tokio::task::yield_now().await;
                 }
                 Ok(last)
             })
