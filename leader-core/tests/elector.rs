@@ -169,7 +169,10 @@ async fn a_lost_acquire_reply_does_not_lock_the_instance_out() {
     let (store, _) = faulty();
     store.set(Op::Acquire, Some(Fault::DropReply));
     let a = start(store.clone(), "lostreply", "a");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until("an acquire whose reply is lost", LEASE, || {
+        store.calls(Op::Acquire) >= 1
+    })
+    .await;
     assert!(!a.is_leader(), "an unknown outcome is not leadership");
     store.clear();
     // The key holds a's id from the lost reply; a gets it back at its next try.
