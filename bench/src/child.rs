@@ -44,6 +44,25 @@ async fn say(line: &str) -> Result<()> {
     Ok(())
 }
 
+/// Runs a little work on every runtime worker first, so that the baseline
+/// memory includes what any running service already has (worker stacks and
+/// allocator arenas touched) and only the elector's own cost is measured.
+async fn warm_runtime() {
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            tokio::spawn(async move {
+                let v = vec![i as u8; 64 * 1024];
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                v.iter().map(|b| u64::from(*b)).sum::<u64>()
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
 fn fields(prefix: &str, c: &Counts) -> String {
     format!(
         "{prefix}acquire={} {prefix}renew={} {prefix}release={} {prefix}current={} {prefix}watch={}",
@@ -68,6 +87,7 @@ pub async fn idle(args: &[String]) -> Result<()> {
         return Err("usage: child-idle KIND URL ROLE RESOURCE WINDOW_MS".into());
     };
     let window = Duration::from_millis(window_ms.parse()?);
+    warm_runtime().await;
     let rss_before = rss_bytes().unwrap_or(0);
     let factory = Factory::new(Kind::parse(kind)?, url.as_str());
     let cfg = ElectionConfig::new(resource.as_str());

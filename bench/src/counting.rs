@@ -154,3 +154,74 @@ impl LeaseStore for CountingStore {
         self.inner.watch(key).await
     }
 }
+
+/// A store wrapper that can play dead: once [`Crashable::wrap`]'s flag is
+/// set, every call waits forever and nothing reaches the store, as if the
+/// process had died. Used with `Elector::abort()` so that a crash can never
+/// turn into a release.
+#[derive(Debug)]
+pub struct Crashable {
+    inner: Arc<dyn LeaseStore>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Crashable {
+    /// Wraps `inner`; returns the wrapper and its "dead" flag.
+    pub fn wrap(
+        inner: Arc<dyn LeaseStore>,
+    ) -> (Arc<dyn LeaseStore>, Arc<std::sync::atomic::AtomicBool>) {
+        let dead = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = Crashable {
+            inner,
+            dead: dead.clone(),
+        };
+        (Arc::new(store), dead)
+    }
+
+    async fn gate(&self) {
+        if self.dead.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for Crashable {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+
+    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
+        self.gate().await;
+        self.inner.acquire(key, holder, ttl).await
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<()> {
+        self.gate().await;
+        self.inner.renew(lease).await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.gate().await;
+        self.inner.release(lease).await
+    }
+
+    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.gate().await;
+        self.inner.current(key).await
+    }
+
+    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.gate().await;
+        self.inner.force_release(key).await
+    }
+
+    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
+        self.gate().await;
+        self.inner.watch(key).await
+    }
+}

@@ -68,7 +68,7 @@ impl Plan {
             graceful_reps: 100,
             crash_reps: 20,
             process_kill_reps: 10,
-            idle_window: Duration::from_secs(120),
+            idle_window: Duration::from_secs(180),
             scale_leases: 10_000,
             scale_timing: (Duration::from_secs(30), Duration::from_secs(10)),
             scale_window: Duration::from_secs(30),

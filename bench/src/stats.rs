@@ -6,6 +6,9 @@ use hdrhistogram::Histogram;
 
 use crate::Result;
 
+/// The longest latency a histogram holds: one hour, in nanoseconds.
+const HIGHEST_NS: u64 = 3_600_000_000_000;
+
 /// Recorded latencies of one operation.
 #[derive(Debug, Clone)]
 pub struct Samples {
@@ -13,19 +16,22 @@ pub struct Samples {
 }
 
 impl Samples {
-    /// An empty set (3 significant digits, auto-resizing).
+    /// An empty set: 1 ns to 1 hour, 3 significant digits.
     ///
     /// # Errors
     ///
-    /// Never in practice: hdrhistogram refuses only invalid precisions.
+    /// Never in practice: hdrhistogram refuses only invalid bounds.
     pub fn new() -> Result<Self> {
-        let hist = Histogram::new(3).map_err(|e| format!("histogram: {e}"))?;
+        let hist =
+            Histogram::new_with_bounds(1, HIGHEST_NS, 3).map_err(|e| format!("histogram: {e}"))?;
         Ok(Samples { hist })
     }
 
-    /// Records one latency.
+    /// Records one latency (clamped to the histogram's range).
     pub fn record(&mut self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let ns = u64::try_from(d.as_nanos())
+            .unwrap_or(u64::MAX)
+            .clamp(1, HIGHEST_NS);
         self.hist.saturating_record(ns);
     }
 
