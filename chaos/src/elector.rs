@@ -36,6 +36,8 @@ pub struct ElectorArgs {
     pub renewal: Duration,
     /// Pause between two fenced writes of a leader.
     pub write_every: Duration,
+    /// The work between the `is_leader()` check and the write.
+    pub work: Duration,
 }
 
 /// Writes one report line with a single `write` (stdout is line buffered),
@@ -208,6 +210,7 @@ pub async fn run(args: ElectorArgs) -> Result<()> {
     let seq = Arc::new(AtomicU64::new(0));
     let gate = elector.clone();
     let write_every = args.write_every;
+    let work = args.work;
     let _work = elector.run_while_leader(move |ctx| {
         let gate = gate.clone();
         let pending = pending.clone();
@@ -215,11 +218,15 @@ pub async fn run(args: ElectorArgs) -> Result<()> {
         async move {
             let token = ctx.token().get();
             loop {
-                // The write goes out only while is_leader() holds: exactly
-                // what an application gating its work on the elector does.
+                // A read-modify-write cycle, as an application gating its
+                // work on the elector does: check is_leader(), work a little
+                // (not interruptible: a SIGSTOP landing here is the GC pause
+                // or stopped VM that fencing exists for), then write with
+                // the term's token, without checking again.
                 if ctx.is_cancelled() || !gate.is_leader() {
                     break;
                 }
+                tokio::time::sleep(work).await;
                 let n = seq.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
                 waiters(&pending).insert(n, tx);

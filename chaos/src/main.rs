@@ -63,8 +63,11 @@ enum Command {
         #[arg(long)]
         renewal_ms: u64,
         /// Pause between fenced writes, in milliseconds.
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 10)]
         write_every_ms: u64,
+        /// Work between the is_leader() check and the write, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        work_ms: u64,
     },
 }
 
@@ -124,6 +127,7 @@ fn main() {
                 lease_ms,
                 renewal_ms,
                 write_every_ms,
+                work_ms,
             } => {
                 tracing_subscriber::fmt()
                     .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -137,6 +141,7 @@ fn main() {
                     lease: Duration::from_millis(lease_ms),
                     renewal: Duration::from_millis(renewal_ms),
                     write_every: Duration::from_millis(write_every_ms),
+                    work: Duration::from_millis(work_ms),
                 };
                 match elector::run(args).await {
                     Ok(()) => 0,
