@@ -22,3 +22,7 @@ echo "== the facade with every store feature off"
 cargo test -p leader --no-default-features
 echo "== doc tests"
 cargo test --workspace --all-features --doc
+echo "== chaos runs: 5 elector processes under random faults, 60 s per store"
+scripts/chaos.sh redis 60
+scripts/chaos.sh etcd 60
+scripts/chaos.sh postgres 60
