@@ -79,6 +79,9 @@ pub struct RunRecord {
     pub end: u64,
     /// Fenced writes answered.
     pub writes: u64,
+    /// When (ns) the orchestrator waited its whole bound for a leader in
+    /// vain before a fault.
+    pub stalls: Vec<u64>,
 }
 
 /// One fault's effect on leadership.
@@ -348,6 +351,15 @@ pub fn analyse(history: &History, clock: &Clock, record: &RunRecord, timing: &Ti
                 g.bound.as_secs_f64()
             ));
         }
+    }
+    if summary.terms == 0 {
+        violations.push("no elector ever became leader".to_owned());
+    }
+    for stall in &record.stalls {
+        violations.push(format!(
+            "no leader within the wait bound at {:.2} s",
+            Duration::from_nanos(clock.ns(origin).max(*stall) - clock.ns(origin)).as_secs_f64()
+        ));
     }
     for exit in &record.exits {
         if !record.killed.contains_key(&exit.holder) && exit.at < record.end {

@@ -89,6 +89,7 @@ struct Run {
     faults: Vec<Fault>,
     killed: HashMap<String, u64>,
     paused: Vec<(String, u64, u64)>,
+    stalls: Vec<u64>,
 }
 
 impl Run {
@@ -353,6 +354,7 @@ pub async fn run(args: RunArgs) -> Result<(Analysis, PathBuf), String> {
         faults: Vec::new(),
         killed: HashMap::new(),
         paused: Vec::new(),
+        stalls: Vec::new(),
     };
     run.say(&format!(
         "{:?} at {}, {} electors, lease {} ms, renewal {} ms, seed {}, logs in {}",
@@ -381,6 +383,7 @@ pub async fn run(args: RunArgs) -> Result<(Analysis, PathBuf), String> {
         let within = args.lease + args.renewal * 4 + Duration::from_secs(10);
         let Some((seat, holder)) = run.leader(within).await else {
             run.say("no leader within bound; continuing");
+            run.stalls.push(mono_ns());
             tokio::time::sleep(Duration::from_millis(500)).await;
             continue;
         };
@@ -434,6 +437,7 @@ pub async fn run(args: RunArgs) -> Result<(Analysis, PathBuf), String> {
         faults: run.faults.clone(),
         end,
         writes,
+        stalls: run.stalls.clone(),
     };
     analysis::feed(&history, &clock, &record);
     let result = analysis::analyse(&history, &clock, &record, &timing);

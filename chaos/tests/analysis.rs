@@ -47,6 +47,7 @@ fn record(calls: Vec<Call>, end: u64) -> RunRecord {
         faults: Vec::new(),
         end,
         writes: 0,
+        stalls: Vec::new(),
     }
 }
 
@@ -194,6 +195,17 @@ fn a_takeover_later_than_the_bound_is_a_violation() {
     let (rec, _) = kill_then_takeover(late);
     let clock = Clock::new();
     let history = History::new();
+    feed(&history, &clock, &rec);
+    let result = analyse(&history, &clock, &rec, &timing());
+    assert!(!result.passed(), "{result}");
+}
+
+#[test]
+fn a_run_without_any_leader_fails() {
+    let t0 = mono_ns();
+    let clock = Clock::new();
+    let history = History::new();
+    let rec = record(Vec::new(), t0 + 5000 * MS);
     feed(&history, &clock, &rec);
     let result = analyse(&history, &clock, &rec, &timing());
     assert!(!result.passed(), "{result}");
