@@ -11,7 +11,7 @@ use crate::Result;
 use crate::counting::{CountingStore, Counts};
 use crate::failover::{Settings, wait_leading};
 use crate::stores::{Factory, Kind};
-use crate::sys::{cpu_time, rss_bytes};
+use crate::sys::{cpu_time, rss_anon_bytes, rss_bytes};
 
 /// `child-pg-holder URL RESOURCE LOCK_DELAY(0|1)`: leads `RESOURCE` on
 /// Postgres with the crash settings, prints `LEADER <holder id>`, then waits
@@ -89,6 +89,7 @@ pub async fn idle(args: &[String]) -> Result<()> {
     let window = Duration::from_millis(window_ms.parse()?);
     warm_runtime().await;
     let rss_before = rss_bytes().unwrap_or(0);
+    let anon_before = rss_anon_bytes().unwrap_or(0);
     let factory = Factory::new(Kind::parse(kind)?, url.as_str());
     let cfg = ElectionConfig::new(resource.as_str());
     let limit = Duration::from_secs(30);
@@ -127,10 +128,12 @@ pub async fn idle(args: &[String]) -> Result<()> {
     let elapsed = t0.elapsed();
     let c = counters.snapshot().since(&c0);
     let mut line = format!(
-        "RESULT role={role} window_ms={} cpu_us={} rss_before={rss_before} rss_after={} leader={} {}",
+        "RESULT role={role} window_ms={} cpu_us={} rss_before={rss_before} rss_after={} \
+         anon_before={anon_before} anon_after={} leader={} {}",
         elapsed.as_millis(),
         cpu.as_micros(),
         rss_bytes().unwrap_or(0),
+        rss_anon_bytes().unwrap_or(0),
         first.is_leader(),
         fields("", &c)
     );

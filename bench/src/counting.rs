@@ -19,6 +19,7 @@ pub struct OpCounters {
     current: AtomicU64,
     force_release: AtomicU64,
     watch: AtomicU64,
+    watch_ok: AtomicU64,
 }
 
 /// A snapshot of [`OpCounters`].
@@ -34,8 +35,10 @@ pub struct Counts {
     pub current: u64,
     /// `force_release` calls.
     pub force_release: u64,
-    /// `watch` calls (subscriptions opened).
+    /// `watch` calls (subscriptions asked for).
     pub watch: u64,
+    /// `watch` calls that succeeded (subscriptions set up).
+    pub watch_ok: u64,
 }
 
 impl Counts {
@@ -53,6 +56,7 @@ impl Counts {
             current: self.current - earlier.current,
             force_release: self.force_release - earlier.force_release,
             watch: self.watch - earlier.watch,
+            watch_ok: self.watch_ok - earlier.watch_ok,
         }
     }
 
@@ -87,6 +91,7 @@ impl OpCounters {
             current: get(&self.current),
             force_release: get(&self.force_release),
             watch: get(&self.watch),
+            watch_ok: get(&self.watch_ok),
         }
     }
 }
@@ -151,7 +156,9 @@ impl LeaseStore for CountingStore {
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
         bump(&self.counters.watch);
-        self.inner.watch(key).await
+        let events = self.inner.watch(key).await?;
+        bump(&self.counters.watch_ok);
+        Ok(events)
     }
 }
 

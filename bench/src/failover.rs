@@ -277,7 +277,7 @@ pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Res
 
     let s = Settings::CRASH;
     println!(
-        "\nCrash: `abort()` of the leader (no release) at a random point of its renewal cycle; {} repetitions per store, the four stores concurrently. Settings: {}; bound lease + retry + jitter = {}.\n",
+        "\nCrash: at a random point of its renewal cycle the leader's store calls stop reaching the store (a wrapper plays dead), then `abort()` (no release); {} repetitions per store, the four stores concurrently. Settings: {}; bound lease + retry + jitter = {}.\n",
         plan.crash_reps,
         s.describe(),
         fmt_dur(s.crash_bound())

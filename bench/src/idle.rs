@@ -133,7 +133,8 @@ pub async fn finish(mut run: IdleRun, plan: &Plan, verdicts: &mut Verdicts) -> R
             "store ops/min (acquire + renew + release)",
             "counted ops in window",
             "CPU (% of a core)",
-            "RSS added"
+            "VmRSS added",
+            "of which anonymous (RssAnon)"
         ])
     );
     for (kind, role, m) in &results {
@@ -142,6 +143,7 @@ pub async fn finish(mut run: IdleRun, plan: &Plan, verdicts: &mut Verdicts) -> R
         let window = Duration::from_millis(num(m, "window_ms") as u64);
         let pct = core_percent(cpu, window);
         let rss = num(m, "rss_after") as i64 - num(m, "rss_before") as i64;
+        let anon = num(m, "anon_after") as i64 - num(m, "anon_before") as i64;
         let sides: Vec<(&str, &str)> = if *role == "pair" {
             vec![("leader", ""), ("follower", "f_")]
         } else {
@@ -163,13 +165,14 @@ pub async fn finish(mut run: IdleRun, plan: &Plan, verdicts: &mut Verdicts) -> R
                 num(m, &format!("{prefix}release")),
                 num(m, &format!("{prefix}watch"))
             );
-            let (cpu_s, rss_s) = if *role == "pair" {
+            let (cpu_s, rss_s, anon_s) = if *role == "pair" {
                 (
                     format!("{pct:.4}% (both)"),
                     format!("{} (both)", fmt_mb(rss)),
+                    format!("{} (both)", fmt_mb(anon)),
                 )
             } else {
-                (format!("{pct:.4}%"), fmt_mb(rss))
+                (format!("{pct:.4}%"), fmt_mb(rss), fmt_mb(anon))
             };
             println!(
                 "{}",
@@ -180,7 +183,8 @@ pub async fn finish(mut run: IdleRun, plan: &Plan, verdicts: &mut Verdicts) -> R
                     format!("{per_min:.1}"),
                     counted,
                     cpu_s,
-                    rss_s
+                    rss_s,
+                    anon_s
                 ])
             );
             if side == "leader" {

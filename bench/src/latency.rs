@@ -579,6 +579,7 @@ pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Res
         }
         println!("{}", row(&cells));
     }
+    redis_server_profile(&servers.url(Kind::Redis), plan.latency_iters.min(2000)).await?;
     for r in &rows {
         let (Some(limit), Some((_, raw)), false) = (target(r.kind, r.op), &r.raw, r.floor) else {
             continue;
@@ -600,6 +601,148 @@ pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Res
                 r.lib.p99() < Duration::from_millis(1),
             );
         }
+    }
+    Ok(())
+}
+
+/// Which operation a SLOWLOG entry was, from its arguments.
+fn classify(args: &[String]) -> Option<&'static str> {
+    let cmd = args.first()?.to_ascii_uppercase();
+    match cmd.as_str() {
+        // Commands a script runs are logged too (as their own entries):
+        // only the raw SET has NX.
+        "SET" if args.iter().any(|a| a.eq_ignore_ascii_case("NX")) => Some("raw SET NX PX"),
+        "EVALSHA" => {
+            let numkeys: usize = args.get(2)?.parse().ok()?;
+            match (numkeys, args.len()) {
+                (3, 8) => Some("library acquire script"),
+                (3, 9) if args.last()?.ends_with(":events") => Some("library release script"),
+                (3, 9) => Some("library renew script"),
+                (1, 6) => Some("raw compare-and-pexpire script"),
+                (1, 5) => Some("raw compare-and-del script"),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+/// Server-side execution time on Redis, from its SLOWLOG with a 0 µs
+/// threshold: how long the server itself spends on the library's scripts
+/// and on the raw commands (network and client time excluded).
+///
+/// # Errors
+///
+/// Redis failures.
+pub async fn redis_server_profile(url: &str, iters: usize) -> Result<()> {
+    let store = Factory::new(Kind::Redis, url).open()?;
+    let mut raw = RedisRaw::connect(url, "bench:profile:raw").await?;
+    let mut admin = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let key = LeaseKey::new("bench:profile:", "lib")?;
+    let holder = HolderId::new("bench-profile-holder")?;
+    let cycle = |store: std::sync::Arc<dyn LeaseStore>| {
+        let (key, holder) = (key.clone(), holder.clone());
+        async move {
+            let lease = lib_acquire(&*store, &key, &holder).await?;
+            store.renew(&lease).await?;
+            store.release(&lease).await?;
+            Ok::<_, crate::Error>(())
+        }
+    };
+    // Load the scripts first.
+    cycle(store.clone()).await?;
+    raw.acquire().await?;
+    raw.renew().await?;
+    raw.release().await?;
+    let config = |k: &str, v: String| {
+        let mut c = redis::cmd("CONFIG");
+        c.arg("SET").arg(k).arg(v);
+        c
+    };
+    config("slowlog-max-len", (iters * 40 + 100).to_string())
+        .query_async::<()>(&mut admin)
+        .await?;
+    config("slowlog-log-slower-than", "0".to_owned())
+        .query_async::<()>(&mut admin)
+        .await?;
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(&mut admin)
+        .await?;
+    for _ in 0..iters {
+        cycle(store.clone()).await?;
+        raw.acquire().await?;
+        raw.renew().await?;
+        raw.release().await?;
+    }
+    config("slowlog-log-slower-than", "10000".to_owned())
+        .query_async::<()>(&mut admin)
+        .await?;
+    let log: redis::Value = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(&mut admin)
+        .await?;
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(&mut admin)
+        .await?;
+    let mut by_op: Vec<(&'static str, Samples, u64)> = Vec::new();
+    if let redis::Value::Array(entries) = log {
+        for e in entries {
+            let redis::Value::Array(fields) = e else {
+                continue;
+            };
+            let (Some(redis::Value::Int(us)), Some(redis::Value::Array(args))) =
+                (fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            let args: Vec<String> = args.iter().filter_map(text).collect();
+            let Some(op) = classify(&args) else {
+                continue;
+            };
+            let us = u64::try_from(*us).unwrap_or(0);
+            match by_op.iter_mut().find(|(o, _, _)| *o == op) {
+                Some((_, s, sum)) => {
+                    s.record(Duration::from_micros(us.max(1)));
+                    *sum += us;
+                }
+                None => {
+                    let mut s = Samples::new()?;
+                    s.record(Duration::from_micros(us.max(1)));
+                    by_op.push((op, s, us));
+                }
+            }
+        }
+    }
+    by_op.sort_by_key(|(o, _, _)| *o);
+    println!(
+        "\nRedis server-side execution time per command (SLOWLOG at a 0 us threshold, {iters} of each; a script's time includes the commands it runs; excludes network and client; whole microseconds):\n"
+    );
+    println!("{}", header(&["command", "count", "mean", "p50", "p99"]));
+    for (op, s, sum) in &by_op {
+        println!(
+            "{}",
+            row(&[
+                (*op).to_owned(),
+                s.count().to_string(),
+                format!("{:.1} us", *sum as f64 / s.count().max(1) as f64),
+                fmt_dur(s.p50()),
+                fmt_dur(s.p99()),
+            ])
+        );
     }
     Ok(())
 }

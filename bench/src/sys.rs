@@ -20,8 +20,18 @@ pub fn cpu_time() -> Duration {
 
 /// This process's resident set size in bytes (`VmRSS` of /proc/self/status).
 pub fn rss_bytes() -> Option<u64> {
+    status_field("VmRSS:")
+}
+
+/// The anonymous part of the resident set (heap, stacks) in bytes
+/// (`RssAnon`): `VmRSS` without the executable's code pages first touched.
+pub fn rss_anon_bytes() -> Option<u64> {
+    status_field("RssAnon:")
+}
+
+fn status_field(name: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(name))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
