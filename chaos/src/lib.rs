@@ -22,6 +22,7 @@
 
 pub mod analysis;
 pub mod clock;
+pub mod cluster;
 pub mod elector;
 pub mod faults;
 pub mod log;

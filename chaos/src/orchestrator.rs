@@ -2,6 +2,7 @@
 //! random faults for the run's length, then checks what happened.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::analysis::{self, Analysis, RunRecord, Timing};
 use crate::clock::{Clock, mono_ns};
+use crate::cluster::EtcdCluster;
 use crate::faults::{Fault, FaultKind, between};
 use crate::log::RunLog;
 use crate::procs::{ElectorPlan, Slot, log_tail};
@@ -27,6 +29,9 @@ pub enum StoreKind {
     Etcd,
     /// A private Postgres.
     Postgres,
+    /// A private three-member etcd cluster; store faults hit its leader
+    /// member (the store's own failover).
+    EtcdCluster,
 }
 
 /// What a run does.
@@ -53,22 +58,54 @@ enum Store {
     Redis(RedisServer),
     Etcd(EtcdServer),
     Postgres(PostgresServer),
+    EtcdCluster(EtcdCluster),
 }
 
 impl Store {
-    async fn start(kind: StoreKind) -> leader_testkit::Result<Store> {
+    async fn start(kind: StoreKind) -> Result<Store, String> {
+        let text = |e: leader_testkit::Error| e.to_string();
         Ok(match kind {
-            StoreKind::Redis => Store::Redis(RedisServer::start().await?),
-            StoreKind::Etcd => Store::Etcd(EtcdServer::start().await?),
-            StoreKind::Postgres => Store::Postgres(PostgresServer::start().await?),
+            StoreKind::Redis => Store::Redis(RedisServer::start().await.map_err(text)?),
+            StoreKind::Etcd => Store::Etcd(EtcdServer::start().await.map_err(text)?),
+            StoreKind::Postgres => Store::Postgres(PostgresServer::start().await.map_err(text)?),
+            StoreKind::EtcdCluster => Store::EtcdCluster(EtcdCluster::start().await?),
         })
     }
 
-    fn server(&self) -> &Server {
+    fn server(&self) -> Option<&Server> {
         match self {
-            Store::Redis(s) => s,
-            Store::Etcd(s) => s,
-            Store::Postgres(s) => s,
+            Store::Redis(s) => Some(s),
+            Store::Etcd(s) => Some(s),
+            Store::Postgres(s) => Some(s),
+            Store::EtcdCluster(_) => None,
+        }
+    }
+
+    /// The client address of every store member.
+    fn addrs(&self) -> Vec<SocketAddr> {
+        match (self, self.server()) {
+            (Store::EtcdCluster(c), _) => c.addrs(),
+            (_, Some(s)) => vec![s.addr()],
+            _ => Vec::new(),
+        }
+    }
+
+    /// The URL that reaches the store through `proxies` (one per member).
+    fn url_via(&self, proxies: &[SocketAddr]) -> String {
+        match (self.server(), proxies.first()) {
+            (Some(s), Some(first)) => s.url_via(*first),
+            _ => {
+                let hosts: Vec<String> = proxies.iter().map(ToString::to_string).collect();
+                format!("etcd://{}", hosts.join(","))
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (self, self.server()) {
+            (_, Some(s)) => s.url().to_owned(),
+            (Store::EtcdCluster(c), _) => format!("{c:?}"),
+            _ => String::new(),
         }
     }
 }
@@ -90,6 +127,8 @@ struct Run {
     killed: HashMap<String, u64>,
     paused: Vec<(String, u64, u64)>,
     stalls: Vec<u64>,
+    paused_member: Option<usize>,
+    killed_member: Option<usize>,
 }
 
 impl Run {
@@ -175,13 +214,10 @@ impl Run {
                     Duration::from_millis(300),
                     lease + Duration::from_secs(1),
                 );
-                self.store.server().pause().map_err(|e| e.to_string())?;
+                let target = self.pause_store().await?;
                 tokio::time::sleep(pause).await;
-                self.store.server().resume().map_err(|e| e.to_string())?;
-                (
-                    "store".to_owned(),
-                    format!("stopped {:.2} s", pause.as_secs_f64()),
-                )
+                self.resume_store()?;
+                (target, format!("stopped {:.2} s", pause.as_secs_f64()))
             }
             FaultKind::KillStore => {
                 // Redis here runs without persistence: a restart forgets every
@@ -204,21 +240,10 @@ impl Run {
                         Duration::from_millis(1500),
                     ),
                 };
-                self.store
-                    .server()
-                    .kill()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let target = self.kill_store().await?;
                 tokio::time::sleep(down).await;
-                self.store
-                    .server()
-                    .restart()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                (
-                    "store".to_owned(),
-                    format!("down {:.2} s", down.as_secs_f64()),
-                )
+                self.restart_store().await?;
+                (target, format!("down {:.2} s", down.as_secs_f64()))
             }
             FaultKind::Blackhole | FaultKind::Slow => {
                 let seat = self.random_seat(leader);
@@ -258,9 +283,9 @@ impl Run {
                         ),
                     )
                 };
-                self.slots[seat].proxy.set_mode(mode);
+                self.slots[seat].set_mode(mode);
                 tokio::time::sleep(length).await;
-                self.slots[seat].proxy.set_mode(Mode::PassThrough);
+                self.slots[seat].set_mode(Mode::PassThrough);
                 let lead = if seat == leader { " (leader)" } else { "" };
                 (format!("link of {holder}{lead}"), detail)
             }
@@ -274,12 +299,78 @@ impl Run {
         })
     }
 
+    /// SIGSTOPs the store (a cluster: its leader member); returns the target.
+    async fn pause_store(&mut self) -> Result<String, String> {
+        match &mut self.store {
+            Store::EtcdCluster(c) => {
+                let leader = c
+                    .wait_leader(Duration::from_secs(10))
+                    .await
+                    .ok_or("the etcd cluster has no leader")?;
+                c.pause(leader)?;
+                self.paused_member = Some(leader);
+                Ok(format!("store leader {}", c.name(leader)))
+            }
+            other => {
+                let server = other.server().ok_or("no server")?;
+                server.pause().map_err(|e| e.to_string())?;
+                Ok("store".to_owned())
+            }
+        }
+    }
+
+    fn resume_store(&mut self) -> Result<(), String> {
+        match &self.store {
+            Store::EtcdCluster(c) => match self.paused_member.take() {
+                Some(member) => c.resume(member),
+                None => Ok(()),
+            },
+            other => {
+                let server = other.server().ok_or("no server")?;
+                server.resume().map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// SIGKILLs the store (a cluster: its leader member); returns the target.
+    async fn kill_store(&mut self) -> Result<String, String> {
+        match &mut self.store {
+            Store::EtcdCluster(c) => {
+                let leader = c
+                    .wait_leader(Duration::from_secs(10))
+                    .await
+                    .ok_or("the etcd cluster has no leader")?;
+                c.kill(leader);
+                self.killed_member = Some(leader);
+                Ok(format!("store leader {}", c.name(leader)))
+            }
+            other => {
+                let server = other.server().ok_or("no server")?;
+                server.kill().await.map_err(|e| e.to_string())?;
+                Ok("store".to_owned())
+            }
+        }
+    }
+
+    async fn restart_store(&mut self) -> Result<(), String> {
+        match &mut self.store {
+            Store::EtcdCluster(c) => match self.killed_member.take() {
+                Some(member) => c.restart(member),
+                None => Ok(()),
+            },
+            other => {
+                let server = other.server().ok_or("no server")?;
+                server.restart().await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
     async fn teardown(&mut self) -> u64 {
         for slot in &mut self.slots {
             slot.resume();
-            slot.proxy.set_mode(Mode::PassThrough);
+            slot.set_mode(Mode::PassThrough);
         }
-        let _ = self.store.server().resume();
+        let _ = self.resume_store();
         let end = mono_ns();
         for slot in &mut self.slots {
             if let Some(holder) = slot.holder().map(str::to_owned) {
@@ -317,6 +408,7 @@ pub async fn run(args: RunArgs) -> Result<(Analysis, PathBuf), String> {
     let store = Store::start(args.store)
         .await
         .map_err(|e| format!("starting the store: {e}"))?;
+    let members = store.addrs();
     let history = History::new();
     let resource = Arc::new(FencedResource::recording(history.clone()));
     let validity = args
@@ -333,11 +425,17 @@ pub async fn run(args: RunArgs) -> Result<(Analysis, PathBuf), String> {
     };
     let mut slots = Vec::new();
     for index in 1..=args.electors {
-        let proxy = FaultProxy::start(store.server().addr())
-            .await
-            .map_err(|e| format!("starting a fault proxy: {e}"))?;
-        let url = store.server().url_via(proxy.addr());
-        let mut slot = Slot::new(index, proxy, url);
+        let mut proxies = Vec::new();
+        for member in &members {
+            proxies.push(
+                FaultProxy::start(*member)
+                    .await
+                    .map_err(|e| format!("starting a fault proxy: {e}"))?,
+            );
+        }
+        let addrs: Vec<SocketAddr> = proxies.iter().map(FaultProxy::addr).collect();
+        let url = store.url_via(&addrs);
+        let mut slot = Slot::new(index, proxies, url);
         slot.spawn(&plan, &log, &resource)
             .map_err(|e| format!("starting elector {index}: {e}"))?;
         slots.push(slot);
@@ -355,11 +453,13 @@ pub async fn run(args: RunArgs) -> Result<(Analysis, PathBuf), String> {
         killed: HashMap::new(),
         paused: Vec::new(),
         stalls: Vec::new(),
+        paused_member: None,
+        killed_member: None,
     };
     run.say(&format!(
         "{:?} at {}, {} electors, lease {} ms, renewal {} ms, seed {}, logs in {}",
         args.store,
-        run.store.server().url(),
+        run.store.describe(),
         args.electors,
         args.lease.as_millis(),
         args.renewal.as_millis(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use leader::FencingToken;
 use leader_testkit::history::FencedResource;
-use leader_testkit::proxy::FaultProxy;
+use leader_testkit::proxy::{FaultProxy, Mode};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -41,8 +41,9 @@ pub struct ElectorPlan {
 pub struct Slot {
     /// 1-based seat number.
     pub index: usize,
-    /// The proxy between this seat's processes and the store.
-    pub proxy: FaultProxy,
+    /// The proxies between this seat's processes and the store (one per
+    /// store member).
+    pub proxies: Vec<FaultProxy>,
     /// The store URL through the proxy.
     pub url: String,
     /// How many processes this seat has started.
@@ -65,10 +66,10 @@ fn setpriv() -> Option<PathBuf> {
 
 impl Slot {
     /// A seat whose processes reach the store through `proxy` at `url`.
-    pub fn new(index: usize, proxy: FaultProxy, url: String) -> Self {
+    pub fn new(index: usize, proxies: Vec<FaultProxy>, url: String) -> Self {
         Slot {
             index,
-            proxy,
+            proxies,
             url,
             incarnation: 0,
             current: None,
@@ -130,6 +131,13 @@ impl Slot {
             resource.clone(),
         )));
         Ok(())
+    }
+
+    /// Switches every proxy of this seat to `mode`.
+    pub fn set_mode(&self, mode: Mode) {
+        for proxy in &self.proxies {
+            proxy.set_mode(mode);
+        }
     }
 
     /// The current process's holder id.
