@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A chaos run: scripts/chaos.sh STORE SECONDS [extra leader-chaos run flags]
 #
-# STORE is redis, etcd or postgres. Builds the leader-chaos binary, then runs
+# STORE is redis, etcd or postgres (or etcd-cluster: three members, store
+# faults hit the cluster leader). Builds the leader-chaos binary, then runs
 # 5 elector processes against a private store server for SECONDS while
 # injecting random faults (kill -9 / SIGSTOP of the leader, SIGSTOP / kill +
 # restart of the store, a blackholed or slowed link), and checks the history.
@@ -11,16 +12,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ $# -lt 2 ]; then
-    echo "usage: scripts/chaos.sh redis|etcd|postgres SECONDS [--seed N] [--log-dir DIR]" >&2
+    echo "usage: scripts/chaos.sh redis|etcd|postgres|etcd-cluster SECONDS [--seed N] [--log-dir DIR]" >&2
     exit 2
 fi
 store="$1"
 seconds="$2"
 shift 2
 case "$store" in
-    redis | etcd | postgres) ;;
+    redis | etcd | postgres | etcd-cluster) ;;
     *)
-        echo "chaos.sh: unknown store '$store' (redis, etcd or postgres)" >&2
+        echo "chaos.sh: unknown store '$store' (redis, etcd, postgres or etcd-cluster)" >&2
         exit 2
         ;;
 esac

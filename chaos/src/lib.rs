@@ -15,6 +15,8 @@
 //! Faults ([`faults::FaultKind`]): SIGKILL of the leader (a new incarnation
 //! starts), SIGSTOP of the leader past its lease, SIGSTOP and SIGKILL +
 //! restart of the store, a blackholed or slowed proxy (mostly the leader's).
+//! With `--store etcd-cluster` the store is a three-member etcd cluster
+//! ([`cluster::EtcdCluster`]) and the store faults hit its leader member.
 //! At the end the record goes through the testkit checker and
 //! [`analysis::analyse`]; see that module for the one place a believed
 //! overlap is tolerated (a SIGSTOPped holder whose late writes were all
