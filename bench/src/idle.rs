@@ -211,10 +211,10 @@ pub async fn finish(mut run: IdleRun, plan: &Plan, verdicts: &mut Verdicts) -> R
         );
         verdicts.add(
             format!(
-                "{} idle {role} under 2 MB resident memory added",
+                "{} idle {role} under 2 MB resident memory added (VmRSS)",
                 kind.name()
             ),
-            fmt_mb(rss),
+            format!("{} (anonymous: {})", fmt_mb(rss), fmt_mb(anon)),
             rss < 2_000_000,
         );
     }
