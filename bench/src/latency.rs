@@ -271,6 +271,11 @@ impl PgFloor {
     /// When Postgres cannot be reached.
     pub async fn connect(url: &str, lock_key: i64) -> Result<Self> {
         let mut conn = PgConnection::connect(url).await?;
+        // As leader-postgres's sessions do: a minted token must survive a
+        // server crash.
+        sqlx::query("SET synchronous_commit = on")
+            .execute(&mut conn)
+            .await?;
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS bench_fence (k bigint PRIMARY KEY, token bigint NOT NULL, \
              released boolean NOT NULL DEFAULT false)",
