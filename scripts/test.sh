@@ -16,6 +16,9 @@ export RUST_BACKTRACE=1
 echo "== promtool check rules"
 promtool check rules deploy/prometheus/leader-election-rules.yml
 
+echo "== build the examples (their tests run the example binaries)"
+cargo build --workspace --all-features --examples
+
 echo "== cargo test --workspace --all-features"
 cargo test --workspace --all-features --all-targets --no-fail-fast
 echo "== the facade with every store feature off"

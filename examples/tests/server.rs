@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 const LEASE: Duration = Duration::from_secs(2);
 
-/// The example binary, built next to this test by `cargo test --all-targets`.
+/// The example binary: `cargo build --examples` builds it (scripts/test.sh
+/// does, before running the tests).
 fn server_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");

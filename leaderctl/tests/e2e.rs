@@ -44,8 +44,29 @@ async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool
     }
 }
 
+/// The next line `watch` prints that satisfies `want`, within 20 s.
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    what: &str,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = tokio::time::timeout_at(deadline, lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("watch printed no line with {what} within 20 s"))
+            .expect("watch output")
+            .unwrap_or_else(|| panic!("watch exited before printing {what}"));
+        if want(&line) {
+            return line;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_watch_and_forced_release() {
+    use tokio::io::AsyncBufReadExt;
+
     let redis = RedisServer::from_env_or_start().await.expect("redis");
     let url = redis.url().to_owned();
     let resource = format!("ctl-{}", std::process::id());
@@ -56,17 +77,21 @@ async fn status_watch_and_forced_release() {
     assert!(text(&out).contains("no leader"));
 
     // An operator watches while an elector wins and is force-released.
-    let mut watch = Command::new(BIN)
+    let mut watch = tokio::process::Command::new(BIN)
         .args(
             [
-                &["watch", "--interval", "100ms", "--for", "20s"][..],
+                &["watch", "--interval", "100ms", "--for", "60s"][..],
                 &common,
             ]
             .concat(),
         )
         .stdout(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("watch starts");
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    // The empty seat is reported before anything else happens.
+    next_line(&mut lines, "the empty seat", |l| l.ends_with("no leader")).await;
 
     let mut config = ElectionConfig::new(&resource)
         .with_timing(Duration::from_secs(3), Duration::from_millis(500));
@@ -79,6 +104,8 @@ async fn status_watch_and_forced_release() {
         .expect("the elector leads")
         .expect("alive");
     let token = elector.token().expect("token");
+    let seen = format!("leader ctl-elector (token {token}");
+    next_line(&mut lines, "the new leader", |l| l.contains(&seen)).await;
 
     let out = leaderctl(&[&["status", "--json"][..], &common].concat());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -103,20 +130,17 @@ async fn status_watch_and_forced_release() {
         .await
         .expect("the holder steps down after a forced release")
         .expect("alive");
+    // The watcher reports the change: the empty seat, or the next term if
+    // the elector already won again (both are changes after the release).
+    let change = next_line(&mut lines, "a change after the release", |l| {
+        !l.contains(&seen)
+    })
+    .await;
+    assert!(
+        change.ends_with("no leader") || change.contains("leader ctl-elector (token"),
+        "{change}"
+    );
     elector.shutdown().await;
-
-    let _ = watch.kill();
-    let out = watch.wait_with_output().expect("watch output");
-    let lines = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        lines.contains(&format!("leader ctl-elector (token {token}")),
-        "{lines}"
-    );
-    let after_leader = lines.split("leader ctl-elector").nth(1).unwrap_or("");
-    assert!(
-        after_leader.contains("no leader"),
-        "the empty seat is reported: {lines}"
-    );
 }
 
 /// One `leaderctl run` whose child appends `<token> <instance>` to `log`
