@@ -109,7 +109,12 @@ fn main() {
                 match orchestrator::run(args).await {
                     Ok((analysis, logs)) => {
                         println!("{analysis}");
-                        println!("elector logs: {}", logs.display());
+                        match logs {
+                            Some(dir) => println!("elector logs: {}", dir.display()),
+                            None => println!(
+                                "elector logs: removed (the run passed; keep them with --log-dir)"
+                            ),
+                        }
                         println!("{}", analysis.checker_line);
                         i32::from(!analysis.passed())
                     }

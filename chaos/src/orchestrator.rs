@@ -382,13 +382,15 @@ impl Run {
     }
 }
 
-/// Runs a chaos run and returns its analysis (printed by the caller).
+/// Runs a chaos run and returns its analysis (printed by the caller) and
+/// where the electors' logs are (`None`: a temporary folder, removed
+/// because the run passed).
 ///
 /// # Errors
 ///
 /// When the store or an elector cannot be started: a setup problem, not a
 /// finding.
-pub async fn run(args: RunArgs) -> Result<(Analysis, PathBuf), String> {
+pub async fn run(args: RunArgs) -> Result<(Analysis, Option<PathBuf>), String> {
     let clock = Clock::new();
     let origin = mono_ns();
     let (log_dir, keep) = match &args.log_dir {
@@ -551,9 +553,9 @@ pub async fn run(args: RunArgs) -> Result<(Analysis, PathBuf), String> {
         }
     }
     let kept = match keep {
-        Some(dir) if !result.passed() => dir.keep(),
-        Some(dir) => dir.path().to_owned(),
-        None => log_dir,
+        Some(dir) if !result.passed() => Some(dir.keep()),
+        Some(_) => None,
+        None => Some(log_dir),
     };
     Ok((result, kept))
 }
