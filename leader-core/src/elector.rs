@@ -24,7 +24,7 @@ use crate::keeper::{self, KeepEnd};
 use crate::names::{FencingToken, HolderId, LeaseKey};
 use crate::store::{Acquire, LeaseEvent, LeaseEvents, LeaseStore};
 use crate::telemetry::{LossReason, Telemetry};
-use crate::timing::Timing;
+use crate::timing::{Pushed, Timing};
 use crate::tracker::{ActiveTerm, LeaderState, LeaseTracker};
 
 /// Runs an election for one resource in the background.
@@ -237,7 +237,9 @@ impl Elector {
     /// the lease stays in the store until it expires. For tests and
     /// emergencies; use [`Elector::shutdown`] otherwise.
     pub fn abort(&self) {
-        self.inner.stop.cancel();
+        // Order matters: the task must not take `stop` for a graceful
+        // shutdown and release. It checks the flag before every release.
+        self.inner.tracker.mark_aborted();
         if let Some(task) = self
             .inner
             .task
@@ -247,6 +249,7 @@ impl Elector {
         {
             task.abort();
         }
+        self.inner.stop.cancel();
         self.inner.tracker.end_term(Some(LossReason::Aborted));
     }
 }
@@ -370,6 +373,7 @@ async fn until_term_invalid(tracker: &LeaseTracker, term: &ActiveTerm) {
 /// The election loop.
 async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: CancellationToken) {
     let timing = tracker.timing;
+    let support = store.capabilities().notifications;
     let notifies = store.capabilities().notifies();
     let mut events: Option<LeaseEvents> = None;
     let mut next_subscribe = Instant::now();
@@ -394,10 +398,13 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
         )
         .await;
         tracker.telemetry.acquire_took(sent.elapsed());
-        let holder_remaining = match outcome {
+        // (the holder's remaining TTL, whether someone else surely holds it)
+        let (holder_remaining, held_by_other) = match outcome {
             Ok(Ok(Acquire::Acquired(lease))) => {
                 if stop.is_cancelled() {
-                    keeper::release(&*store, &lease, &tracker).await;
+                    if !tracker.is_aborted() {
+                        keeper::release(&*store, &lease, &tracker).await;
+                    }
                     break;
                 }
                 tracker.begin_term(lease.token, Some(sent));
@@ -410,14 +417,14 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
                     // No new term, and no release, while the old term's work
                     // runs (its supervisor aborts it at `valid_until`).
                     tracker.wait_work_stopped(valid_until).await;
-                    if end == KeepEnd::Stopped {
+                    if end == KeepEnd::Stopped && !tracker.is_aborted() {
                         let released = keeper::release(&*store, &lease, &tracker).await;
                         tracker.telemetry.released(token, released);
                     }
                 }
                 match reason {
                     // The store said someone else holds it: wait like a follower.
-                    Some(LossReason::NotHolder) => None,
+                    Some(LossReason::NotHolder) => (None, false),
                     // Renewals failed until the deadline: try again at once;
                     // if our key survived we get it back with a new token.
                     _ => continue,
@@ -425,11 +432,11 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
             }
             Ok(Ok(Acquire::Held(info))) => {
                 tracker.contact_ok(Some(info.holder));
-                info.remaining
+                (info.remaining, true)
             }
             Ok(Err(e)) => {
                 tracker.contact_failed("acquire", &e);
-                None
+                (None, false)
             }
             Err(_) => {
                 let e = Error::indeterminate(format!(
@@ -440,13 +447,19 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
                 .with_operation("acquire")
                 .with_key(tracker.key.as_str());
                 tracker.contact_failed("acquire", &e);
-                None
+                (None, false)
             }
         };
 
         // Follower: wait for the retry period, or less if the store says
         // the lease is about to end or was released.
-        let wake = Instant::now() + timing.follower_wait(holder_remaining);
+        // Pushed events only stand in for polling when the store definitely
+        // said someone else holds the seat; after an error, retry as usual.
+        let pushed = match events {
+            Some(_) if held_by_other => Pushed::by(support),
+            _ => Pushed::Nothing,
+        };
+        let mut wake = Instant::now() + timing.follower_wait(holder_remaining, pushed);
         loop {
             let event = tokio::select! {
                 biased;
@@ -465,6 +478,8 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
                     // Subscription down: poll until it is back.
                     events = None;
                     next_subscribe = Instant::now() + timing.retry_period;
+                    let poll = timing.follower_wait(holder_remaining, Pushed::Nothing);
+                    wake = wake.min(Instant::now() + poll);
                 }
             }
         }

@@ -72,6 +72,7 @@ pub enum Fault {
 #[derive(Debug)]
 pub struct FaultyStore {
     inner: Arc<dyn LeaseStore>,
+    capabilities: Option<Capabilities>,
     faults: Mutex<[Option<Fault>; 6]>,
     calls: [AtomicU64; 6],
 }
@@ -81,9 +82,18 @@ impl FaultyStore {
     pub fn new(inner: Arc<dyn LeaseStore>) -> Self {
         FaultyStore {
             inner,
+            capabilities: None,
             faults: Mutex::new([None; 6]),
             calls: Default::default(),
         }
+    }
+
+    /// Reports `capabilities` instead of the inner store's, to present a
+    /// store as one with fewer features (e.g. no notifications: `watch` is
+    /// then never called by the elector).
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
     }
 
     fn index(op: Op) -> usize {
@@ -140,7 +150,8 @@ impl LeaseStore for FaultyStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+        self.capabilities
+            .unwrap_or_else(|| self.inner.capabilities())
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {

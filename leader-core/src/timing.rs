@@ -60,19 +60,55 @@ impl Timing {
         (self.renewal_interval / 4).max(Duration::from_millis(1))
     }
 
-    /// A follower's pause before its next attempt: the retry period plus up to
-    /// `retry_jitter` of it, shortened to just after the holder's lease would
-    /// end when the store told us how long it has left.
-    pub(crate) fn follower_wait(&self, holder_remaining: Option<Duration>) -> Duration {
+    /// A follower's pause before its next attempt, given what its live
+    /// subscription pushes and how long the store says the holder's lease has
+    /// left. Jitter (up to `retry_jitter` of the retry period) keeps followers
+    /// from arriving together.
+    ///
+    /// * Nothing pushed: the retry period, or less when the holder's lease
+    ///   ends sooner.
+    /// * Releases pushed: the seat can only free silently by expiry, so wait
+    ///   until just after the holder's lease would end (the retry period when
+    ///   the store reports no TTL).
+    /// * Releases and expiries pushed: only a rare safety poll, every four
+    ///   lease durations.
+    pub(crate) fn follower_wait(
+        &self,
+        holder_remaining: Option<Duration>,
+        pushed: Pushed,
+    ) -> Duration {
         let spread = self
             .retry_period
             .mul_f64(self.retry_jitter * rand::random::<f64>());
-        let wait = self.retry_period + spread;
-        match holder_remaining {
-            // A little after the lease's end on the store's clock (the jitter
-            // keeps followers from arriving together).
-            Some(rem) => wait.min(rem + Duration::from_millis(1) + spread / 4),
-            None => wait,
+        let after_expiry = holder_remaining.map(|rem| rem + Duration::from_millis(1) + spread / 4);
+        let poll = self.retry_period + spread;
+        match (pushed, after_expiry) {
+            (Pushed::Nothing, Some(expiry)) => poll.min(expiry),
+            (Pushed::Nothing | Pushed::Releases, None) => poll,
+            (Pushed::Releases, Some(expiry)) => expiry,
+            (Pushed::ReleasesAndExpiries, _) => self.lease.max(self.retry_period) * 4 + spread,
+        }
+    }
+}
+
+/// What a follower's live subscription pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// No subscription (or the store has no notifications).
+    Nothing,
+    /// Releases only.
+    Releases,
+    /// Releases and expiries.
+    ReleasesAndExpiries,
+}
+
+impl Pushed {
+    /// What a live subscription to a store with `support` pushes.
+    pub(crate) fn by(support: crate::NotificationSupport) -> Self {
+        match support {
+            crate::NotificationSupport::Release => Pushed::Releases,
+            crate::NotificationSupport::ReleaseAndExpiry => Pushed::ReleasesAndExpiries,
+            _ => Pushed::Nothing,
         }
     }
 }

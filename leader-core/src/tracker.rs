@@ -70,6 +70,8 @@ pub(crate) struct LeaseTracker {
     term_tx: watch::Sender<Option<ActiveTerm>>,
     /// How many run-while-leader futures are running.
     pub(crate) work_active: watch::Sender<usize>,
+    /// Set by `Elector::abort`: never release (a simulated crash).
+    aborted: std::sync::atomic::AtomicBool,
 }
 
 const FOREVER: u64 = u64::MAX;
@@ -96,7 +98,18 @@ impl LeaseTracker {
             state_tx: watch::channel(LeaderState::default()).0,
             term_tx: watch::channel(None).0,
             work_active: watch::channel(0).0,
+            aborted: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Marks the holder as crashed on purpose: no release may follow.
+    pub(crate) fn mark_aborted(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`LeaseTracker::mark_aborted`] was called.
+    pub(crate) fn is_aborted(&self) -> bool {
+        self.aborted.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

@@ -86,3 +86,29 @@ async fn is_leader_turns_false_at_the_validity_point_even_if_the_task_is_stuck()
     assert!(!health.data.is_leader);
     e.abort();
 }
+
+/// `abort()` is a simulated crash: on a multi-threaded runtime the task must
+/// never turn it into a graceful release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_never_releases_the_lease() {
+    let store = Arc::new(MemoryStore::new());
+    for i in 0..50 {
+        let mut config = ElectionConfig::new(format!("abort-{i}"))
+            .with_timing(Duration::from_secs(5), Duration::from_secs(1));
+        config.instance_id = Some("a".into());
+        let key = config.lease_key().expect("key");
+        let e = Elector::start(store.clone(), config).expect("valid");
+        let mut state = e.subscribe();
+        tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.is_leader))
+            .await
+            .expect("leads")
+            .expect("alive");
+        e.abort();
+        assert!(!e.is_leader());
+        // Give a racing graceful path every chance to run.
+        tokio::task::yield_now().await;
+        e.shutdown().await;
+        let held = store.current(&key).await.expect("current");
+        assert!(held.is_some(), "round {i}: abort released the lease");
+    }
+}
