@@ -27,6 +27,8 @@ enum Bug {
     ExpiresEarly,
     /// Declares notifications but never sends any.
     SilentWatch,
+    /// No bug: the wrapper passes every call through (the baseline).
+    None,
 }
 
 #[derive(Debug)]
@@ -232,18 +234,29 @@ async fn a_store_that_expires_early_is_caught() {
 
 #[tokio::test(start_paused = true)]
 async fn a_store_that_declares_notifications_but_sends_none_is_caught() {
-    assert_caught(Bug::SilentWatch, &["release_notifications_arrive"]).await;
+    assert_caught(
+        Bug::SilentWatch,
+        &[
+            "release_notifications_arrive",
+            // Followers trust a subscription that claims to push expiries
+            // and stop polling; a silent one leaves the seat empty.
+            "election_partitioned_leader_steps_down",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_unbroken_wrapper_passes_the_same_cases() {
     // Guards the mutants themselves: without the bug, each case passes.
     for (bug, case) in [
+        (Bug::None, "exclusivity"),
+        (Bug::None, "tokens_strictly_increase"),
+        (Bug::None, "expiry_frees_the_resource"),
+        (Bug::None, "election_one_leader"),
+        (Bug::None, "election_partitioned_leader_steps_down"),
+        (Bug::None, "release_notifications_arrive"),
         (Bug::SilentWatch, "exclusivity"),
-        (Bug::SilentWatch, "tokens_strictly_increase"),
-        (Bug::SilentWatch, "expiry_frees_the_resource"),
-        (Bug::SilentWatch, "election_one_leader"),
-        (Bug::SilentWatch, "election_partitioned_leader_steps_down"),
     ] {
         let fixture = Arc::new(MutantFixture(Arc::new(Mutant {
             inner: MemoryStore::new(),
