@@ -153,6 +153,33 @@ impl Cluster {
             .ok_or_else(|| Failure::new(format!("leader {} has no token", self.ids[i])))
     }
 
+    /// Checks every 10 ms for `how_long` that `leader` alone leads and keeps
+    /// the term with `token` (renewals must not move or split leadership).
+    pub(crate) async fn hold_steady(
+        &self,
+        leader: usize,
+        token: FencingToken,
+        how_long: Duration,
+        conditions: &str,
+    ) -> CaseResult {
+        let until = Instant::now() + how_long;
+        while Instant::now() < until {
+            let leaders = self.leaders();
+            if leaders != vec![leader] {
+                return Err(Failure::new(format!(
+                    "leadership moved or split {conditions}: {leaders:?}"
+                )));
+            }
+            sleep(Duration::from_millis(10)).await;
+        }
+        if self.token(leader)? != token {
+            return Err(Failure::new(format!(
+                "the token changed without a new term {conditions}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Waits until leader `i`'s work has written with its token.
     pub(crate) async fn wait_written(
         &self,

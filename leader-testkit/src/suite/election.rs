@@ -23,19 +23,9 @@ pub async fn election_one_leader(ctx: &Ctx) -> CaseResult {
     println!("  first leader after {took:?}");
     let token = cluster.wait_written(leader, p.slack).await?;
     // Hold for two leases: renewals must keep the same leader and term.
-    let until = Instant::now() + p.lease * 2;
-    while Instant::now() < until {
-        ensure!(
-            cluster.leaders() == vec![leader],
-            "leadership moved or split: {:?}",
-            cluster.leaders()
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
-    ensure!(
-        cluster.token(leader)? == token,
-        "the token changed without a new term"
-    );
+    cluster
+        .hold_steady(leader, token, p.lease * 2, "while renewing")
+        .await?;
     let info = ctx
         .store()
         .current(cluster.electors[leader].key())
@@ -408,19 +398,9 @@ pub async fn election_slow_store_keeps_one_leader(ctx: &Ctx) -> CaseResult {
         .await?;
     println!("  leader on a slow store after {took:?}");
     let token = cluster.wait_written(leader, p.slack).await?;
-    let until = Instant::now() + p.lease * 2;
-    while Instant::now() < until {
-        ensure!(
-            cluster.leaders() == vec![leader],
-            "leadership moved or split on a slow store: {:?}",
-            cluster.leaders()
-        );
-        sleep(Duration::from_millis(10)).await;
-    }
-    ensure!(
-        cluster.token(leader)? == token,
-        "the term changed on a slow store"
-    );
+    cluster
+        .hold_steady(leader, token, p.lease * 2, "on a slow store")
+        .await?;
     for link in &cluster.links {
         link.heal();
     }

@@ -4,7 +4,16 @@
 //!
 //! A store crate's whole test file:
 //!
-//! ```ignore
+//! ```no_run
+//! # mod leader_redis {
+//! #     // Stands in for the store crate in this example.
+//! #     pub struct RedisStore;
+//! #     impl RedisStore {
+//! #         pub fn new(_url: &str) -> leader_core::Result<leader_core::MemoryStore> {
+//! #             Ok(leader_core::MemoryStore::new())
+//! #         }
+//! #     }
+//! # }
 //! use std::sync::Arc;
 //! use leader_core::LeaseStore;
 //! use leader_testkit::{servers::RedisServer, suite::ServerFixture};
@@ -12,7 +21,7 @@
 //! async fn fixture() -> ServerFixture<RedisServer> {
 //!     let server = RedisServer::from_env_or_start().await.expect("redis-server");
 //!     ServerFixture::new("redis", server, |url| async move {
-//!         Ok(Arc::new(my_store::RedisStore::connect(&url).await?) as Arc<dyn LeaseStore>)
+//!         Ok(Arc::new(leader_redis::RedisStore::new(&url)?) as Arc<dyn LeaseStore>)
 //!     })
 //! }
 //!

@@ -353,9 +353,17 @@ pub async fn check_case(fixture: impl Fixture, name: &str) {
 /// own fixture with the given expression (which may `.await`), plus a test
 /// that the list is complete.
 ///
-/// ```ignore
+/// ```no_run
+/// # use leader_testkit::suite::MemoryFixture;
+/// # async fn my_fixture() -> MemoryFixture { MemoryFixture::new() }
+/// # mod real_time {
+/// #     use super::*;
 /// leader_testkit::conformance_tests!(my_fixture().await);          // multi-thread runtime, real time
+/// # }
+/// # mod paused_time {
+/// #     use leader_testkit::suite::MemoryFixture;
 /// leader_testkit::conformance_tests!(paused, MemoryFixture::new()); // paused tokio time
+/// # }
 /// ```
 ///
 /// The calling crate needs `tokio` as a dev-dependency with the `macros`
