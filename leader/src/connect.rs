@@ -57,14 +57,19 @@ fn redact(text: &str) -> String {
         out.push_str(s);
         out.push_str("://");
     }
-    // userinfo: everything before the last '@' of the authority part.
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let rest = match (scheme, rest[..authority_end].rfind('@')) {
+    // userinfo: everything before the LAST '@', even past a '/', '?' or '#'
+    // (an unencoded one in a password would otherwise end the authority
+    // early and leave the rest of the password in view). Over-redacting a
+    // path that contains '@' is the safe mistake.
+    let rest = match (scheme, rest.rfind('@')) {
         (Some(_), Some(at)) => {
             let userinfo = &rest[..at];
             match userinfo.split_once(':') {
-                Some((user, _)) => out.push_str(&format!("{user}:***@")),
-                None => out.push_str(&format!("{userinfo}@")),
+                Some((user, _)) if !user.contains(['/', '?', '#', '=', '&']) => {
+                    out.push_str(&format!("{user}:***@"));
+                }
+                _ if userinfo.contains(['/', '?', '#', '=', '&', ':']) => out.push_str("***@"),
+                _ => out.push_str(&format!("{userinfo}@")),
             }
             &rest[at + 1..]
         }
@@ -256,6 +261,18 @@ mod tests {
                 "postgres://db/app?password=***&user=x",
             ),
             ("redis://h:6379", "redis://h:6379"),
+            // Unencoded '/', '?', '#', '@' inside a password.
+            ("redis://user:s3cret/x@h:6379", "redis://user:***@h:6379"),
+            ("redis://:s3cret?x@h", "redis://:***@h"),
+            (
+                "etcd://root:s3#cret@h1:2379,h2:2379",
+                "etcd://root:***@h1:2379,h2:2379",
+            ),
+            ("postgres://u:s3cret@x@db/app", "postgres://u:***@db/app"),
+            (
+                "postgres://db/app?password=s3cret&user=a@b",
+                "postgres://***@b",
+            ),
         ] {
             let url = StoreUrl::new(input);
             assert_eq!(url.redacted(), shown);
