@@ -16,6 +16,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then need+=(postgresql
 command -v openssl        >/dev/null 2>&1 || need+=(openssl)
 command -v promtool       >/dev/null 2>&1 || need+=(prometheus)
 command -v setpriv        >/dev/null 2>&1 || need+=(util-linux)
+[[ -x /usr/sbin/pgbouncer ]] || need+=(pgbouncer)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then

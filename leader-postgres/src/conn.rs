@@ -110,10 +110,30 @@ pub(crate) fn is_connection_error(e: &sqlx::Error) -> bool {
     ) || matches!(e, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }
 
+/// SQLSTATE 26000 (prepared statement does not exist) and 42P05 (prepared
+/// statement already exists): on one session these cannot happen, so they
+/// mean statements are spread over several server sessions by a pooler.
+const POOLER_SIGNATURE_1: &str = "26000";
+const POOLER_SIGNATURE_2: &str = "42P05";
+
 /// Classifies an sqlx error. `connecting`: nothing was sent yet, so an I/O
 /// failure means the store is unavailable; during a statement it means the
 /// outcome is unknown.
 pub(crate) fn classify(e: sqlx::Error, connecting: bool, message: &str) -> Error {
+    if let sqlx::Error::Database(db) = &e
+        && matches!(
+            db.code().as_deref(),
+            Some(POOLER_SIGNATURE_1 | POOLER_SIGNATURE_2)
+        )
+    {
+        return Error::invalid_config(format!(
+            "{message}: a prepared statement of this connection vanished or reappeared, the \
+             signature of a connection pooler in transaction or statement mode (e.g. PgBouncer) \
+             between this process and Postgres; session advisory locks cannot work through \
+             it: connect to Postgres directly or use session pooling"
+        ))
+        .with_source(e);
+    }
     let kind = match &e {
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) if connecting => ErrorKind::Unavailable,
         sqlx::Error::Io(_) => ErrorKind::Indeterminate,
