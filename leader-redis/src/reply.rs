@@ -72,6 +72,16 @@ pub(crate) fn as_info(op: &'static str, items: &[Value]) -> Result<LeaseInfo> {
     ))
 }
 
+/// A holder record that may be absent: an empty array means no holder
+/// (the reply of `current` and `force_release`).
+pub(crate) fn as_optional_info(op: &'static str, reply: Value) -> Result<Option<LeaseInfo>> {
+    let items = as_array(op, reply)?;
+    if items.is_empty() {
+        return Ok(None);
+    }
+    as_info(op, &items).map(Some)
+}
+
 pub(crate) fn as_array(op: &'static str, v: Value) -> Result<Vec<Value>> {
     match v {
         Value::Array(items) => Ok(items),

@@ -17,7 +17,7 @@ use crate::builder::{RedisStoreBuilder, WaitReplicas};
 use crate::config::RedisConfig;
 use crate::conn::{Conn, Connector};
 use crate::keys::KeyLayout;
-use crate::reply::{as_array, as_info, as_int, ms_ceil, protocol};
+use crate::reply::{as_array, as_info, as_int, as_optional_info, ms_ceil, protocol};
 use crate::scripts;
 use crate::watch;
 
@@ -353,11 +353,7 @@ impl LeaseStore for RedisStore {
                     .await
             })
             .await?;
-        let items = as_array(op, reply)?;
-        if items.is_empty() {
-            return Ok(None);
-        }
-        as_info(op, &items).map(Some)
+        as_optional_info(op, reply)
     }
 
     async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
@@ -374,11 +370,7 @@ impl LeaseStore for RedisStore {
                     .await
             })
             .await?;
-        let items = as_array(op, reply)?;
-        if items.is_empty() {
-            return Ok(None);
-        }
-        as_info(op, &items).map(Some)
+        as_optional_info(op, reply)
     }
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
