@@ -11,6 +11,11 @@
 //! | `etcd://h1:2379,h2:2379`, `http://...`, `https://...` | etcd | `etcd` |
 //! | `postgres://...`, `postgresql://...` | Postgres | `postgres` |
 //!
+//! The `etcd` feature needs `protoc` at build time: etcd-client's build script
+//! generates its gRPC code from `.proto` files and stops with "Could not find
+//! `protoc`" without it (Debian: `apt-get install protobuf-compiler`, or set
+//! `PROTOC` to the binary's path). The other stores need nothing but cargo.
+//!
 //! One compiled program runs against any enabled store by changing only its
 //! configuration:
 //!
