@@ -23,19 +23,14 @@ impl StoreUrl {
         &self.0
     }
 
-    /// The store kind this URL selects (`"redis"`, `"etcd"`, `"postgres"`,
-    /// `"memory"`), or `None` when the scheme is unknown.
-    pub fn kind(&self) -> Option<&'static str> {
+    /// The store this URL selects, or `None` when the scheme is unknown.
+    /// A string without `://` is one of the original service's
+    /// StackExchange-style Redis strings (`host:6379,password=...`).
+    pub fn kind(&self) -> Option<StoreKind> {
         let url = self.0.trim();
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        match scheme.as_deref() {
-            Some("memory") => Some("memory"),
-            Some("redis" | "rediss") => Some("redis"),
-            Some("etcd" | "etcds" | "http" | "https") => Some("etcd"),
-            Some("postgres" | "postgresql") => Some("postgres"),
-            Some(_) => None,
-            // No scheme: the card's StackExchange-style Redis strings.
-            None if !url.is_empty() => Some("redis"),
+        match url.split_once("://") {
+            Some((scheme, _)) => StoreKind::from_scheme(scheme),
+            None if !url.is_empty() => Some(StoreKind::Redis),
             None => None,
         }
     }
@@ -132,6 +127,112 @@ impl StoreOptions {
     }
 }
 
+/// The stores a URL can select.
+///
+/// Adding a store to the facade is one variant here plus its row in the
+/// private table `StoreKind::spec`: its schemes, cargo feature and builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreKind {
+    /// The in-process [`MemoryStore`] (`memory://`, `memory://name`).
+    Memory,
+    /// Redis (`redis://`, `rediss://`, StackExchange-style strings).
+    Redis,
+    /// etcd (`etcd://`, `etcds://`; bare `http://` and `https://` are
+    /// accepted as aliases because etcd's own tools print endpoints that way).
+    Etcd,
+    /// Postgres (`postgres://`, `postgresql://`).
+    Postgres,
+}
+
+/// What the facade knows about one store.
+struct Spec {
+    /// The name [`LeaseStore::kind`] reports.
+    name: &'static str,
+    /// URL schemes, compared without case.
+    schemes: &'static [&'static str],
+    /// The cargo feature that compiles the store in (`None`: always there).
+    feature: Option<&'static str>,
+    build: fn(&str, &StoreOptions) -> Result<Arc<dyn LeaseStore>>,
+}
+
+impl StoreKind {
+    /// Every store, in the order error messages list them.
+    pub const ALL: [StoreKind; 4] = [
+        StoreKind::Redis,
+        StoreKind::Etcd,
+        StoreKind::Postgres,
+        StoreKind::Memory,
+    ];
+
+    /// The one table of the facade's stores.
+    fn spec(self) -> Spec {
+        match self {
+            StoreKind::Memory => Spec {
+                name: "memory",
+                schemes: &["memory"],
+                feature: None,
+                build: |url, _| Ok(memory_store(url)),
+            },
+            StoreKind::Redis => Spec {
+                name: "redis",
+                schemes: &["redis", "rediss"],
+                feature: Some("redis"),
+                build: redis_store,
+            },
+            StoreKind::Etcd => Spec {
+                name: "etcd",
+                schemes: &["etcd", "etcds", "http", "https"],
+                feature: Some("etcd"),
+                build: etcd_store,
+            },
+            StoreKind::Postgres => Spec {
+                name: "postgres",
+                schemes: &["postgres", "postgresql"],
+                feature: Some("postgres"),
+                build: postgres_store,
+            },
+        }
+    }
+
+    /// The store's name, as [`LeaseStore::kind`] reports it (`"redis"`, ...).
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    /// The cargo feature of the `leader` crate that compiles this store in;
+    /// `None` for the in-memory store, which is always there.
+    pub fn feature(self) -> Option<&'static str> {
+        self.spec().feature
+    }
+
+    /// The store a URL scheme selects (case-insensitive).
+    pub fn from_scheme(scheme: &str) -> Option<StoreKind> {
+        StoreKind::ALL.into_iter().find(|kind| {
+            kind.spec()
+                .schemes
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(scheme))
+        })
+    }
+
+    /// Every scheme of every store, for error messages.
+    fn all_schemes() -> String {
+        StoreKind::ALL
+            .iter()
+            .flat_map(|kind| kind.spec().schemes)
+            .map(|s| format!("{s}://"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Builds the store `url` selects, with default options. Nothing is
 /// contacted yet: a store that is down at startup does not fail here.
 ///
@@ -153,16 +254,15 @@ pub fn connect(url: &str) -> Result<Arc<dyn LeaseStore>> {
 pub fn connect_with(url: &StoreUrl, options: &StoreOptions) -> Result<Arc<dyn LeaseStore>> {
     let text = url.expose().trim();
     match url.kind() {
-        Some("memory") => Ok(memory_store(text)),
-        Some("redis") => redis_store(text, options),
-        Some("etcd") => etcd_store(text, options),
-        Some("postgres") => postgres_store(text, options),
-        _ if text.is_empty() => Err(Error::invalid_config(
-            "store URL is empty; expected redis://, rediss://, etcd://, http(s)://, postgres:// or memory://",
-        )),
-        _ => Err(Error::unsupported(format!(
-            "unknown store URL scheme in {}; expected redis://, rediss://, etcd://, http(s)://, postgres:// or memory://",
-            url.redacted()
+        Some(kind) => (kind.spec().build)(text, options),
+        None if text.is_empty() => Err(Error::invalid_config(format!(
+            "store URL is empty; expected one of {}",
+            StoreKind::all_schemes()
+        ))),
+        None => Err(Error::unsupported(format!(
+            "unknown store URL scheme in {}; expected one of {}",
+            url.redacted(),
+            StoreKind::all_schemes()
         ))),
     }
 }
@@ -183,9 +283,10 @@ fn memory_store(url: &str) -> Arc<dyn LeaseStore> {
 }
 
 #[cfg(not(all(feature = "redis", feature = "etcd", feature = "postgres")))]
-fn feature_off(store: &str, feature: &str) -> Error {
+fn feature_off(kind: StoreKind) -> Error {
     Error::unsupported(format!(
-        "this build has no {store} store: enable the `{feature}` cargo feature of the `leader` crate"
+        "this build has no {kind} store: enable the `{}` cargo feature of the `leader` crate",
+        kind.feature().unwrap_or_default()
     ))
 }
 
@@ -200,7 +301,7 @@ fn redis_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn LeaseStore>>
 
 #[cfg(not(feature = "redis"))]
 fn redis_store(_: &str, _: &StoreOptions) -> Result<Arc<dyn LeaseStore>> {
-    Err(feature_off("Redis", "redis"))
+    Err(feature_off(StoreKind::Redis))
 }
 
 #[cfg(feature = "etcd")]
@@ -214,7 +315,7 @@ fn etcd_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn LeaseStore>> 
 
 #[cfg(not(feature = "etcd"))]
 fn etcd_store(_: &str, _: &StoreOptions) -> Result<Arc<dyn LeaseStore>> {
-    Err(feature_off("etcd", "etcd"))
+    Err(feature_off(StoreKind::Etcd))
 }
 
 #[cfg(feature = "postgres")]
@@ -228,7 +329,7 @@ fn postgres_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn LeaseStor
 
 #[cfg(not(feature = "postgres"))]
 fn postgres_store(_: &str, _: &StoreOptions) -> Result<Arc<dyn LeaseStore>> {
-    Err(feature_off("Postgres", "postgres"))
+    Err(feature_off(StoreKind::Postgres))
 }
 
 #[cfg(test)]
@@ -293,7 +394,11 @@ mod tests {
             ("mongodb://h", None),
             ("", None),
         ] {
-            assert_eq!(StoreUrl::new(input).kind(), kind, "{input}");
+            assert_eq!(
+                StoreUrl::new(input).kind().map(StoreKind::name),
+                kind,
+                "{input}"
+            );
         }
     }
 }

@@ -33,7 +33,7 @@
 mod connect;
 mod settings;
 
-pub use connect::{StoreOptions, StoreUrl, connect, connect_with};
+pub use connect::{StoreKind, StoreOptions, StoreUrl, connect, connect_with};
 pub use leader_core::*;
 pub use settings::Settings;
 
