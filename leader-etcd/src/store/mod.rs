@@ -1,0 +1,341 @@
+//! [`EtcdStore`]: the [`LeaseStore`] on etcd leases and transactions.
+
+mod acquire;
+mod client;
+mod records;
+mod renewals;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use leader_core::{
+    Acquire, Capabilities, Error, FencingSource, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
+    LeaseStore, NotificationSupport, Result, check_ttl,
+};
+use tokio::sync::OnceCell;
+
+use self::acquire::{Put, RevokeGuard};
+use self::records::{lease, lease_id_of, not_holder, token_of, ttl_seconds};
+use self::renewals::RenewState;
+use crate::config::EtcdConfig;
+
+/// How often `acquire` and `force_release` retry when the key changed
+/// between their read and their conditional write.
+const MAX_ATTEMPTS: usize = 3;
+
+/// A lease store on etcd v3.
+///
+/// * **acquire** grants an etcd lease of the TTL rounded up to whole seconds,
+///   then one transaction puts the key (value = holder id) under that lease
+///   if the key does not exist (`create_revision == 0`), else reads it. If the
+///   key holds the caller's own holder id (a re-acquire after a transient
+///   error), a second transaction re-puts it under the new lease if it did
+///   not change meanwhile, which mints a new, higher token; the old lease is
+///   revoked. On every failure the granted lease is revoked so nothing leaks.
+/// * **The fencing token is the revision of the transaction that started
+///   the term**, i.e. the key's mod revision, which this library only
+///   changes when a term starts. For a fresh acquisition it equals the key's
+///   create revision (etcd's `Election` API token); a same-holder
+///   re-acquisition re-puts the key, so its mod revision moves on while the
+///   create revision stays (etcd refuses to delete and re-create one key in
+///   one transaction). etcd revisions are store-wide and only grow, so tokens
+///   strictly increase across terms; they are not contiguous (other writes
+///   to etcd advance the revision too).
+/// * **renew** is one keep-alive round trip on a per-lease keep-alive
+///   stream (a TTL of 0 means the lease is gone: `NotHolder`), plus a
+///   linearizable `get` proving the key still holds our revision, lease
+///   and holder id, *unless* the keep-alive answer shows that the store's
+///   revision has not moved since the last such check (then nothing in etcd
+///   was written, so the key cannot have changed). On a quiet store a renewal
+///   costs one keep-alive round trip; when other keys are being written it
+///   costs a keep-alive plus a `get`. A deletion of the key by someone else
+///   (not through this library, which revokes the lease as well) is therefore
+///   seen on the first renewal after it, up to the lag of the member
+///   answering the keep-alive.
+/// * **release** deletes the key in a transaction that checks its revision
+///   (our token), lease and holder id are still ours, then revokes the lease
+///   in the background (a lease without keys is harmless and expires anyway).
+/// * **current** reads the key and the remaining TTL of its lease (whole
+///   seconds, as etcd reports it; the real expiry is within one second after).
+/// * **force_release** deletes the key (if it did not change meanwhile) and
+///   revokes its lease.
+/// * **watch** follows the key with an etcd watch that resumes from the last
+///   seen revision after a reconnect; see [`LeaseStore::watch`].
+///
+/// The connection is made on first use, so a store can be built while etcd
+/// is down; each request is bounded by the request timeout.
+///
+/// # Cancel safety
+///
+/// Dropping an `acquire` future after its grant was answered revokes the
+/// grant in the background (or leaves the key held by the caller if the
+/// transaction already ran, which the same holder's next `acquire` takes
+/// over). A grant whose answer never arrived holds no key and expires after
+/// its TTL. Dropping a `renew` future drops that lease's keep-alive stream;
+/// the next renewal opens a new one.
+///
+/// `Debug` shows the endpoints and user name, never the password.
+#[derive(Clone)]
+pub struct EtcdStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: EtcdConfig,
+    client: OnceCell<Client>,
+    /// Per etcd lease id: its keep-alive stream and the revision at which its
+    /// key was last proven ours.
+    renewals: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<RenewState>>>>,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("config", &self.inner.config)
+            .field("connected", &self.inner.client.initialized())
+            .finish()
+    }
+}
+
+impl EtcdStore {
+    /// A store for `config`. Does not connect: the connection is made on first
+    /// use, so this succeeds while etcd is down.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) for invalid timeouts.
+    pub fn new(config: EtcdConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(EtcdStore {
+            inner: Arc::new(Inner {
+                config,
+                client: OnceCell::new(),
+                renewals: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// A store for an `etcd://`, `etcds://`, `http://` or `https://` URL; see
+    /// [`EtcdConfig::from_url`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the bad part of
+    /// the URL (never the password).
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::new(EtcdConfig::from_url(url)?)
+    }
+
+    /// A store using an already connected etcd-client `Client` ("let me pass
+    /// my own connection"); `config` supplies the timeouts.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) for invalid timeouts.
+    pub fn with_client(client: Client, config: EtcdConfig) -> Result<Self> {
+        let store = Self::new(config)?;
+        // A fresh cell always accepts its first value.
+        let _ = store.inner.client.set(client);
+        Ok(store)
+    }
+
+    /// The settings this store was built with.
+    pub fn config(&self) -> &EtcdConfig {
+        &self.inner.config
+    }
+}
+
+#[async_trait]
+impl LeaseStore for EtcdStore {
+    fn kind(&self) -> &'static str {
+        "etcd"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(FencingSource::Revision)
+            .with_notifications(NotificationSupport::ReleaseAndExpiry)
+            // etcd leases have whole-second TTLs: acquire rounds up.
+            .with_ttl_granularity(Duration::from_secs(1))
+    }
+
+    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
+        check_ttl(ttl)?;
+        const OP: &str = "acquire";
+        let k = key.as_str();
+        let client = self.client(OP, k).await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let grant = self
+                .retrying(OP, k, &client, |mut c| async move {
+                    c.lease_grant(ttl_seconds(ttl), None).await
+                })
+                .await?;
+            let id = grant.id();
+            let guard = RevokeGuard::new(self, &client, id);
+            match self.put_if_absent(&client, k, holder, id).await? {
+                Put::Created(kv) => {
+                    guard.disarm();
+                    let token = token_of(OP, k, &kv)?;
+                    return Ok(Acquire::Acquired(lease(key, holder, token, ttl, id)));
+                }
+                Put::Existing(kv) if kv.value() == holder.as_str().as_bytes() => {
+                    // Our own key, still there after a transient error: start
+                    // a new term (a new revision) under the new lease.
+                    if let Some(new) = self.recreate_own(&client, k, holder, id, &kv).await? {
+                        guard.disarm();
+                        let token = token_of(OP, k, &new)?;
+                        if kv.lease() != id {
+                            self.forget_renewal(kv.lease());
+                            self.revoke_in_background(&client, kv.lease());
+                        }
+                        return Ok(Acquire::Acquired(lease(key, holder, token, ttl, id)));
+                    }
+                    // It changed meanwhile: drop this grant and start over.
+                    guard.revoke_now().await;
+                }
+                Put::Existing(kv) => {
+                    guard.revoke_now().await;
+                    let info = self.info(&client, OP, k, &kv).await?;
+                    return Ok(Acquire::Held(info));
+                }
+            }
+        }
+        Err(Error::indeterminate(format!(
+            "the key kept changing during {MAX_ATTEMPTS} attempts"
+        ))
+        .with_store("etcd")
+        .with_operation(OP)
+        .with_key(k))
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<()> {
+        check_ttl(lease.ttl)?;
+        const OP: &str = "renew";
+        let id = lease_id_of(lease)?;
+        let k = lease.key.as_str();
+        let client = self.client(OP, k).await?;
+        let slot = self.renew_slot(id);
+        let mut state = slot.lock().await;
+        let Some(revision) = self.keep_alive(&client, &mut state, lease, id).await? else {
+            drop(state);
+            self.forget_renewal(id);
+            return Err(not_holder(
+                OP,
+                lease,
+                "its etcd lease expired or was revoked",
+            ));
+        };
+        let proven = state.verified.as_ref().is_some_and(|(rev, token, holder)| {
+            Some(*rev) == revision && *token == lease.token && *holder == lease.holder
+        });
+        if proven {
+            // Nothing was written to etcd since the key was last proven ours.
+            return Ok(());
+        }
+        let (kv, at) = self.get_kv(&client, OP, k).await?;
+        let ours = kv.as_ref().is_some_and(|kv| {
+            u64::try_from(kv.mod_revision()).ok() == Some(lease.token.0)
+                && kv.lease() == id
+                && kv.value() == lease.holder.as_str().as_bytes()
+        });
+        if !ours {
+            drop(state);
+            self.forget_renewal(id);
+            return Err(not_holder(OP, lease, "the key was deleted or replaced"));
+        }
+        state.verified = Some((at, lease.token, lease.holder.clone()));
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        const OP: &str = "release";
+        let id = lease_id_of(lease)?;
+        let k = lease.key.as_str();
+        self.forget_renewal(id);
+        let client = self.client(OP, k).await?;
+        let token = i64::try_from(lease.token.0).unwrap_or(-1);
+        let txn = Txn::new()
+            .when([
+                Compare::mod_revision(k, CompareOp::Equal, token),
+                Compare::lease(k, CompareOp::Equal, id),
+                Compare::value(k, CompareOp::Equal, lease.holder.as_str()),
+            ])
+            .and_then([TxnOp::delete(k, None)]);
+        let resp = self.send_txn(OP, k, &client, txn).await?;
+        if resp.succeeded() {
+            // The key is gone with the delete; the lease itself is no longer
+            // needed by anyone and is revoked off the caller's path. When the
+            // release was refused the lease is left alone: the `Lease` may be
+            // stale or forged, and its lease id may be someone's live term.
+            self.revoke_in_background(&client, id);
+        }
+        Ok(resp.succeeded())
+    }
+
+    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        const OP: &str = "current";
+        let k = key.as_str();
+        let client = self.client(OP, k).await?;
+        let (kv, _) = self.get_kv(&client, OP, k).await?;
+        match kv {
+            None => Ok(None),
+            Some(kv) => Ok(Some(self.info(&client, OP, k, &kv).await?)),
+        }
+    }
+
+    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        const OP: &str = "force_release";
+        let k = key.as_str();
+        let client = self.client(OP, k).await?;
+        for _ in 0..MAX_ATTEMPTS {
+            let (Some(kv), _) = self.get_kv(&client, OP, k).await? else {
+                return Ok(None);
+            };
+            let info = self.info(&client, OP, k, &kv).await?;
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    k,
+                    CompareOp::Equal,
+                    kv.mod_revision(),
+                )])
+                .and_then([TxnOp::delete(k, None)]);
+            let resp = self.send_txn(OP, k, &client, txn).await?;
+            if resp.succeeded() {
+                self.forget_renewal(kv.lease());
+                self.revoke_now(&client, kv.lease()).await;
+                return Ok(Some(info));
+            }
+        }
+        Err(Error::indeterminate(format!(
+            "the key kept changing during {MAX_ATTEMPTS} attempts"
+        ))
+        .with_store("etcd")
+        .with_operation(OP)
+        .with_key(k))
+    }
+
+    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
+        crate::watch::subscribe(self.clone(), key.clone()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn construction_does_not_connect_and_debug_hides_password() {
+        let store = EtcdStore::from_url("etcd://root:topsecret@127.0.0.1:1").expect("lazy store");
+        let dbg = format!("{store:?}");
+        assert!(!dbg.contains("topsecret"), "{dbg}");
+        assert!(dbg.contains("connected: false"), "{dbg}");
+        assert_eq!(store.kind(), "etcd");
+        let caps = store.capabilities();
+        assert_eq!(caps.fencing, FencingSource::Revision);
+        assert_eq!(caps.ttl_granularity, Duration::from_secs(1));
+        assert!(caps.server_side_expiry);
+    }
+}
