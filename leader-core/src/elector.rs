@@ -79,9 +79,7 @@ impl Elector {
     pub fn start(store: Arc<dyn LeaseStore>, config: ElectionConfig) -> Result<Elector> {
         config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::unsupported(
-                "Elector::start must be called inside a tokio runtime",
-            ));
+            return Err(Error::no_runtime("Elector::start"));
         }
         let key = config.lease_key()?;
         let holder = config.holder_id()?;

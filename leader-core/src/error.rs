@@ -32,8 +32,9 @@ pub enum ErrorKind {
     /// The operation is not supported by this store or build (a cargo feature
     /// is off, a URL scheme is unknown).
     Unsupported,
-    /// The elector or lock has been shut down.
-    Closed,
+    /// Called outside a tokio runtime: the elector and lock guards run
+    /// background tasks and need one.
+    NoRuntime,
 }
 
 impl ErrorKind {
@@ -49,7 +50,7 @@ impl ErrorKind {
             ErrorKind::Protocol => "protocol",
             ErrorKind::Auth => "auth",
             ErrorKind::Unsupported => "unsupported",
-            ErrorKind::Closed => "closed",
+            ErrorKind::NoRuntime => "no_runtime",
         }
     }
 }
@@ -66,7 +67,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Protocol => "unexpected answer from the store",
             ErrorKind::Auth => "authentication failed",
             ErrorKind::Unsupported => "unsupported",
-            ErrorKind::Closed => "closed",
+            ErrorKind::NoRuntime => "no tokio runtime",
         })
     }
 }
@@ -141,6 +142,14 @@ impl Error {
     /// Shorthand for [`ErrorKind::Unsupported`].
     pub fn unsupported(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Unsupported, message)
+    }
+
+    /// Shorthand for [`ErrorKind::NoRuntime`]; `what` names the call.
+    pub fn no_runtime(what: &str) -> Self {
+        Self::new(
+            ErrorKind::NoRuntime,
+            format!("{what} must be called inside a tokio runtime"),
+        )
     }
 
     /// Attach the store kind (`"redis"`, `"etcd"`, ...).

@@ -10,10 +10,14 @@ pub mod memory;
 mod names;
 mod store;
 mod telemetry;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod timing;
 mod tracker;
 
+/// The attribute a [`LeaseStore`] implementation is written with; re-exported
+/// so a store crate needs no direct dependency on `async-trait`.
+pub use async_trait::async_trait;
 pub use config::{ElectionConfig, Preset, SECTION, parse_duration};
 pub use elector::{Elector, LeaderContext, WorkHandle};
 pub use error::{Error, ErrorKind, Result};

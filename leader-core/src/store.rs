@@ -256,6 +256,55 @@ impl LeaseEvents {
 ///   id **and** token.
 /// * Errors are classified: [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the store
 ///   could not be reached, [`ErrorKind::Indeterminate`](crate::ErrorKind::Indeterminate) when the outcome is unknown.
+///
+/// # Implementing a store
+///
+/// A new store is one type implementing this trait (annotate the impl with
+/// [`#[leader_core::async_trait]`](crate::async_trait)), run through
+/// `leader_testkit::conformance_tests!`, plus one row in the facade's store
+/// table (`leader::StoreKind`). The core does all timing; the store owes it
+/// these rules, and the suite's failure messages name the rule a case checks:
+///
+/// 1. **The TTL runs from no earlier than the request's arrival.** The holder
+///    trusts a lease until `sent + ttl * (1 - drift)`, measured from when it
+///    *sent* the acquire or renew. The store's expiry must therefore start no
+///    earlier than when the request reached the server, and a store that can
+///    only keep coarser TTLs rounds **up** (etcd grants whole seconds; declare
+///    it in [`Capabilities::ttl_granularity`]). Expiring early breaks safety.
+/// 2. **Call [`check_ttl`] first** and refuse what it refuses, before talking
+///    to the server.
+/// 3. **Time out your own calls.** The elector bounds every call with its
+///    request timeout and drops the future, so a store must stay consistent
+///    when a future is dropped mid-request (a connection with a request in
+///    flight is discarded, not reused), and should bound its own network
+///    waits with the timeout it was configured with, so an answer that never
+///    comes ends as [`ErrorKind::Indeterminate`](crate::ErrorKind::Indeterminate)
+///    rather than a hung task. An unknown outcome is never reported as success.
+/// 4. **Tokens only go up.** Each successful `acquire` returns a token greater
+///    than every token issued before on that key, including across a lost or
+///    reset counter (Redis floors it with the server clock).
+/// 5. **Same holder, same seat.** `acquire` by the holder that already holds
+///    the key succeeds with a new token (the core mints a unique holder id for
+///    every elector and every lock acquisition, so only the same term owner
+///    can present it). `renew` and `release` match holder **and** token.
+/// 6. **Session-bound stores emulate expiry.** A store whose lease lives as
+///    long as a client session (Postgres advisory locks) declares
+///    [`Capabilities::session_bound`] and must still free a lease that was
+///    not renewed within its TTL, counted from the send time of the last
+///    successful acquire or renew, so a stuck holder cannot keep it forever.
+/// 7. **Notifications are optional and lossy.** Declare what
+///    [`LeaseStore::watch`] delivers in [`Capabilities::notifications`]; with
+///    `NotificationSupport::None`, return `ErrorKind::Unsupported` and
+///    followers poll. [`LeaseEvent::Vacated`] is the event that matters (it
+///    wakes followers at once); [`LeaseEvent::Acquired`] is informational and
+///    may be omitted. Feed the channel with `try_send`: a full channel already
+///    holds an event the follower has not read, and one pending wake-up is as
+///    good as many, so dropping is correct. Close the channel (drop the
+///    sender) when the subscription breaks: the follower then polls and
+///    subscribes again.
+/// 8. **Errors are classified** as above, never a panic: a record under the
+///    key that the store cannot parse is
+///    [`ErrorKind::Protocol`](crate::ErrorKind::Protocol).
 #[async_trait]
 pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
     /// A short name of the store kind: `"redis"`, `"etcd"`, `"postgres"`, `"memory"`.

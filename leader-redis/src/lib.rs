@@ -2,10 +2,10 @@
 
 mod builder;
 mod clients;
-pub mod config;
+mod config;
 mod conn;
 mod error;
-pub mod keys;
+mod keys;
 mod reply;
 mod scripts;
 mod store;
@@ -15,6 +15,6 @@ pub use builder::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SENTINEL_CHECK,
     DEFAULT_WATCH_HEARTBEAT, RedisStoreBuilder, WaitReplicas,
 };
-pub use config::{Endpoint, RedisConfig, Secret, Topology};
-pub use keys::KeyLayout;
+pub use config::{DEFAULT_PORT, DEFAULT_SENTINEL_PORT, Endpoint, RedisConfig, Secret, Topology};
+pub use keys::{KeyLayout, hash_tag};
 pub use store::RedisStore;
