@@ -9,7 +9,7 @@
    PodDisruptionBudget, and a termination grace period that covers the
    worst-case shutdown computed from leader-core's defaults.
 2. Every alert rule has a runbook_url whose anchor is a heading of
-   docs/operations.md.
+   docs/operations.md, and so has every link inside that file.
 3. The checks themselves: broken copies of the manifest must be refused, so a
    checker that lets everything through fails here.
 
@@ -138,7 +138,11 @@ def heading_anchors(markdown):
 def runbook_errors():
     errors = []
     with open(RUNBOOK, encoding="utf-8") as f:
-        anchors = heading_anchors(f.read())
+        text = f.read()
+    anchors = heading_anchors(text)
+    for link in sorted(set(re.findall(r"\]\(#([^)]+)\)", text))):
+        if link not in anchors:
+            errors.append(f"{RUNBOOK}: link to #{link}, but no heading has that anchor")
     with open(RULES, encoding="utf-8") as f:
         rules = yaml.safe_load(f)
     for group in rules["groups"]:
