@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a fresh Debian machine, if it is missing:
 # the store servers the tests start themselves (redis-server, redis-sentinel,
-# etcd, Postgres) and protoc for etcd-client's build. Idempotent and quick
-# when everything is already there.
+# etcd, Postgres), protoc for etcd-client's build, promtool for the alert
+# rules' tests, and the PyPI package kubernetes-validate (it ships the
+# Kubernetes API schemas, so the manifest check needs no network). Idempotent
+# and quick when everything is already there.
 set -euo pipefail
 
 need=()
@@ -27,6 +29,14 @@ if ((${#need[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# Pinned: the version fixes the set of Kubernetes schemas the manifests are
+# checked against (scripts/check-deploy.py).
+KUBERNETES_VALIDATE=1.37.0
+if ! python3 -c "import kubernetes_validate.version as v, sys; sys.exit(v.__version__ != '$KUBERNETES_VALIDATE')" 2>/dev/null; then
+  echo "installing: kubernetes-validate==$KUBERNETES_VALIDATE (PyPI)"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kubernetes-validate==$KUBERNETES_VALIDATE"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -13,8 +13,11 @@ scripts/install-deps.sh
 # A missing server binary fails its tests (there is no skip mode).
 export RUST_BACKTRACE=1
 
-echo "== promtool check rules"
+echo "== alert rules: promtool check and unit tests"
 promtool check rules deploy/prometheus/leader-election-rules.yml
+promtool test rules deploy/prometheus/leader-election-rules.test.yml
+echo "== Kubernetes manifests (schemas, offline) and runbook links"
+scripts/check-deploy.py
 
 echo "== build the examples (their tests run the example binaries)"
 cargo build --workspace --all-features --examples

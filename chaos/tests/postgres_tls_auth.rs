@@ -252,3 +252,72 @@ async fn verify_full_with_the_right_ca_and_password_works_a_wrong_ca_or_password
     };
     assert!(plain.release(&lease).await.expect("release"));
 }
+
+/// Set by [`verify_full_trusts_a_ca_in_the_system_store_without_sslrootcert`]
+/// for the child process it starts: the URL that child connects to.
+const SYSTEM_ROOTS_URL: &str = "LEADER_POSTGRES_TEST_SYSTEM_ROOTS_URL";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_full_trusts_a_ca_in_the_system_store_without_sslrootcert() {
+    let pg = tls_postgres().await;
+    let url = format!(
+        "postgres://postgres:{PASSWORD}@{}/postgres?sslmode=verify-full",
+        pg.server.addr()
+    );
+    // Control: this process's system store does not hold the test CA.
+    let err = store(&url)
+        .acquire(&key(), &holder(), Duration::from_secs(5))
+        .await
+        .expect_err("the test CA is not in this process's system store");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+
+    // rustls-native-certs reads SSL_CERT_FILE when it loads the system store.
+    // The variable is process-wide, so a child process gets it: this test
+    // binary again, running only `system_roots_child`.
+    let exe = std::env::current_exe().expect("test binary path");
+    let child = tokio::process::Command::new(exe)
+        .args([
+            "--exact",
+            "system_roots_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("SSL_CERT_FILE", &pg.ca_file)
+        .env_remove("SSL_CERT_DIR")
+        .env_remove("PGSSLROOTCERT")
+        .env(SYSTEM_ROOTS_URL, &url)
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), child)
+        .await
+        .expect("the child process finishes")
+        .expect("run the child process");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("SYSTEM ROOTS OK"),
+        "the child did not connect through the system store ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Not a check on its own: the child process of
+/// `verify_full_trusts_a_ca_in_the_system_store_without_sslrootcert`, started
+/// with [`SYSTEM_ROOTS_URL`] and `SSL_CERT_FILE` set. Without them it returns
+/// at once.
+#[tokio::test]
+async fn system_roots_child() {
+    let Ok(url) = std::env::var(SYSTEM_ROOTS_URL) else {
+        return;
+    };
+    let good = store(&url);
+    let outcome = good
+        .acquire(&key(), &holder(), Duration::from_secs(5))
+        .await
+        .expect("acquire over verify-full TLS");
+    let Acquire::Acquired(lease) = outcome else {
+        panic!("the key is free: {outcome:?}");
+    };
+    assert!(good.release(&lease).await.expect("release over TLS"));
+    println!("SYSTEM ROOTS OK");
+}

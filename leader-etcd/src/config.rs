@@ -12,11 +12,11 @@
 //!
 //! A comma-separated host list is one cluster. The port defaults to 2379.
 //! Options: `user`, `password`, `tls` (`true`/`false`), `ca` (a PEM file with
-//! the CA certificate(s) to trust), `cert` and `key` (a PEM client
-//! certificate and its key, for mutual TLS), `domain` (the name to verify the
-//! server certificate against), `connect_timeout` and `request_timeout`
-//! (`500ms`, `2s`, ...). Reserved characters in user names and passwords
-//! (`@ : , / ? & %`) must be percent-encoded.
+//! the CA certificate(s) to trust instead of the system's roots), `cert` and
+//! `key` (a PEM client certificate and its key, for mutual TLS), `domain` (the
+//! name to verify the server certificate against), `connect_timeout` and
+//! `request_timeout` (`500ms`, `2s`, ...). Reserved characters in user names
+//! and passwords (`@ : , / ? & %`) must be percent-encoded.
 //!
 //! Errors name the part that is wrong and never contain the password.
 
@@ -68,9 +68,9 @@ impl fmt::Debug for TlsConfig {
 }
 
 impl TlsConfig {
-    /// TLS with no trusted CA yet. This build ships no built-in roots, so set
-    /// the CA that signed the etcd server certificates with
-    /// [`TlsConfig::with_ca_pem`] or [`TlsConfig::with_ca_file`].
+    /// TLS that trusts the system's root certificates (as `rustls-native-certs`
+    /// finds them, honouring `SSL_CERT_FILE` and `SSL_CERT_DIR`). A CA set with
+    /// [`TlsConfig::with_ca_pem`] or [`TlsConfig::with_ca_file`] replaces them.
     pub fn new() -> Self {
         Self::default()
     }
@@ -156,9 +156,10 @@ impl TlsConfig {
 
     pub(crate) fn to_tonic(&self) -> etcd_client::TlsOptions {
         let mut tls = etcd_client::TlsOptions::new();
-        if let Some(ca) = &self.ca_pem {
-            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
-        }
+        tls = match &self.ca_pem {
+            Some(ca) => tls.ca_certificate(etcd_client::Certificate::from_pem(ca)),
+            None => tls.with_native_roots(),
+        };
         if let Some((cert, key)) = &self.identity {
             tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
         }
