@@ -19,6 +19,8 @@ command -v openssl        >/dev/null 2>&1 || need+=(openssl)
 command -v promtool       >/dev/null 2>&1 || need+=(prometheus)
 command -v setpriv        >/dev/null 2>&1 || need+=(util-linux)
 [[ -x /usr/sbin/pgbouncer ]] || need+=(pgbouncer)
+command -v python3        >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version  >/dev/null 2>&1 || need+=(python3-pip)
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
@@ -36,7 +38,10 @@ fi
 KUBERNETES_VALIDATE=1.37.0
 if ! python3 -c "import kubernetes_validate.version as v, sys; sys.exit(v.__version__ != '$KUBERNETES_VALIDATE')" 2>/dev/null; then
   echo "installing: kubernetes-validate==$KUBERNETES_VALIDATE (PyPI)"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore "kubernetes-validate==$KUBERNETES_VALIDATE"
+  # --break-system-packages: Debian's own python3 refuses pip installs
+  # without it (PEP 668); a python3 of its own (pyenv) ignores it.
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+    --break-system-packages "kubernetes-validate==$KUBERNETES_VALIDATE"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
