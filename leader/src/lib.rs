@@ -26,6 +26,8 @@
 //! ```
 
 mod connect;
+#[cfg(feature = "axum")]
+pub mod http;
 mod settings;
 
 pub use connect::{StoreOptions, StoreUrl, connect, connect_with};
