@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ElectionConfig;
 use crate::error::{Error, Result};
-use crate::health::HealthReport;
+use crate::health::{self, HealthReport, Probe};
 use crate::keeper::{self, KeepEnd};
 use crate::names::{FencingToken, HolderId, LeaseKey};
 use crate::store::{Acquire, LeaseEvent, LeaseEvents, LeaseStore};
-use crate::telemetry::{LossReason, Telemetry};
+use crate::telemetry::{Kind as TelemetryKind, LossReason, Telemetry};
 use crate::timing::{Pushed, Timing};
 use crate::tracker::{ActiveTerm, LeaderState, LeaseTracker};
 
@@ -83,12 +83,7 @@ impl Elector {
         }
         let key = config.lease_key()?;
         let holder = config.holder_id()?;
-        let telemetry = Telemetry::new(
-            &config.metrics_prefix,
-            &key,
-            &holder,
-            config.enable_detailed_logging,
-        );
+        let telemetry = Telemetry::new(TelemetryKind::Election, &config, key.resource(), &holder);
         let tracker = Arc::new(LeaseTracker::new(
             key,
             holder,
@@ -103,7 +98,8 @@ impl Elector {
         ));
         let stop = CancellationToken::new();
         let task = if config.enabled {
-            Some(tokio::spawn(run(store, tracker.clone(), stop.clone())))
+            let task = run(store, tracker.clone(), stop.clone());
+            Some(tokio::spawn(tracker.telemetry.supervise(task)))
         } else {
             tracker.begin_term(FencingToken(0), None);
             None
@@ -155,9 +151,31 @@ impl Elector {
         self.inner.tracker.subscribe()
     }
 
-    /// The health report in the card's shape.
+    /// The health report in the card's shape; Unhealthy also when
+    /// [`Elector::liveness`] fails.
     pub fn health(&self) -> HealthReport {
-        self.inner.tracker.health()
+        health::with_liveness(self.inner.tracker.health(), &self.liveness())
+    }
+
+    /// The liveness probe (Kubernetes semantics: fail means restart the
+    /// process): fails when the background task has ended without a
+    /// shutdown, or has not been polled for longer than the bound derived
+    /// from the timing. Passes for a follower, during a store outage, and
+    /// after a shutdown. See [`Readiness`](crate::Readiness) for readiness.
+    pub fn liveness(&self) -> Probe {
+        let task_finished = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(JoinHandle::is_finished);
+        health::liveness(
+            self.inner.enabled,
+            self.inner.stop.is_cancelled(),
+            task_finished,
+            self.inner.tracker.telemetry.heartbeat(),
+        )
     }
 
     /// Runs `work` whenever this instance becomes leader, handing it a

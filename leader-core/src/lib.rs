@@ -21,7 +21,7 @@ pub use async_trait::async_trait;
 pub use config::{ElectionConfig, Preset, SECTION, parse_duration};
 pub use elector::{Elector, LeaderContext, WorkHandle};
 pub use error::{Error, ErrorKind, Result};
-pub use health::{HealthData, HealthReport, HealthStatus};
+pub use health::{HealthData, HealthReport, HealthStatus, Probe, Readiness};
 pub use lock::{LockGuard, Locks};
 pub use memory::MemoryStore;
 pub use names::{FencingToken, HolderId, LeaseKey, MAX_HOLDER_LEN, MAX_KEY_LEN};
@@ -29,4 +29,5 @@ pub use store::{
     Acquire, Capabilities, FencingSource, Lease, LeaseEvent, LeaseEvents, LeaseInfo, LeaseStore,
     MAX_TTL, NotificationSupport, check_ttl,
 };
+pub use telemetry::describe_metrics;
 pub use tracker::LeaderState;

@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::keeper::{self, KeepEnd};
 use crate::names::{FencingToken, HolderId, LeaseKey};
 use crate::store::{Acquire, Lease, LeaseStore};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Kind as TelemetryKind, Telemetry};
 use crate::timing::Timing;
 use crate::tracker::LeaseTracker;
 
@@ -80,6 +80,7 @@ impl Locks {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let holder = HolderId::new(format!("{}/lock-{n}", self.instance))?;
         let timing = Timing::from_config(&self.config);
+        let telemetry = Telemetry::new(TelemetryKind::Lock, &self.config, name, &holder);
         let sent = Instant::now();
         let outcome = timeout(
             timing.request_timeout,
@@ -97,14 +98,11 @@ impl Locks {
         })??;
         let lease = match outcome {
             Acquire::Acquired(lease) => lease,
-            Acquire::Held(_) => return Ok(None),
+            Acquire::Held(_) => {
+                telemetry.busy();
+                return Ok(None);
+            }
         };
-        let telemetry = Telemetry::new(
-            &self.config.metrics_prefix,
-            &key,
-            &self.instance,
-            self.config.enable_detailed_logging,
-        );
         let tracker = Arc::new(LeaseTracker::new(
             key,
             holder,
@@ -115,13 +113,13 @@ impl Locks {
         ));
         tracker.begin_term(lease.token, Some(sent));
         let stop = CancellationToken::new();
-        let keeper = tokio::spawn(keep_lock(
+        let keeper = tokio::spawn(tracker.telemetry.supervise(keep_lock(
             self.store.clone(),
             lease.clone(),
             sent,
             tracker.clone(),
             stop.clone(),
-        ));
+        )));
         let lost = tracker
             .subscribe_terms()
             .borrow()

@@ -168,6 +168,7 @@ impl LeaseTracker {
             leader_id: inner.leader_id.clone(),
             token: inner.term.as_ref().map(|t| t.token),
         };
+        self.telemetry.leader_seen(state.leader_id.as_ref());
         self.state_tx.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;

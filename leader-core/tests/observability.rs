@@ -1,15 +1,20 @@
-//! Health statuses in the card's shape and the metrics an elector emits.
+//! Health statuses in the card's shape, and the metrics and log lines of
+//! electors and named locks.
 
 mod common;
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use leader_core::testing::Fault;
-use leader_core::{Elector, ErrorKind, HealthStatus};
+use leader_core::testing::{Fault, FaultyStore, Op};
+use leader_core::{
+    Acquire, Capabilities, Elector, ErrorKind, HealthStatus, HolderId, Lease, LeaseEvents,
+    LeaseInfo, LeaseKey, LeaseStore, Locks, MemoryStore, NotificationSupport, Result,
+};
+use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-use metrics_util::{CompositeKey, MetricKind};
 
 #[tokio::test(start_paused = true)]
 async fn leader_is_healthy_follower_degraded_broken_store_unhealthy() {
@@ -67,37 +72,70 @@ type Snapshot = Vec<(
     DebugValue,
 )>;
 
-/// A number read off the metric `name` of `kind` for resource "metrics"
-/// (and `label` when given): counter increase since the previous snapshot
-/// (the debugging recorder reports deltas), gauge value, or histogram count.
-fn read(s: &Snapshot, kind: MetricKind, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
-    let has = |k: &CompositeKey, key: &str, value: &str| {
-        k.key()
-            .labels()
-            .any(|l| l.key() == key && l.value() == value)
-    };
-    s.iter().find_map(|(k, _, _, v)| {
-        let matches = k.kind() == kind
-            && k.key().name() == name
-            && has(k, "resource", "metrics")
-            && label.is_none_or(|(lk, lv)| has(k, lk, lv));
-        if !matches {
-            return None;
-        }
-        Some(match v {
+/// Every metric an elector registers, without the prefix.
+const ELECTION_METRICS: [&str; 11] = [
+    "is_leader",
+    "acquired_total",
+    "lost_total",
+    "renewal_failures_total",
+    "store_errors_total",
+    "leader_changes_observed_total",
+    "last_transition_timestamp_seconds",
+    "work_panics_total",
+    "acquire_duration_seconds",
+    "renew_duration_seconds",
+    "lease_remaining_seconds",
+];
+
+/// Every metric a named lock registers, without the prefix.
+const LOCK_METRICS: [&str; 4] = [
+    "lock_held",
+    "lock_acquired_total",
+    "lock_busy_total",
+    "lock_lost_total",
+];
+
+fn label<'a>(k: &'a CompositeKey, key: &str) -> Option<&'a str> {
+    k.key().labels().find(|l| l.key() == key).map(|l| l.value())
+}
+
+/// The values of the series named `name` carrying all of `labels`: counter
+/// increase since the previous snapshot (the debugging recorder reports
+/// deltas), gauge value, or histogram sample count.
+fn values(s: &Snapshot, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    s.iter()
+        .filter(|(k, ..)| {
+            k.key().name() == name && labels.iter().all(|(lk, lv)| label(k, lk) == Some(*lv))
+        })
+        .map(|(_, _, _, v)| match v {
             DebugValue::Counter(n) => *n as f64,
             DebugValue::Gauge(g) => g.into_inner(),
             DebugValue::Histogram(samples) => samples.len() as f64,
         })
-    })
+        .collect()
 }
 
-fn counter(s: &Snapshot, name: &str, label: Option<(&str, &str)>) -> f64 {
-    read(s, MetricKind::Counter, name, label).unwrap_or_else(|| panic!("counter {name} missing"))
+/// The value of the one series named `name` carrying `labels`.
+fn value(s: &Snapshot, name: &str, labels: &[(&str, &str)]) -> f64 {
+    match values(s, name, labels)[..] {
+        [v] => v,
+        ref other => {
+            let names: Vec<String> = s.iter().map(|(k, ..)| format!("{:?}", k.key())).collect();
+            panic!("expected one series {name}{labels:?}, found {other:?}; have {names:#?}")
+        }
+    }
 }
 
-fn gauge(s: &Snapshot, name: &str) -> f64 {
-    read(s, MetricKind::Gauge, name, None).unwrap_or_else(|| panic!("gauge {name} missing"))
+fn names(s: &Snapshot) -> Vec<&str> {
+    s.iter().map(|(k, ..)| k.key().name()).collect()
+}
+
+/// Polls `fut` with `recorder` as the local recorder, so that handles
+/// registered inside (a lock's, at acquisition) bind to it.
+async fn recorded<F: Future>(recorder: &DebuggingRecorder, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| metrics::with_local_recorder(recorder, || fut.as_mut().poll(cx)))
+        .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -113,20 +151,25 @@ async fn metrics_follow_leadership_under_the_configured_prefix() {
     });
     wait_until("leads", LEASE, || e.is_leader()).await;
     tokio::time::sleep(RENEW * 2 + Duration::from_millis(10)).await;
+    let ours = [("resource", "metrics"), ("holder", "a")];
     let snap: Snapshot = snapshotter.snapshot().into_vec();
-    assert_eq!(gauge(&snap, "honua_leader_election_is_leader"), 1.0);
+    assert_eq!(value(&snap, "honua_leader_election_is_leader", &ours), 1.0);
     assert_eq!(
-        counter(&snap, "honua_leader_election_acquired_total", None),
+        value(&snap, "honua_leader_election_acquired_total", &ours),
         1.0
     );
-    assert!(gauge(&snap, "honua_leader_election_lease_remaining_seconds") > 0.0);
-    let renews = read(
-        &snap,
-        MetricKind::Histogram,
-        "honua_leader_election_renew_duration_seconds",
-        None,
+    assert!(
+        value(
+            &snap,
+            "honua_leader_election_lease_remaining_seconds",
+            &ours
+        ) > 0.0
     );
-    assert_eq!(renews, Some(2.0), "one renew sample per interval");
+    assert_eq!(
+        value(&snap, "honua_leader_election_renew_duration_seconds", &ours),
+        2.0,
+        "one renew sample per interval"
+    );
 
     store.set_all(Some(Fault::Fail(ErrorKind::Unavailable)));
     e.subscribe()
@@ -134,15 +177,370 @@ async fn metrics_follow_leadership_under_the_configured_prefix() {
         .await
         .expect("alive");
     let snap: Snapshot = snapshotter.snapshot().into_vec();
-    assert_eq!(gauge(&snap, "honua_leader_election_is_leader"), 0.0);
-    assert!(counter(&snap, "honua_leader_election_renewal_failures_total", None) >= 1.0);
-    assert_eq!(
-        counter(
+    assert_eq!(value(&snap, "honua_leader_election_is_leader", &ours), 0.0);
+    assert!(value(&snap, "honua_leader_election_renewal_failures_total", &ours) >= 1.0);
+    let renew_errors = [ours[0], ours[1], ("operation", "renew")];
+    assert!(
+        value(
             &snap,
-            "honua_leader_election_lost_total",
-            Some(("reason", "renew_deadline"))
-        ),
+            "honua_leader_election_store_errors_total",
+            &renew_errors
+        ) >= 1.0
+    );
+    let deadline = [ours[0], ours[1], ("reason", "renew_deadline")];
+    assert_eq!(
+        value(&snap, "honua_leader_election_lost_total", &deadline),
         1.0
     );
     e.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn election_series_carry_resource_and_holder_and_are_described() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let e = metrics::with_local_recorder(&recorder, || {
+        start(Arc::new(MemoryStore::new()), "described", "a")
+    });
+    wait_until("leads", LEASE, || e.is_leader()).await;
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    let ours = [("resource", "described"), ("holder", "a")];
+    for metric in ELECTION_METRICS {
+        let name = format!("leader_election_{metric}");
+        assert!(
+            !values(&snap, &name, &ours).is_empty(),
+            "{name} is registered up front with resource and holder; have {:?}",
+            names(&snap)
+        );
+    }
+    for (key, _, help, _) in &snap {
+        assert!(
+            label(key, "instance").is_none(),
+            "`instance` collides with Prometheus's target label: {key:?}"
+        );
+        assert!(
+            help.as_ref().is_some_and(|h| !h.is_empty()),
+            "{} has no description (no # HELP line)",
+            key.key().name()
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64();
+    let at = value(
+        &snap,
+        "leader_election_last_transition_timestamp_seconds",
+        &ours,
+    );
+    assert!(
+        (now - 60.0..=now).contains(&at),
+        "transition at {at}, now {now}"
+    );
+    e.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_an_instance_id_the_holder_label_is_the_host_name() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let store = Arc::new(MemoryStore::new());
+    let mut config = config("hosts", "unused");
+    config.instance_id = None;
+    let (a, b) = metrics::with_local_recorder(&recorder, || {
+        let a = Elector::start(store.clone(), config.clone()).expect("valid");
+        let b = Elector::start(store.clone(), config).expect("valid");
+        (a, b)
+    });
+    assert_ne!(a.instance_id(), b.instance_id(), "generated ids differ");
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    let holders: std::collections::BTreeSet<&str> = snap
+        .iter()
+        .filter(|(k, ..)| k.key().name() == "leader_election_acquired_total")
+        .filter_map(|(k, ..)| label(k, "holder"))
+        .collect();
+    assert_eq!(
+        holders.into_iter().collect::<Vec<_>>(),
+        [host.as_str()],
+        "one stable series per host, not one per generated id"
+    );
+    a.abort();
+    b.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn follower_store_errors_and_leader_changes_are_counted() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let memory = MemoryStore::new();
+    let a = start(Arc::new(memory.clone()), "changes", "a");
+    wait_until("a leads", LEASE, || a.is_leader()).await;
+    // b polls every retry period (no notifications), so its errors show soon.
+    let polling = memory
+        .capabilities()
+        .with_notifications(NotificationSupport::None);
+    let b_store = Arc::new(FaultyStore::new(Arc::new(memory.clone())).with_capabilities(polling));
+    let (b, c) = metrics::with_local_recorder(&recorder, || {
+        (
+            start(b_store.clone(), "changes", "b"),
+            start(Arc::new(memory.clone()), "changes", "c"),
+        )
+    });
+    let knows_a = |e: &Elector| {
+        e.subscribe()
+            .borrow()
+            .leader_id
+            .as_ref()
+            .map(|h| h.as_str())
+            == Some("a")
+    };
+    wait_until("b and c know a", LEASE, || knows_a(&b) && knows_a(&c)).await;
+    let _ = snapshotter.snapshot(); // counters report deltas from here
+
+    b_store.set(Op::Acquire, Some(Fault::Fail(ErrorKind::Unavailable)));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    let b_acquire = [("holder", "b"), ("operation", "acquire")];
+    let failed = value(&snap, "leader_election_store_errors_total", &b_acquire);
+    // One attempt per retry period (500 ms, plus jitter) for 5 s.
+    assert!(failed >= 5.0, "a follower's store errors count: {failed}");
+    let c_acquire = [("holder", "c"), ("operation", "acquire")];
+    assert_eq!(
+        value(&snap, "leader_election_store_errors_total", &c_acquire),
+        0.0
+    );
+    for holder in ["b", "c"] {
+        let labels = [("holder", holder)];
+        assert_eq!(
+            value(
+                &snap,
+                "leader_election_leader_changes_observed_total",
+                &labels
+            ),
+            0.0,
+            "learning who leads at start is not a change"
+        );
+    }
+
+    b_store.clear();
+    a.shutdown().await;
+    wait_until("a new leader", LEASE, || b.is_leader() || c.is_leader()).await;
+    let new_leader = if b.is_leader() { "b" } else { "c" };
+    let knows_new = |e: &Elector| {
+        e.subscribe()
+            .borrow()
+            .leader_id
+            .as_ref()
+            .map(|h| h.as_str())
+            == Some(new_leader)
+    };
+    wait_until("both know the new leader", LEASE, || {
+        knows_new(&b) && knows_new(&c)
+    })
+    .await;
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    for holder in ["b", "c"] {
+        let labels = [("holder", holder)];
+        assert_eq!(
+            value(
+                &snap,
+                "leader_election_leader_changes_observed_total",
+                &labels
+            ),
+            1.0,
+            "{holder} saw a hand over to {new_leader}"
+        );
+    }
+    b.abort();
+    c.abort();
+}
+
+#[tokio::test(start_paused = true)]
+async fn named_locks_have_their_own_metric_family_and_log_messages() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let logs = Captured::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    let (store, _) = faulty();
+    let locks = metrics::with_local_recorder(&recorder, || {
+        Locks::new(store.clone(), config("unused", "proc")).expect("valid")
+    });
+    let guard = recorded(&recorder, locks.try_acquire("nightly-report"))
+        .await
+        .expect("store ok")
+        .expect("free");
+    let busy = recorded(&recorder, locks.try_acquire("nightly-report"))
+        .await
+        .expect("store ok");
+    assert!(busy.is_none());
+    let ours = [("lock", "nightly-report"), ("holder", "proc")];
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    assert_eq!(value(&snap, "leader_election_lock_held", &ours), 1.0);
+    assert_eq!(
+        value(&snap, "leader_election_lock_acquired_total", &ours),
+        1.0
+    );
+    assert_eq!(value(&snap, "leader_election_lock_busy_total", &ours), 1.0);
+    for metric in LOCK_METRICS {
+        let name = format!("leader_election_{metric}");
+        assert!(!values(&snap, &name, &ours).is_empty(), "{name} missing");
+    }
+    for (key, _, help, _) in &snap {
+        assert!(
+            help.as_ref().is_some_and(|h| !h.is_empty()),
+            "{} has no description",
+            key.key().name()
+        );
+    }
+
+    assert!(recorded(&recorder, guard.release()).await.expect("release"));
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    assert_eq!(value(&snap, "leader_election_lock_held", &ours), 0.0);
+    for metric in ELECTION_METRICS {
+        let name = format!("leader_election_{metric}");
+        assert!(
+            values(&snap, &name, &[]).is_empty(),
+            "a lock must not touch the election's {name} (NoLeader would page after every release)"
+        );
+    }
+
+    // A lock whose renewals fail is lost, and counted as such.
+    let guard = recorded(&recorder, locks.try_acquire("nightly-report"))
+        .await
+        .expect("store ok")
+        .expect("free");
+    store.set(Op::Renew, Some(Fault::Fail(ErrorKind::Unavailable)));
+    guard.lost().await;
+    let snap: Snapshot = snapshotter.snapshot().into_vec();
+    let lost = [ours[0], ours[1], ("reason", "renew_deadline")];
+    assert_eq!(value(&snap, "leader_election_lock_lost_total", &lost), 1.0);
+    drop(guard);
+
+    let text = logs.text();
+    for message in ["Lock acquired", "Lock released", "Lock lost"] {
+        assert!(text.contains(message), "{message:?} missing in:\n{text}");
+    }
+    assert!(
+        !text.contains("Leadership"),
+        "locks log their own messages:\n{text}"
+    );
+}
+
+/// Log lines written by a `tracing` fmt subscriber, kept for assertions.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// A plain-text subscriber at INFO writing here.
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        tracing_subscriber::fmt()
+            .with_writer(self.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("not poisoned").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Logs every acquire: a store-level event whose context must come from the
+/// elector's span.
+#[derive(Debug)]
+struct LoggingStore(Arc<FaultyStore>);
+
+#[async_trait::async_trait]
+impl LeaseStore for LoggingStore {
+    fn kind(&self) -> &'static str {
+        self.0.kind()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.0.capabilities()
+    }
+    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
+        tracing::info!("store acquire called");
+        self.0.acquire(key, holder, ttl).await
+    }
+    async fn renew(&self, lease: &Lease) -> Result<()> {
+        self.0.renew(lease).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.0.release(lease).await
+    }
+    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.0.current(key).await
+    }
+    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.0.force_release(key).await
+    }
+    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
+        self.0.watch(key).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn follower_store_errors_are_warned_rate_limited_within_the_elector_span() {
+    let logs = Captured::default();
+    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    let memory = MemoryStore::new();
+    let a = start(Arc::new(memory.clone()), "logs", "a");
+    wait_until("a leads", LEASE, || a.is_leader()).await;
+    let faulty = Arc::new(FaultyStore::new(Arc::new(memory)));
+    faulty.set(Op::Acquire, Some(Fault::Fail(ErrorKind::Unavailable)));
+    let config = config("logs", "b");
+    let b = Elector::start(Arc::new(LoggingStore(faulty.clone())), config.clone()).expect("valid");
+    // 95 s of failures, one per retry period: warnings at about 0, 30, 60
+    // and 90 s, each later one counting the errors it stood for.
+    tokio::time::sleep(Duration::from_secs(95)).await;
+    let text = logs.text();
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("Store call failed"))
+        .collect();
+    assert_eq!(warnings.len(), 4, "first error, then one per 30 s:\n{text}");
+    assert!(warnings[0].contains("resource=logs") && warnings[0].contains("instance=b"));
+    let slowest_retry = config.retry_period().mul_f64(1.0 + config.retry_jitter);
+    let at_least = (30.0 / slowest_retry.as_secs_f64()).floor() as u64 - 1;
+    for later in &warnings[1..] {
+        let suppressed: u64 = later
+            .split("suppressed=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no suppressed count in {later}"));
+        assert!(
+            suppressed >= at_least,
+            "{suppressed} < {at_least} in {later}"
+        );
+    }
+    assert!(faulty.calls(Op::Acquire) > 100, "errors kept happening");
+    let store_event = text
+        .lines()
+        .find(|l| l.contains("store acquire called"))
+        .expect("the store logged");
+    assert!(
+        store_event.contains("election{") && store_event.contains("resource=logs"),
+        "store-level events carry the elector's span: {store_event}"
+    );
+    a.abort();
+    b.abort();
 }

@@ -31,6 +31,8 @@
 //! ```
 
 mod connect;
+#[cfg(feature = "axum")]
+pub mod http;
 mod settings;
 
 pub use connect::{StoreKind, StoreOptions, StoreUrl, connect, connect_with};
