@@ -94,7 +94,12 @@ pub(crate) async fn run_child(
     drop(guard_end);
     let mut guard = match spawned {
         Ok(guard) => guard,
-        Err(e) => return ChildEnd::SpawnFailed(e),
+        Err(e) => {
+            return ChildEnd::SpawnFailed(std::io::Error::new(
+                e.kind(),
+                format!("cannot start leaderctl's guard process (/proc/self/exe): {e}"),
+            ));
+        }
     };
     let Some(group) = guard.id().and_then(|p| i32::try_from(p).ok()) else {
         return ChildEnd::SpawnFailed(std::io::Error::other("the guard has no pid"));

@@ -74,10 +74,6 @@ async fn sigkill_of_leaderctl_kills_a_background_grandchild() {
         took.is_some(),
         "the background writer {writer} still runs {after_kill:?} after kill -9 of leaderctl"
     );
-    // Nothing writes any more.
-    let written = numbers_in(&out).len();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(numbers_in(&out).len(), written, "someone still writes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
