@@ -167,3 +167,36 @@ fn read_report(pipe: OwnedFd) -> Report {
     }
     last
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn report_of(text: &str) -> Report {
+        let (read, write) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        std::fs::File::from(write)
+            .write_all(text.as_bytes())
+            .expect("write");
+        read_report(read)
+    }
+
+    #[test]
+    fn the_guard_report_gives_the_command_status() {
+        let Report::Status(s) = report_of("exit 3\n") else {
+            panic!("an exit code is a status");
+        };
+        assert_eq!(s.code(), Some(3));
+        let Report::Status(s) = report_of("signal 15\n") else {
+            panic!("a signal is a status");
+        };
+        assert_eq!(s.signal(), Some(15));
+        let Report::SpawnFailed(e) = report_of("spawn-failed No such file\n") else {
+            panic!("a spawn failure");
+        };
+        assert_eq!(e, "No such file");
+        assert!(matches!(report_of(""), Report::Nothing));
+        assert!(matches!(report_of("garbage\n"), Report::Nothing));
+    }
+}

@@ -1,6 +1,7 @@
 //! `leaderctl run` owns the command's whole process group: a background
 //! grandchild (`sh -c 'writer & wait'`) dies when leaderctl is SIGKILLed and
-//! is signalled when leadership is lost; Ctrl-C and SIGTERM give the
+//! is signalled when leadership is lost, and is stopped before leaderctl
+//! exits when the command exits by itself; Ctrl-C and SIGTERM give the
 //! conventional exit codes. End to end with the real binary against a
 //! private Redis.
 
@@ -193,5 +194,34 @@ async fn ctrl_c_exits_130_and_sigterm_143_unless_the_command_exits_with_its_own_
         exit_code_after(Signal::SIGTERM, "trap 'exit 3' TERM;", "own").await,
         Some(3),
         "SIGTERM handled by the command"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_command_leaves_running_is_stopped_before_leaderctl_exits() {
+    let redis = RedisServer::start().await.expect("a test-owned redis");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out, pids) = (dir.path().join("out"), dir.path().join("pids"));
+    // The command starts a background writer and exits 3 at once.
+    let script = format!(
+        "{}w & echo $! > {}; exit 3",
+        writer_fn("w", &out, ""),
+        pids.display()
+    );
+    let resource = format!("group-left-{}", std::process::id());
+    let mut run = run_sh(redis.url(), &resource, "group-c", "300ms", &script);
+    let mut cleanup = KillOnDrop::default();
+    eventually("the command starts", Duration::from_secs(10), || {
+        !numbers_in(&pids).is_empty()
+    })
+    .await;
+    let writer = numbers_in(&pids)[0];
+    cleanup.0.push(writer);
+    // The writer handles SIGTERM by dying; grace 300 ms, then the release.
+    let status = exit_status(&mut run, LEASE * 2).await;
+    assert_eq!(status.code(), Some(3), "the command's own exit code");
+    assert!(
+        !is_running(writer),
+        "the background writer {writer} still runs after leaderctl exited"
     );
 }
