@@ -9,12 +9,14 @@ use leader::{
     ElectionConfig, Elector, Error, LeaseEvent, LeaseInfo, LeaseKey, LeaseStore, Result, Settings,
     StoreOptions, StoreUrl,
 };
+use nix::sys::signal::Signal;
 use serde_json::json;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
 use crate::Target;
-use crate::child::{ChildEnd, run_child};
+use crate::child::{ChildEnd, StopSignal, run_child};
 
 /// Bound on one store request of the inspection commands.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -228,7 +230,7 @@ fn run_config(
     Ok(config)
 }
 
-/// `run -- CMD`.
+/// `run -- CMD`. Exit codes: see [`run_exit_code`] and `--help`.
 pub(crate) async fn run(
     target: &Target,
     timing: RunTiming,
@@ -241,15 +243,24 @@ pub(crate) async fn run(
         &url,
         &StoreOptions::with_request_timeout(config.request_timeout()),
     )?;
+    // Listen before the first child starts: a signal must never take the
+    // default action (leaderctl dying without stopping the command).
+    let listen = |kind: SignalKind, name: &str| {
+        signal(kind).map_err(|e| Error::unsupported(format!("cannot listen for {name}: {e}")))
+    };
+    let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
+    let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;
     let elector = Elector::start(store, config)?;
-    let (exited_tx, mut exited) = mpsc::channel(1);
+    let (ended_tx, mut ended) = mpsc::unbounded_channel();
     let resource = target.resource.clone();
     let instance = elector.instance_id().to_string();
     let grace = timing.grace;
+    let stop = StopSignal::new();
+    let work_stop = stop.clone();
     let program = command.first().cloned().unwrap_or_default();
     let command = Arc::new(command);
     elector.run_while_leader(move |ctx| {
-        let (command, exited_tx) = (command.clone(), exited_tx.clone());
+        let (command, ended_tx, stop) = (command.clone(), ended_tx.clone(), work_stop.clone());
         let env = [
             ("LEADER_FENCING_TOKEN", ctx.token().to_string()),
             ("LEADER_RESOURCE", resource.clone()),
@@ -257,41 +268,102 @@ pub(crate) async fn run(
         ];
         async move {
             tracing::info!(token = ctx.token().get(), "starting the command");
-            match run_child(&command, &env, &ctx, grace).await {
-                ChildEnd::Exited(status) => {
-                    let _ = exited_tx.send(Ok(status)).await;
-                }
-                ChildEnd::SpawnFailed(e) => {
-                    let _ = exited_tx.send(Err(e)).await;
-                }
-                ChildEnd::Stopped => tracing::info!("leadership lost: the command was stopped"),
+            let end = run_child(&command, &env, &ctx, grace, &stop).await;
+            if let ChildEnd::Stopped(_) = end {
+                tracing::info!("leadership lost or stopping: the command was stopped");
             }
+            let _ = ended_tx.send(end);
         }
     });
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .map_err(|e| Error::unsupported(format!("cannot listen for SIGTERM: {e}")))?;
-    let code = tokio::select! {
-        ended = exited.recv() => match ended {
-            Some(Ok(status)) => exit_code(status),
-            Some(Err(e)) => {
-                eprintln!("leaderctl: cannot start {program:?}: {e}");
-                ExitCode::from(127)
-            }
-            None => ExitCode::from(2),
-        },
-        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
-        _ = terminate.recv() => ExitCode::SUCCESS,
+    let code = loop {
+        let stop_signal = tokio::select! {
+            end = ended.recv() => match end {
+                Some(ChildEnd::Exited(status)) => break exit_code(status),
+                Some(ChildEnd::SpawnFailed(e)) => {
+                    eprintln!("leaderctl: cannot start {program:?}: {e}");
+                    break ExitCode::from(127);
+                }
+                Some(ChildEnd::GuardFailed(e)) => {
+                    eprintln!("leaderctl: {e}");
+                    break ExitCode::from(2);
+                }
+                // Leadership lost: wait to lead again.
+                Some(ChildEnd::Stopped(_)) => continue,
+                None => break ExitCode::from(2),
+            },
+            _ = interrupt.recv() => Signal::SIGINT,
+            _ = terminate.recv() => Signal::SIGTERM,
+        };
+        // Stopping on a signal: forward it to the command's group, wait for
+        // the group (up to the grace period), release.
+        stop.set(stop_signal);
+        elector.shutdown().await;
+        let mut last = None;
+        while let Ok(end) = ended.try_recv() {
+            last = Some(end);
+        }
+        break run_exit_code(stop_signal, last.as_ref());
     };
     elector.shutdown().await;
     Ok(code)
 }
 
+/// leaderctl's exit code when it stopped on `signal` (SIGINT or SIGTERM):
+/// the command's own exit code if the last run ended with one (it handled
+/// the signal, or had exited just before it), otherwise 128 + the signal
+/// (130 for SIGINT, 143 for SIGTERM): the command died of a signal, was
+/// killed after the grace period, or was not running (a follower).
+fn run_exit_code(signal: Signal, last: Option<&ChildEnd>) -> ExitCode {
+    let own_code = match last {
+        Some(ChildEnd::Exited(status) | ChildEnd::Stopped(Some(status))) => status.code(),
+        _ => None,
+    };
+    match own_code {
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::from(128 + signal as u8),
+    }
+}
+
+/// The exit code that reports the command's `status`: its exit code, or 128
+/// + the signal that killed it (as a shell does).
 fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         (None, Some(signal)) => ExitCode::from(u8::try_from(128 + signal).unwrap_or(1)),
         _ => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    fn code(c: ExitCode) -> String {
+        format!("{c:?}")
+    }
+
+    #[test]
+    fn a_stop_signal_gives_128_plus_the_signal_unless_the_command_exited_with_a_code() {
+        let exited_3 = ExitStatus::from_raw(3 << 8);
+        let killed = ExitStatus::from_raw(Signal::SIGTERM as i32);
+        let cases = [
+            (Signal::SIGINT, None, 130),
+            (Signal::SIGTERM, None, 143),
+            (Signal::SIGTERM, Some(ChildEnd::Stopped(None)), 143),
+            (Signal::SIGINT, Some(ChildEnd::Stopped(Some(killed))), 130),
+            (Signal::SIGTERM, Some(ChildEnd::Stopped(Some(exited_3))), 3),
+            (Signal::SIGINT, Some(ChildEnd::Exited(exited_3)), 3),
+        ];
+        for (signal, last, want) in cases {
+            assert_eq!(
+                code(run_exit_code(signal, last.as_ref())),
+                code(ExitCode::from(want)),
+                "{signal:?} after {last:?}"
+            );
+        }
     }
 }

@@ -12,6 +12,7 @@
 
 mod child;
 mod commands;
+mod guard;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,11 +22,23 @@ use clap::{Args, Parser, Subcommand};
 /// Leader election for operators: who leads, watch changes, emergency
 /// release, and run a command only while this instance leads.
 #[derive(Debug, Parser)]
-#[command(name = "leaderctl", version, about)]
+#[command(name = "leaderctl", version, about, after_help = EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// The exit codes of every subcommand, for `--help`.
+const EXIT_CODES: &str = "\
+Exit codes:
+  status   0 there is a leader, 1 there is none, 2 error
+  watch    0 after --for or Ctrl-C, 2 error
+  release  0 released or nothing to release, 1 not confirmed, 2 error
+  run      the command's exit code when it exits by itself (128 + N if it
+           died of signal N); on Ctrl-C 130 and on SIGTERM 143, unless the
+           command then exits with its own code; 127 command not found, 126
+           not executable, 125 the guard could not start it safely; 2 error
+  any      2 invalid arguments";
 
 /// Where the election lives.
 #[derive(Debug, Args)]
@@ -81,11 +94,26 @@ enum Command {
         yes: bool,
     },
     /// Run a command only while this instance leads: start it on acquiring,
-    /// send it SIGTERM (then SIGKILL after the grace period) the moment
-    /// leadership is lost, start it again on re-acquiring, and release on
-    /// exit. The child gets LEADER_FENCING_TOKEN, LEADER_RESOURCE and
-    /// LEADER_INSTANCE_ID. When the child exits by itself, leaderctl releases
-    /// and exits with the child's status.
+    /// stop it the moment leadership is lost, start it again on
+    /// re-acquiring, and release on exit.
+    ///
+    /// The command runs in its own process group, behind a small guard
+    /// process (`leaderctl-guard`). On loss of leadership the whole group
+    /// gets SIGTERM, then SIGKILL after --grace (and in any case at the lost
+    /// term's validity point). If leaderctl dies, even by SIGKILL, the guard
+    /// SIGKILLs the whole group at once. A process that leaves the group
+    /// (setsid, setpgid, a daemon that double-forks into its own session)
+    /// escapes this. The command is not in the terminal's foreground group:
+    /// reading from the terminal stops it.
+    ///
+    /// The command gets LEADER_FENCING_TOKEN, LEADER_RESOURCE and
+    /// LEADER_INSTANCE_ID. When it exits by itself, what is left of its group
+    /// gets SIGTERM (SIGKILL after --grace), leaderctl releases and exits
+    /// with the command's status. On Ctrl-C (SIGINT) or SIGTERM, leaderctl
+    /// forwards that signal to the group, waits up to --grace, releases and
+    /// exits 130 or 143, or with the command's own exit code if it exited
+    /// with one.
+    #[command(after_help = EXIT_CODES)]
     Run {
         #[command(flatten)]
         target: Target,
@@ -98,8 +126,9 @@ enum Command {
         /// Follower retry period (default: the renewal interval).
         #[arg(long, value_parser = humantime::parse_duration)]
         retry: Option<Duration>,
-        /// Time between SIGTERM and SIGKILL. The child is killed no later
-        /// than the lost lease could expire elsewhere, whatever this says.
+        /// Time between the stop signal and SIGKILL for the command's group.
+        /// On loss the group is killed no later than the lost lease could
+        /// expire elsewhere, whatever this says.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         grace: Duration,
         /// This instance's holder id (default: generated).
@@ -109,10 +138,39 @@ enum Command {
         #[arg(required = true, last = true)]
         command: Vec<String>,
     },
+    /// Internal: the guard process of `run` (see guard.rs).
+    #[command(name = guard::GUARD_COMMAND, hide = true)]
+    Guard(guard::GuardArgs),
+    /// Internal: the step that execs the command for the guard.
+    #[command(name = guard::EXEC_COMMAND, hide = true)]
+    Exec(guard::ExecArgs),
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // No runtime and no logging in the guard: one thread, plain code.
+    let command = match cli.command {
+        Command::Guard(args) => return guard::main(args),
+        Command::Exec(args) => return guard::exec_main(args),
+        command => command,
+    };
+    // Single-threaded on purpose: the guard's parent-death signal follows
+    // the thread that started it, which must be the one that lives as long
+    // as leaderctl (the main thread).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("leaderctl: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run_cli(command))
+}
+
+async fn run_cli(command: Command) -> ExitCode {
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -123,8 +181,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match command {
         Command::Status { target, json } => commands::status(&target, json).await,
         Command::Watch {
             target,
@@ -150,6 +207,9 @@ async fn main() -> ExitCode {
             };
             commands::run(&target, timing, instance_id, command).await
         }
+        Command::Guard(_) | Command::Exec(_) => Err(leader::Error::invalid_argument(
+            "this subcommand is internal to `run`",
+        )),
     };
     match result {
         Ok(code) => code,

@@ -3,8 +3,10 @@
 //! it when leadership is lost, and two `leaderctl run` never run their
 //! children at the same time (checked with the testkit's fenced resource).
 
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,36 +15,7 @@ use leader_testkit::history::FencedResource;
 use leader_testkit::servers::RedisServer;
 use tokio::time::Instant;
 
-const BIN: &str = env!("CARGO_BIN_EXE_leaderctl");
-
-fn leaderctl(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env_remove("LEADER_STORE")
-        .stdin(Stdio::null())
-        .output()
-        .expect("leaderctl runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Polls `cond` every 20 ms until it holds, failing after `within`.
-async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+use common::{BIN, Run, eventually, leaderctl, run_sh, text};
 
 /// The next line `watch` prints that satisfies `want`, within 20 s.
 async fn next_line(
@@ -145,37 +118,13 @@ async fn status_watch_and_forced_release() {
 
 /// One `leaderctl run` whose child appends `<token> <instance>` to `log`
 /// every 50 ms, and `<token> stop` when terminated.
-fn spawn_run(url: &str, resource: &str, instance: &str, log: &Path) -> Child {
+fn spawn_run(url: &str, resource: &str, instance: &str, log: &Path) -> Run {
     let script = format!(
         "trap 'echo \"$LEADER_FENCING_TOKEN stop\" >> {log}; exit 0' TERM; \
          while true; do echo \"$LEADER_FENCING_TOKEN $LEADER_INSTANCE_ID\" >> {log}; sleep 0.05; done",
         log = log.display()
     );
-    Command::new(BIN)
-        .args([
-            "run",
-            "--store",
-            url,
-            "--resource",
-            resource,
-            "--lease",
-            "2s",
-            "--renew",
-            "500ms",
-            "--retry",
-            "250ms",
-            "--grace",
-            "300ms",
-            "--instance-id",
-            instance,
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("leaderctl run starts")
+    run_sh(url, resource, instance, "300ms", &script)
 }
 
 fn log_lines(log: &Path) -> Vec<(u64, String)> {
