@@ -105,7 +105,9 @@ impl Statements {
         // decide whether the lock delay holds the seat back (d); if so note
         // when it was first found vacated (v) and give the lock back (x);
         // otherwise (g) configure the session (s) and mint the next token (u);
-        // if the lock was busy, report who holds it (h).
+        // if the lock was busy, report who holds it (h). v, x and h are
+        // gated by conditions that do not depend on their rows, which
+        // Postgres checks once before scanning anything.
         // Params: $1 key, $2 lease key, $3 holder, $4 app name, $5..$8 TCP,
         // $9 lock delay on, $10 TTL in ms, $11 idle_session_timeout (NULL:
         // not set), $12 the token of a vacated term this client has already
@@ -131,8 +133,8 @@ impl Statements {
                                  AND r.holder <> $3 AND r.token IS DISTINCT FROM $12::bigint \
                             THEN greatest(1, r.ttl_ms) ELSE 0 END AS wait_ms \
                        FROM l LEFT JOIN r ON true), \
-                 v AS (UPDATE {t} f SET vacated_at = coalesce(f.vacated_at, now()) FROM d \
-                       WHERE d.wait_ms > 0 AND f.lock_key = $1 RETURNING 1), \
+                 v AS (UPDATE {t} f SET vacated_at = coalesce(f.vacated_at, now()) \
+                       WHERE (SELECT d.wait_ms FROM d) > 0 AND f.lock_key = $1 RETURNING 1), \
                  x AS MATERIALIZED (SELECT pg_advisory_unlock($1::bigint) AS unlocked \
                        FROM d WHERE d.wait_ms > 0), \
                  g AS MATERIALIZED (SELECT d.got AND d.wait_ms = 0 AS got, d.wait_ms FROM d), \
