@@ -85,7 +85,9 @@ struct Inner {
 /// in the same statement from the counter table (created if missing). The
 /// pinned session's `application_name` is the holder id (63 bytes at most)
 /// and its TCP keepalive / user timeout follow the lease TTL, so the server
-/// frees a silent holder's lock about one TTL after it last heard from it.
+/// frees a silent holder's lock about one TTL after it last heard from it;
+/// its `idle_session_timeout` is the TTL too, so the server also ends the
+/// session of a holder that is reachable but stopped (PostgreSQL 14+).
 ///
 /// Connections are opened lazily: creating the store never fails because
 /// the server is down. Cheap to clone; clones share connections and leases.
