@@ -316,19 +316,21 @@ impl PgFloor {
         }
     }
 
-    /// Marks the term released, then unlocks and notifies: two statements.
+    /// Marks the term released (committed first), then unlocks and
+    /// notifies: one simple-query string, one round trip.
     async fn release(&mut self) -> Result<()> {
-        sqlx::query("UPDATE bench_fence SET released = true WHERE k = $1")
-            .bind(self.lock_key)
-            .execute(&mut self.conn)
-            .await?;
-        let _: bool = sqlx::query_scalar(
-            "SELECT pg_advisory_unlock($1) AND (SELECT true FROM pg_notify('bench_fence', 'vacated'))",
-        )
-        .bind(self.lock_key)
-        .fetch_one(&mut self.conn)
+        let k = self.lock_key;
+        let rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "BEGIN; UPDATE bench_fence SET released = true WHERE k = {k}; COMMIT; \
+             SELECT pg_advisory_unlock({k}) AND (SELECT true FROM pg_notify('bench_fence', 'vacated')) AS ok"
+        )))
+        .fetch_all(&mut self.conn)
         .await?;
-        Ok(())
+        if rows.len() == 1 {
+            Ok(())
+        } else {
+            Err("floor release: no unlock result".into())
+        }
     }
 }
 
@@ -498,7 +500,7 @@ pub async fn measure(factory: &Factory, plan: &Plan) -> Result<Vec<OpRow>> {
                 [
                     "floor: lock + token upsert (1 statement)",
                     "floor: pg_locks lookup",
-                    "floor: UPDATE, then unlock + NOTIFY (2 statements)",
+                    "floor: mark released, then unlock + NOTIFY (1 statement string)",
                 ][i],
                 fl,
             )),
@@ -516,12 +518,20 @@ pub async fn measure(factory: &Factory, plan: &Plan) -> Result<Vec<OpRow>> {
     Ok(rows)
 }
 
-/// The p50 ratio target of an operation (library / raw), per the issues.
-fn target(kind: Kind, op: &str) -> Option<f64> {
-    match (kind, op) {
-        (Kind::Memory, _) => None,
-        (Kind::Etcd, _) => Some(1.2),
-        (Kind::Postgres, "acquire") => Some(1.5),
+/// The p50 ratio target of an operation (library / raw, or library / floor
+/// for a floor row), per the issues.
+fn target(kind: Kind, op: &str, floor: bool) -> Option<f64> {
+    match (kind, op, floor) {
+        (Kind::Memory, _, _) => None,
+        (Kind::Etcd, _, _) => Some(1.2),
+        // Issue 14: acquire within 1.3x of lock + token upsert, release
+        // within 1.5x of mark-then-unlock in one string, renew within 1.2x
+        // of SELECT 1.
+        (Kind::Postgres, "acquire", true) => Some(1.3),
+        (Kind::Postgres, "release", true) => Some(1.5),
+        (Kind::Postgres, "renew", false) => Some(1.2),
+        (_, _, true) => None,
+        (Kind::Postgres, "acquire", false) => Some(1.5),
         _ => Some(1.25),
     }
 }
@@ -586,12 +596,13 @@ pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Res
     }
     redis_server_profile(&servers.url(Kind::Redis), plan.latency_iters.min(2000)).await?;
     for r in &rows {
-        let (Some(limit), Some((_, raw)), false) = (target(r.kind, r.op), &r.raw, r.floor) else {
+        let (Some(limit), Some((name, raw))) = (target(r.kind, r.op, r.floor), &r.raw) else {
             continue;
         };
         let q = ratio(r.lib.p50(), raw.p50());
+        let of = if r.floor { name } else { "raw" };
         verdicts.add(
-            format!("{} {} p50 within {limit}x of raw", r.kind.name(), r.op),
+            format!("{} {} p50 within {limit}x of {of}", r.kind.name(), r.op),
             format!(
                 "{q:.2}x ({} vs {})",
                 fmt_dur(r.lib.p50()),

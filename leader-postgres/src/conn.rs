@@ -20,7 +20,16 @@ pub(crate) struct Conn {
     /// Whether a lock taken on it was seen again by a second statement (the
     /// connection reaches one stable session, not a transaction pooler).
     pub(crate) verified: bool,
+    /// The TTL whose TCP settings the session runs with (set at an
+    /// acquisition, kept after the release: they are harmless on an idle
+    /// connection and cost a little on every acquisition).
+    pub(crate) tcp_ttl: Option<Duration>,
+    /// Whether the server has `idle_session_timeout` (PostgreSQL 14+).
+    pub(crate) idle_timeout: bool,
 }
+
+/// `server_version_num` of the first server with `idle_session_timeout`.
+pub(crate) const IDLE_SESSION_TIMEOUT_SINCE: u32 = 140_000;
 
 /// Opens connections and keeps up to `max_idle` lock-free ones.
 pub(crate) struct Connector {
@@ -65,10 +74,19 @@ impl Connector {
         )
         .await
         {
-            Ok(Ok(inner)) => Ok(Conn {
-                inner,
-                verified: false,
-            }),
+            Ok(Ok(inner)) => {
+                // Reported by the server at startup; an unknown version is
+                // taken as a current one (set_config would then say so).
+                let idle_timeout = inner
+                    .server_version_num()
+                    .is_none_or(|v| v >= IDLE_SESSION_TIMEOUT_SINCE);
+                Ok(Conn {
+                    inner,
+                    verified: false,
+                    tcp_ttl: None,
+                    idle_timeout,
+                })
+            }
             Ok(Err(e)) => Err(classify(e, true, "could not connect to postgres")),
             Err(_) => Err(Error::unavailable(format!(
                 "could not connect to postgres within {:?}",

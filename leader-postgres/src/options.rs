@@ -361,7 +361,8 @@ impl PostgresOptions {
     /// `idle_session_timeout` terminated the session, the network failed),
     /// the holder may still believe it leads until its next renewal fails.
     /// With the delay on, an acquirer that finds such a term's lock free
-    /// waits until one TTL has passed since it first found it so (it gets
+    /// waits until one TTL has passed, on its own monotonic clock, since it
+    /// first found it so (it gets
     /// [`Acquire::Held`](leader_core::Acquire::Held) with `remaining` set), so
     /// two instances never believe they lead at once. The price: after a
     /// crash a new leader takes over one TTL later instead of at once.

@@ -18,14 +18,17 @@
 //! ```
 //!
 //! A row is written only by a session that holds the row's advisory lock, so
-//! `token` increases by one per term and the row names the current holder
-//! while the lock is held. Rows are never deleted by the library: deleting
-//! one would restart its tokens.
+//! the row names the current holder while the lock is held. Each term's
+//! `token` is `greatest(last + 1, server clock in µs + 1)`: strictly
+//! increasing, and still above the lost tokens when the row is lost (a
+//! dropped table, an old backup). Rows are never deleted by the library.
 //!
-//! `released`, `ttl_ms` and `vacated_at` implement the lock delay (see
+//! `released` and `ttl_ms` implement the lock delay (see
 //! [`PostgresOptions::lock_delay`](crate::PostgresOptions::lock_delay)): a term
 //! that ended without a release (crash, terminated session, partition) keeps
-//! its seat empty for one TTL after an acquirer first finds it free.
+//! its seat empty for one TTL after an acquirer first finds it free, on the
+//! acquirer's monotonic clock. `vacated_at` records the first sighting on the
+//! server's clock, for operators only.
 
 use std::sync::Arc;
 
@@ -44,24 +47,39 @@ const LOCK_MATCH: &str = "k.locktype = 'advisory' AND k.granted AND k.objsubid =
 pub(crate) struct Statements {
     pub(crate) table_exists: Arc<str>,
     pub(crate) create_table: Arc<str>,
+    /// Acquisition on a connection whose TCP settings already fit the TTL.
     pub(crate) acquire: Arc<str>,
+    /// Acquisition that also applies the TCP settings of the TTL.
+    pub(crate) acquire_tcp: Arc<str>,
     pub(crate) reacquire: Arc<str>,
+    pub(crate) reacquire_tcp: Arc<str>,
+    /// The full renewal check: backend pid and the lock in `pg_locks`.
     pub(crate) renew: Arc<str>,
-    pub(crate) mark_released: Arc<str>,
-    pub(crate) release: Arc<str>,
+    /// The cheap renewal check: the backend pid alone.
+    pub(crate) renew_pid: Arc<str>,
     pub(crate) holder: Arc<str>,
     pub(crate) terminate: Arc<str>,
+    table: Arc<str>,
 }
 
-/// Sets the pinned session's name and TCP settings ($4..$8); referenced by
-/// the final SELECT so that Postgres evaluates it.
+/// The server clock in microseconds + 1: the floor of every new token.
+const CLOCK_FLOOR: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 1";
+
+/// Sets the pinned session's name ($4) and, where the server has it,
+/// `idle_session_timeout` ($11, NULL on servers before 14) on every
+/// acquisition; referenced by the final SELECT so that Postgres evaluates it.
 const SESSION_SETTINGS: &str = "s AS MATERIALIZED ( \
        SELECT set_config('application_name', $4, false) AS a, \
-              set_config('tcp_keepalives_idle', $5, false) AS b, \
+              CASE WHEN $11::text IS NULL THEN NULL \
+                   ELSE set_config('idle_session_timeout', $11, false) END AS i \
+              {tcp} \
+       FROM g WHERE g.got)";
+
+/// The TCP settings ($5..$8), applied once per connection and TTL.
+const TCP_SETTINGS: &str = ", set_config('tcp_keepalives_idle', $5, false) AS b, \
               set_config('tcp_keepalives_interval', $6, false) AS c, \
               set_config('tcp_keepalives_count', $7, false) AS d, \
-              set_config('tcp_user_timeout', $8, false) AS e \
-       FROM g WHERE g.got)";
+              set_config('tcp_user_timeout', $8, false) AS e";
 
 impl Statements {
     pub(crate) fn new(table: &TableName) -> Self {
@@ -87,32 +105,47 @@ impl Statements {
         // decide whether the lock delay holds the seat back (d); if so note
         // when it was first found vacated (v) and give the lock back (x);
         // otherwise (g) configure the session (s) and mint the next token (u);
-        // if the lock was busy, report who holds it (h).
+        // if the lock was busy, report who holds it (h). v, x and h are
+        // gated by conditions that do not depend on their rows, which
+        // Postgres checks once before scanning anything.
         // Params: $1 key, $2 lease key, $3 holder, $4 app name, $5..$8 TCP,
-        // $9 lock delay on, $10 TTL in ms.
-        let mint = |lock_expr: &str| {
+        // $9 lock delay on, $10 TTL in ms, $11 idle_session_timeout (NULL:
+        // not set), $12 the token of a vacated term this client has already
+        // waited out on its own monotonic clock (NULL: none).
+        //
+        // The lock delay is decided by the client's clock, not the server's:
+        // `d.wait_ms` is the vacated term's TTL (the client holds the seat
+        // back that long after it first saw the term vacated), 0 when no
+        // delay applies. A stepped server clock therefore cannot shorten it.
+        //
+        // The token is the larger of the last one + 1 and the server clock
+        // in microseconds + 1 (EXCLUDED.token), so that a lost counter row
+        // (dropped table, old backup, new database) never makes tokens go
+        // back.
+        let mint = |lock_expr: &str, tcp: &str| {
+            let settings = SESSION_SETTINGS.replace("{tcp}", tcp);
             format!(
                 "WITH l AS MATERIALIZED (SELECT {lock_expr} AS got), \
-                 r AS MATERIALIZED (SELECT f.released, f.ttl_ms, f.vacated_at, f.holder, f.token \
+                 r AS MATERIALIZED (SELECT f.released, f.ttl_ms, f.holder, f.token \
                        FROM {t} f WHERE f.lock_key = $1), \
                  d AS MATERIALIZED (SELECT l.got, \
                        CASE WHEN l.got AND $9::boolean AND r.released IS FALSE \
-                                 AND r.holder <> $3 \
-                            THEN greatest(0, r.ttl_ms - (extract(epoch FROM \
-                                 now() - coalesce(r.vacated_at, now())) * 1000)::bigint) \
-                            ELSE 0 END AS wait_ms \
+                                 AND r.holder <> $3 AND r.token IS DISTINCT FROM $12::bigint \
+                            THEN greatest(1, r.ttl_ms) ELSE 0 END AS wait_ms \
                        FROM l LEFT JOIN r ON true), \
-                 v AS (UPDATE {t} f SET vacated_at = coalesce(f.vacated_at, now()) FROM d \
-                       WHERE d.wait_ms > 0 AND f.lock_key = $1 RETURNING 1), \
+                 v AS (UPDATE {t} f SET vacated_at = coalesce(f.vacated_at, now()) \
+                       WHERE (SELECT d.wait_ms FROM d) > 0 AND f.lock_key = $1 RETURNING 1), \
                  x AS MATERIALIZED (SELECT pg_advisory_unlock($1::bigint) AS unlocked \
                        FROM d WHERE d.wait_ms > 0), \
                  g AS MATERIALIZED (SELECT d.got AND d.wait_ms = 0 AS got, d.wait_ms FROM d), \
-                 {SESSION_SETTINGS}, \
+                 {settings}, \
                  u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, \
                            acquired_at, ttl_ms, released, vacated_at) \
-                       SELECT $1, $2, 1, $3, pg_backend_pid(), now(), $10::bigint, false, NULL \
+                       SELECT $1, $2, {CLOCK_FLOOR}, $3, pg_backend_pid(), now(), $10::bigint, \
+                              false, NULL \
                        FROM g WHERE g.got \
-                       ON CONFLICT (lock_key) DO UPDATE SET token = f.token + 1, \
+                       ON CONFLICT (lock_key) DO UPDATE \
+                          SET token = greatest(f.token + 1, EXCLUDED.token), \
                           resource = EXCLUDED.resource, holder = EXCLUDED.holder, \
                           pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at, \
                           ttl_ms = EXCLUDED.ttl_ms, released = false, vacated_at = NULL \
@@ -126,32 +159,17 @@ impl Statements {
                  FROM g LEFT JOIN h ON true LEFT JOIN r ON true"
             )
         };
-        let acquire = mint("pg_try_advisory_lock($1::bigint)");
+        let try_lock = "pg_try_advisory_lock($1::bigint)";
         // On a session that already holds the lock (a re-acquisition by the
         // same holder): check it is still held instead of locking again, so
         // the session's lock count stays at one.
-        let reacquire = mint(&format!(
+        let still_held = format!(
             "EXISTS (SELECT 1 FROM pg_locks k WHERE {LOCK_MATCH} AND k.pid = pg_backend_pid())"
-        ));
+        );
         let renew = format!(
             "SELECT pg_backend_pid() AS pid, EXISTS (SELECT 1 FROM pg_locks k \
              WHERE {LOCK_MATCH} AND k.pid = pg_backend_pid()) AS held"
         );
-        // Unlock, then tell followers (delivered when the statement commits,
-        // i.e. after the unlock), and give the session its idle name back.
-        // A separate, committed statement before the unlock: a follower that
-        // takes the lock right after the unlock must already see `released`.
-        let mark_released = format!(
-            "UPDATE {t} SET released = true \
-             WHERE lock_key = $1 AND pid = pg_backend_pid() AND token = $2"
-        );
-        let release = "WITH x AS MATERIALIZED (SELECT pg_advisory_unlock($1::bigint) AS ok) \
-             SELECT x.ok, \
-                    CASE WHEN x.ok THEN (SELECT true FROM pg_notify($2, $3)) ELSE false END \
-                        AS notified, \
-                    set_config('application_name', $4, false) AS app \
-             FROM x"
-            .to_owned();
         // Ends the holding session ($1, waiting up to $2 ms) and notifies
         // followers ($3, $4). Marks the term released ($5 key, $6 token):
         // a force release is an operator's explicit decision, so the lock
@@ -178,13 +196,47 @@ impl Statements {
         Statements {
             table_exists: "SELECT to_regclass($1) IS NOT NULL AS present".into(),
             create_table: create_table.into(),
-            acquire: acquire.into(),
-            reacquire: reacquire.into(),
+            acquire: mint(try_lock, "").into(),
+            acquire_tcp: mint(try_lock, TCP_SETTINGS).into(),
+            reacquire: mint(&still_held, "").into(),
+            reacquire_tcp: mint(&still_held, TCP_SETTINGS).into(),
             renew: renew.into(),
-            mark_released: mark_released.into(),
-            release: release.into(),
+            renew_pid: "SELECT pg_backend_pid() AS pid".into(),
             holder: holder_select.into(),
             terminate: terminate.into(),
+            table: t.into(),
         }
+    }
+}
+
+impl Statements {
+    /// The release of term `token` on lock `lock_key` as one simple-query
+    /// string (one round trip, no bind parameters: every value is an integer
+    /// or a name built from one). The term is marked released and committed
+    /// *before* the unlock, so that a follower taking the lock at once sees
+    /// the release and applies no lock delay; the NOTIFY is delivered when
+    /// the last statement commits, after the unlock. The session's
+    /// `application_name` and (`idle_timeout`: where the server has it)
+    /// `idle_session_timeout` return to their connection defaults.
+    pub(crate) fn release(&self, lock_key: i64, token: i64, idle_timeout: bool) -> String {
+        let t = &self.table;
+        let channel = crate::keys::channel(lock_key);
+        let vacated = crate::store::VACATED;
+        let reset_idle = if idle_timeout {
+            "; RESET idle_session_timeout"
+        } else {
+            ""
+        };
+        format!(
+            "BEGIN; \
+             UPDATE {t} SET released = true \
+             WHERE lock_key = {lock_key} AND pid = pg_backend_pid() AND token = {token}; \
+             COMMIT; \
+             WITH x AS MATERIALIZED (SELECT pg_advisory_unlock({lock_key}::bigint) AS ok) \
+             SELECT x.ok, CASE WHEN x.ok THEN (SELECT true FROM pg_notify('{channel}', '{vacated}')) \
+                               ELSE false END AS notified \
+             FROM x; \
+             RESET application_name{reset_idle}"
+        )
     }
 }

@@ -15,18 +15,36 @@ use crate::conn::{Conn, classify, is_connection_error};
 use crate::keys::{self, Keepalive};
 
 impl PostgresStore {
-    /// Runs the acquire (or re-acquire) statement on `conn`.
+    /// Runs the acquire (`reacquire`: on a session that already holds the
+    /// lock) statement on `conn`.
     pub(super) async fn mint(
         &self,
         conn: &mut Conn,
-        sql: &Arc<str>,
+        reacquire: bool,
         key: &LeaseKey,
         lock_key: i64,
         holder: &HolderId,
         ttl: Duration,
     ) -> std::result::Result<Minted, sqlx::Error> {
+        let sql = &self.inner.sql;
+        // TCP settings once per connection and TTL.
+        let tcp = conn.tcp_ttl != Some(ttl);
+        let statement = match (reacquire, tcp) {
+            (false, false) => &sql.acquire,
+            (false, true) => &sql.acquire_tcp,
+            (true, false) => &sql.reacquire,
+            (true, true) => &sql.reacquire_tcp,
+        };
         let ka = Keepalive::for_ttl(ttl);
-        let row = sqlx::query(AssertSqlSafe(sql.clone()))
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let idle_timeout = if conn.idle_timeout {
+            Some(keys::idle_session_timeout_ms(ttl).to_string())
+        } else {
+            self.warn_no_idle_timeout(conn);
+            None
+        };
+        let waited = self.waited_out(lock_key);
+        let row = sqlx::query(AssertSqlSafe(statement.clone()))
             .bind(lock_key)
             .bind(key.as_str())
             .bind(holder.as_str())
@@ -36,7 +54,9 @@ impl PostgresStore {
             .bind(ka.count.to_string())
             .bind(ka.user_timeout_ms.to_string())
             .bind(self.inner.options.lock_delay)
-            .bind(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX))
+            .bind(ttl_ms)
+            .bind(idle_timeout)
+            .bind(waited)
             .fetch_one(&mut conn.inner)
             .await?;
         let got: bool = row.try_get("got")?;
@@ -47,8 +67,10 @@ impl PostgresStore {
             let holder = prev.and_then(|h| HolderId::new(h).ok()).ok_or_else(|| {
                 sqlx::Error::Protocol("held back without a previous holder".into())
             })?;
-            let token = FencingToken(token.and_then(|t| u64::try_from(t).ok()).unwrap_or(0));
-            let remaining = Duration::from_millis(wait_ms.unsigned_abs());
+            let token_num = token.unwrap_or(0);
+            let token = FencingToken(u64::try_from(token_num).unwrap_or(0));
+            let term_ttl = Duration::from_millis(wait_ms.unsigned_abs());
+            let remaining = self.hold_back(lock_key, token_num, term_ttl);
             return Ok(Minted::HeldBack(LeaseInfo::new(
                 holder,
                 token,
@@ -60,6 +82,8 @@ impl PostgresStore {
             let token = token
                 .and_then(|t| u64::try_from(t).ok())
                 .ok_or_else(|| sqlx::Error::Protocol("lock taken but no token minted".into()))?;
+            conn.tcp_ttl = Some(ttl);
+            self.forget_vacated(lock_key);
             Ok(Minted::Got {
                 token: FencingToken(token),
                 pid: row.try_get("pid")?,
@@ -68,6 +92,10 @@ impl PostgresStore {
             let lock_pid: Option<i32> = row.try_get("lock_pid")?;
             let row_pid: Option<i32> = row.try_get("row_pid")?;
             let confirmed = lock_pid.is_some() && row_pid == lock_pid;
+            if lock_pid.is_some() {
+                // A new term holds the lock: any vacated one is over.
+                self.forget_vacated(lock_key);
+            }
             Ok(Minted::Missed(
                 holder_info(&row, "held_token")?,
                 lock_pid,
@@ -89,6 +117,17 @@ impl PostgresStore {
         Ok((row.try_get("pid")?, row.try_get("held")?))
     }
 
+    /// The session's backend pid (`pg_backend_pid()`).
+    pub(super) async fn backend_pid(
+        &self,
+        conn: &mut Conn,
+    ) -> std::result::Result<i32, sqlx::Error> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.renew_pid.clone()))
+            .fetch_one(&mut conn.inner)
+            .await?;
+        row.try_get("pid")
+    }
+
     /// A re-acquisition by the holder of the pinned lease on `key`: a new term
     /// (new token) on the same session. `None` when that session is gone.
     pub(super) async fn reacquire(
@@ -101,11 +140,10 @@ impl PostgresStore {
         let mut state = pinned.state.lock().await;
         let mut conn = state.conn.take()?;
         let limit = self.inner.options.operation_timeout;
-        let sql = self.inner.sql.reacquire.clone();
         let sent = Instant::now();
         match tokio::time::timeout(
             limit,
-            self.mint(&mut conn, &sql, key, lock_key, &pinned.holder, ttl),
+            self.mint(&mut conn, true, key, lock_key, &pinned.holder, ttl),
         )
         .await
         {
@@ -113,6 +151,7 @@ impl PostgresStore {
                 state.conn = Some(conn);
                 state.token = token;
                 state.valid_until = sent + ttl;
+                state.locks_checked = sent;
                 Some(
                     Lease::new(key.clone(), pinned.holder.clone(), token, ttl)
                         .with_handle(pinned.handle),
@@ -137,7 +176,6 @@ impl PostgresStore {
                 .with_key(key.as_str())
         };
         let limit = self.inner.options.operation_timeout;
-        let sql = self.inner.sql.acquire.clone();
         let mut terminated_stale = false;
         for attempt in 0..3 {
             let (mut conn, reused) = self.inner.conns.take().await.map_err(err)?;
@@ -146,7 +184,7 @@ impl PostgresStore {
             let sent = Instant::now();
             let outcome = tokio::time::timeout(
                 limit,
-                self.mint(&mut conn, &sql, key, lock_key, holder, ttl),
+                self.mint(&mut conn, false, key, lock_key, holder, ttl),
             )
             .await;
             match outcome {
@@ -166,6 +204,7 @@ impl PostgresStore {
                             pid,
                             conn: Some(conn),
                             valid_until: sent + ttl,
+                            locks_checked: sent,
                         }),
                         ended: tokio::sync::Notify::new(),
                     });

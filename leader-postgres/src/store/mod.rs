@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::time::Instant;
 
 mod acquire;
+mod delay;
 mod session;
 
 pub use session::SessionInfo;
@@ -50,6 +51,10 @@ struct PinnedState {
     /// Send time of the last successful acquire or renew plus the TTL: the
     /// store gives the lease up itself after this (see `spawn_expiry`).
     valid_until: Instant,
+    /// When `pg_locks` last showed the lock held by this session (the
+    /// acquisition, or a renewal that looked): renewals look again once
+    /// per TTL and otherwise only confirm the backend pid.
+    locks_checked: Instant,
 }
 
 struct Inner {
@@ -66,6 +71,10 @@ struct Inner {
     /// stale session of that holder.
     acquiring: Mutex<HashMap<LeaseKey, Arc<tokio::sync::Mutex<()>>>>,
     next_handle: AtomicU64,
+    /// Vacated terms this client is waiting out (the lock delay), by lock key.
+    vacated: Mutex<HashMap<i64, delay::Vacated>>,
+    /// The warning about a server without `idle_session_timeout` was logged.
+    warned_old_server: AtomicBool,
 }
 
 /// A [`LeaseStore`] on PostgreSQL session-level advisory locks.
@@ -76,7 +85,9 @@ struct Inner {
 /// in the same statement from the counter table (created if missing). The
 /// pinned session's `application_name` is the holder id (63 bytes at most)
 /// and its TCP keepalive / user timeout follow the lease TTL, so the server
-/// frees a silent holder's lock about one TTL after it last heard from it.
+/// frees a silent holder's lock about one TTL after it last heard from it;
+/// its `idle_session_timeout` is the TTL too, so the server also ends the
+/// session of a holder that is reachable but stopped (PostgreSQL 14+).
 ///
 /// Connections are opened lazily: creating the store never fails because
 /// the server is down. Cheap to clone; clones share connections and leases.
@@ -119,6 +130,8 @@ impl PostgresStore {
                 leases: Mutex::new(HashMap::new()),
                 acquiring: Mutex::new(HashMap::new()),
                 next_handle: AtomicU64::new(1),
+                vacated: Mutex::new(HashMap::new()),
+                warned_old_server: AtomicBool::new(false),
             }),
         }
     }
@@ -300,13 +313,28 @@ impl LeaseStore for PostgresStore {
         let lock_key = pinned.lock_key;
         let limit = self.inner.options.operation_timeout.min(lease.ttl);
         let sent = Instant::now();
+        // A session advisory lock ends only by an unlock on its own session
+        // (this store unlocks only when it releases) or with the session
+        // (which fails the statement), so confirming the backend pid proves
+        // the lock is still held; pg_locks is read once per TTL regardless.
+        let look = sent.saturating_duration_since(state.locks_checked) >= lease.ttl;
         // Taken out of the slot for the statement: if this future is dropped,
         // the connection closes and the lease is lost, never left in doubt.
-        let outcome = tokio::time::timeout(limit, self.check_held(&mut conn, lock_key)).await;
+        let outcome = tokio::time::timeout(limit, async {
+            if look {
+                self.check_held(&mut conn, lock_key).await
+            } else {
+                Ok((self.backend_pid(&mut conn).await?, true))
+            }
+        })
+        .await;
         let failure = match outcome {
             Ok(Ok((pid, true))) if pid == state.pid => {
                 state.conn = Some(conn);
                 state.valid_until = sent + lease.ttl;
+                if look {
+                    state.locks_checked = sent;
+                }
                 return Ok(());
             }
             Ok(Ok((pid, _))) if pid != state.pid => {

@@ -32,6 +32,10 @@ pub struct SessionInfo {
     pub tcp_keepalives_count: String,
     /// `SHOW tcp_user_timeout`.
     pub tcp_user_timeout: String,
+    /// `SHOW idle_session_timeout` (the lease TTL in milliseconds, so the
+    /// server ends a holder's session that stopped renewing; `None` on
+    /// servers before PostgreSQL 14, which lack it).
+    pub idle_session_timeout: Option<String>,
 }
 
 impl PostgresStore {
@@ -77,20 +81,17 @@ impl PostgresStore {
     ) -> Result<bool> {
         let limit = self.inner.options.operation_timeout;
         let token = i64::try_from(token.0).unwrap_or(i64::MAX);
+        let sql = self.inner.sql.release(lock_key, token, conn.idle_timeout);
         let outcome = tokio::time::timeout(limit, async {
-            sqlx::query(AssertSqlSafe(self.inner.sql.mark_released.clone()))
-                .bind(lock_key)
-                .bind(token)
-                .execute(&mut conn.inner)
+            let rows = sqlx::raw_sql(AssertSqlSafe(sql))
+                .fetch_all(&mut conn.inner)
                 .await?;
-            let row = sqlx::query(AssertSqlSafe(self.inner.sql.release.clone()))
-                .bind(lock_key)
-                .bind(keys::channel(lock_key))
-                .bind(VACATED)
-                .bind(keys::application_name(&self.inner.options.application_name))
-                .fetch_one(&mut conn.inner)
-                .await?;
-            row.try_get::<bool, _>("ok")
+            match rows.first() {
+                Some(row) => row.try_get::<bool, _>("ok"),
+                None => Err(sqlx::Error::Protocol(
+                    "the release returned no unlock result".into(),
+                )),
+            }
         })
         .await;
         match outcome {
@@ -137,7 +138,8 @@ impl PostgresStore {
                         current_setting('tcp_keepalives_idle') AS idle, \
                         current_setting('tcp_keepalives_interval') AS intvl, \
                         current_setting('tcp_keepalives_count') AS cnt, \
-                        current_setting('tcp_user_timeout') AS uto",
+                        current_setting('tcp_user_timeout') AS uto, \
+                        current_setting('idle_session_timeout', true) AS ist",
             )
             .fetch_one(&mut conn.inner)
             .await?;
@@ -148,6 +150,7 @@ impl PostgresStore {
                 tcp_keepalives_interval: row.try_get("intvl")?,
                 tcp_keepalives_count: row.try_get("cnt")?,
                 tcp_user_timeout: row.try_get("uto")?,
+                idle_session_timeout: row.try_get("ist")?,
             })
         })
         .await;
