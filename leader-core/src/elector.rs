@@ -25,7 +25,7 @@ use crate::names::{FencingToken, HolderId, LeaseKey};
 use crate::store::{Acquire, LeaseEvent, LeaseEvents, LeaseStore};
 use crate::telemetry::{LossReason, Telemetry};
 use crate::timing::{Pushed, Timing};
-use crate::tracker::{ActiveTerm, LeaderState, LeaseTracker};
+use crate::tracker::{ActiveTerm, LeaderState, LeaseTracker, StepDown, WorkSlot};
 
 /// Runs an election for one resource in the background.
 ///
@@ -105,16 +105,17 @@ impl Elector {
         ));
         let stop = CancellationToken::new();
         let task = if config.enabled {
-            Some(tokio::spawn(run(store, tracker.clone(), stop.clone())))
+            tokio::spawn(run(store, tracker.clone(), stop.clone()))
         } else {
-            tracker.begin_term(FencingToken(0), None);
-            None
+            // Leads at once: `is_leader()` is true when `start` returns.
+            let first = tracker.begin_term(FencingToken(0), None);
+            tokio::spawn(run_single(tracker.clone(), stop.clone(), first))
         };
         Ok(Elector {
             inner: Arc::new(Handle {
                 tracker,
                 stop,
-                task: Mutex::new(task),
+                task: Mutex::new(Some(task)),
                 enabled: config.enabled,
             }),
         })
@@ -164,49 +165,74 @@ impl Elector {
 
     /// Runs `work` whenever this instance becomes leader, handing it a
     /// [`LeaderContext`] with the term's fencing token and a cancellation
-    /// signal that fires the moment leadership is lost or the elector shuts
-    /// down. After a loss, `work` is started again on the next win; work that
-    /// returns by itself is not restarted within the same term.
+    /// signal that fires the moment leadership is lost, the elector shuts
+    /// down or [`WorkHandle::stop`] is called. `work` runs at most once per
+    /// term and is started again on the next win; work that returns by
+    /// itself keeps the term (see [`Elector::run_while_leader_with`] to step
+    /// down instead).
     ///
     /// `work` should return promptly once cancelled. If it is still running
-    /// when the lost term's lease could expire in the store, its task is
-    /// aborted (at its next `.await`) and a warning is logged. The elector
-    /// does not compete again, nor release on shutdown, before the work has
-    /// stopped or that point has passed.
-    pub fn run_while_leader<F, Fut>(&self, mut work: F) -> WorkHandle
+    /// when its term's lease could expire in the store (the term's hard
+    /// deadline), its task is aborted (at its next `.await`) and a warning is
+    /// logged. The elector neither competes again nor releases (on shutdown)
+    /// before the work has stopped or that deadline has passed.
+    ///
+    /// Work that panics ends the term: the panic is logged at error level and
+    /// counted in `<prefix>_work_panics_total`, the lease is released so
+    /// another replica takes over at once, and this instance competes again
+    /// only after a back-off: the retry period, doubled for each further term
+    /// in a row that ends by a panic, capped at 32 retry periods.
+    pub fn run_while_leader<F, Fut>(&self, work: F) -> WorkHandle
+    where
+        F: FnMut(LeaderContext) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.run_while_leader_with(OnReturn::KeepLeading, work)
+    }
+
+    /// [`Elector::run_while_leader`], choosing with `on_return` what happens
+    /// when `work` returns by itself (not cancelled, not panicking).
+    pub fn run_while_leader_with<F, Fut>(&self, on_return: OnReturn, mut work: F) -> WorkHandle
     where
         F: FnMut(LeaderContext) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let tracker = self.inner.tracker.clone();
-        let stop = self.inner.stop.clone();
+        let elector_stop = self.inner.stop.clone();
+        let stop = CancellationToken::new();
+        let work_stop = stop.clone();
         let mut terms = tracker.subscribe_terms();
         let handle = tokio::spawn(async move {
-            // Work that returns by itself is started again only in a new term.
+            // The term that last ran the work: it runs once per term.
             let mut last_run = None;
             loop {
-                let fresh = |t: &Option<ActiveTerm>| {
-                    t.as_ref()
-                        .is_some_and(|t| !t.cancel.is_cancelled() && Some(t.token) != last_run)
-                };
-                let term = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    t = terms.wait_for(fresh) => match t {
-                        Ok(t) => t.clone(),
-                        Err(_) => return,
-                    },
-                };
-                let Some(term) = term else { continue };
-                last_run = Some(term.token);
-                supervise_term(&tracker, term, &mut work).await;
+                if elector_stop.is_cancelled() || work_stop.is_cancelled() {
+                    return;
+                }
+                // Mark before checking: a term that begins after the check
+                // wakes `changed()` below.
+                terms.borrow_and_update();
+                if let Some((term, slot)) = tracker.register_work(last_run) {
+                    last_run = Some(term.seq);
+                    supervise_term(&tracker, term, slot, &mut work, on_return, &work_stop).await;
+                    continue;
+                }
+                tokio::select! {
+                    _ = elector_stop.cancelled() => return,
+                    _ = work_stop.cancelled() => return,
+                    changed = terms.changed() => if changed.is_err() { return },
+                }
             }
         });
-        WorkHandle { handle }
+        WorkHandle { handle, stop }
     }
 
     /// Stops competing, stops run-while-leader work, then releases the lease
     /// (bounded by the release timeout) so a follower can take over at once.
-    /// Never re-acquires afterwards. Idempotent.
+    /// No acquire is sent once this has begun, and none afterwards.
+    /// Run-while-leader work is cancelled and waited for before the release,
+    /// until its term's hard deadline (then aborted); with election disabled
+    /// it is waited for up to the release timeout. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.stop.cancel();
         let task = self
@@ -215,21 +241,11 @@ impl Elector {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        match task {
-            Some(task) => {
-                if let Err(e) = task.await
-                    && e.is_panic()
-                {
-                    tracing::error!(key = %self.key(), "elector task panicked");
-                }
-            }
-            None if !self.inner.enabled => {
-                if let Some((_, _)) = self.inner.tracker.end_term(None) {
-                    let deadline = Instant::now() + self.inner.tracker.timing.release_timeout;
-                    self.inner.tracker.wait_work_stopped(deadline).await;
-                }
-            }
-            None => {}
+        if let Some(task) = task
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            tracing::error!(key = %self.key(), "elector task panicked");
         }
     }
 
@@ -287,29 +303,66 @@ impl LeaderContext {
     }
 }
 
-/// The supervisor started by [`Elector::run_while_leader`].
+/// What happens when run-while-leader work returns by itself (neither
+/// cancelled nor panicking).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnReturn {
+    /// Keep the term (and the lease); the work is started again only in a
+    /// later term. The default.
+    #[default]
+    KeepLeading,
+    /// End the term as Curator's `LeaderSelector` does when
+    /// `takeLeadership` returns: release the lease (another replica takes
+    /// over at once) and compete again after one retry period.
+    StepDown,
+}
+
+/// The supervisor started by [`Elector::run_while_leader`]. Dropping it
+/// leaves the supervisor running (until the elector shuts down).
 #[derive(Debug)]
 pub struct WorkHandle {
     handle: JoinHandle<()>,
+    stop: CancellationToken,
 }
 
 impl WorkHandle {
-    /// Stops starting new work (work already running is not interrupted by
-    /// this; it ends with the term).
+    /// Stops the work: no new work is started, and work running now is
+    /// cancelled (its [`LeaderContext`] fires) but keeps its term. The
+    /// elector still waits for it: no release and no new term while it runs.
+    /// Work that ignores the cancellation is aborted at its term's hard
+    /// deadline, once the term has ended. Does not wait; see
+    /// [`WorkHandle::stop_and_wait`].
     pub fn stop(&self) {
-        self.handle.abort();
+        self.stop.cancel();
     }
 
-    /// Waits until the supervisor ends (after the elector shuts down).
+    /// [`WorkHandle::stop`], then waits until the work has finished (or was
+    /// aborted at its term's hard deadline).
+    pub async fn stop_and_wait(self) {
+        self.stop();
+        self.join().await;
+    }
+
+    /// Waits until the supervisor ends: after [`WorkHandle::stop`] or the
+    /// elector's shutdown, once the work it runs has finished.
     pub async fn join(self) {
         let _ = self.handle.await;
     }
 }
 
-/// Runs one term's work until it ends or the term ends, then enforces the
-/// hard deadline.
-async fn supervise_term<F, Fut>(tracker: &Arc<LeaseTracker>, term: ActiveTerm, work: &mut F)
-where
+/// Runs one term's work until it ends, the term ends or the work is
+/// stopped; then cancels it and enforces the term's hard deadline. Reports a
+/// panic, and asks for the term to end when the work panicked or returned
+/// under [`OnReturn::StepDown`]. `slot` counts the work until it is gone.
+async fn supervise_term<F, Fut>(
+    tracker: &LeaseTracker,
+    term: ActiveTerm,
+    slot: WorkSlot,
+    work: &mut F,
+    on_return: OnReturn,
+    stop: &CancellationToken,
+) where
     F: FnMut(LeaderContext) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -317,37 +370,59 @@ where
         token: term.token,
         cancel: term.cancel.child_token(),
     };
-    tracker.work_active.send_modify(|n| *n += 1);
-    let active = ActiveGuard(tracker.clone());
     let mut task = tokio::spawn(work(ctx.clone()));
-    let finished = tokio::select! {
-        _ = &mut task => true,
-        _ = until_term_invalid(tracker, &term) => false,
+    let outcome = tokio::select! {
+        ended = &mut task => Some(ended),
+        _ = until_term_invalid(tracker, &term) => None,
+        _ = stop.cancelled() => None,
     };
-    if !finished {
-        ctx.cancel.cancel();
-        // The lost term's lease can expire in the store at its validity
-        // point; the work must be gone by then.
-        let hard_deadline = tracker.term_deadline(term.token);
-        if tokio::time::timeout_at(hard_deadline, &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-            let _ = task.await;
-            tracing::warn!(key = %tracker.key, token = term.token.0,
-                "run-while-leader work did not stop before the lease could expire; aborted");
+    let by_itself = outcome.is_some();
+    let ended = match outcome {
+        Some(ended) => ended,
+        None => {
+            ctx.cancel.cancel();
+            // Stopped work may finish while its term lasts; once the term
+            // has ended, its lease can expire in the store at the hard
+            // deadline, and the work must be gone by then.
+            let hard_deadline = async {
+                until_term_invalid(tracker, &term).await;
+                sleep_until(tracker.term_deadline(term.seq)).await;
+            };
+            tokio::select! {
+                ended = &mut task => ended,
+                _ = hard_deadline => {
+                    task.abort();
+                    tracing::warn!(key = %tracker.key, token = term.token.0,
+                        "run-while-leader work did not stop before the lease could expire; aborted");
+                    task.await
+                }
+            }
         }
+    };
+    drop(slot);
+    match ended {
+        Err(e) if e.is_panic() => {
+            tracker
+                .telemetry
+                .work_panicked(term.token, &panic_message(e.into_panic()));
+            tracker.request_step_down(term.seq, StepDown::Panicked);
+        }
+        Ok(()) if by_itself && on_return == OnReturn::StepDown => {
+            tracker.request_step_down(term.seq, StepDown::Returned);
+        }
+        _ => {}
     }
-    drop(active);
 }
 
-/// Decrements the running-work count when dropped (also on abort).
-struct ActiveGuard(Arc<LeaseTracker>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.work_active.send_modify(|n| *n = n.saturating_sub(1));
+/// The text of a panic payload (`panic!` with a message gives a `&str` or a
+/// `String`).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic payload that is not a string".to_owned()
     }
 }
 
@@ -377,9 +452,16 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
     let notifies = store.capabilities().notifies();
     let mut events: Option<LeaseEvents> = None;
     let mut next_subscribe = Instant::now();
+    let mut panics_in_a_row = 0;
     while !stop.is_cancelled() {
         if notifies && events.is_none() && Instant::now() >= next_subscribe {
-            match timeout(timing.request_timeout, store.watch(&tracker.key)).await {
+            // Raced against `stop`: a subscription can wait.
+            let watched = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                w = timeout(timing.request_timeout, store.watch(&tracker.key)) => w,
+            };
+            match watched {
                 Ok(Ok(ev)) => events = Some(ev),
                 Ok(Err(e)) => {
                     tracker.telemetry.store_error("watch", &e);
@@ -389,6 +471,10 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
             }
         }
 
+        // No acquire is sent once shutdown began.
+        if stop.is_cancelled() {
+            break;
+        }
         // Not raced against `stop`: dropping an acquisition in flight could
         // leave our key in the store for a whole TTL after shutdown.
         let sent = Instant::now();
@@ -407,8 +493,27 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
                     }
                     break;
                 }
-                tracker.begin_term(lease.token, Some(sent));
-                let end = keeper::keep(&*store, &lease, sent, &tracker, &stop).await;
+                let Some(term) = tracker.begin_term(lease.token, Some(sent)) else {
+                    // Answered after its own validity point: not a term.
+                    let e = Error::indeterminate(format!(
+                        "acquire answered {:?} after it was sent, past the lease's validity point",
+                        sent.elapsed()
+                    ))
+                    .with_store(store.kind())
+                    .with_operation("acquire")
+                    .with_key(tracker.key.as_str());
+                    tracker.contact_failed("acquire", &e);
+                    if !tracker.is_aborted() {
+                        keeper::release(&*store, &lease, &tracker).await;
+                    }
+                    continue;
+                };
+                let end = tokio::select! {
+                    biased;
+                    end = keeper::keep(&*store, &lease, sent, &tracker, &stop) => end,
+                    // The work asked to end the term: like a release.
+                    _ = term.step_down.cancelled() => KeepEnd::Stopped,
+                };
                 let reason = match end {
                     KeepEnd::Stopped => None,
                     KeepEnd::Lost(reason) => Some(reason),
@@ -422,6 +527,19 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
                         tracker.telemetry.released(token, released);
                     }
                 }
+                if end == KeepEnd::Stopped && !stop.is_cancelled() {
+                    // Stepped down at the work's request. Our own release
+                    // notification must not wake us: drop the subscription.
+                    events = None;
+                    let pause = step_down_pause(&tracker, &mut panics_in_a_row);
+                    next_subscribe = Instant::now() + pause;
+                    tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
+                }
+                panics_in_a_row = 0;
                 match reason {
                     // The store said someone else holds it: wait like a follower.
                     Some(LossReason::NotHolder) => (None, false),
@@ -482,6 +600,51 @@ async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: Cance
                     wake = wake.min(Instant::now() + poll);
                 }
             }
+        }
+    }
+}
+
+/// The election with election disabled: one term with token 0 that lasts
+/// until shutdown, except that a step-down requested by run-while-leader work
+/// ends it and a new one begins after the same pause as with a store.
+async fn run_single(
+    tracker: Arc<LeaseTracker>,
+    stop: CancellationToken,
+    first: Option<ActiveTerm>,
+) {
+    let mut panics_in_a_row = 0;
+    let mut term = first;
+    while let Some(current) = term.take() {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {}
+            _ = current.step_down.cancelled() => {}
+        }
+        if let Some((_, deadline)) = tracker.end_term(None) {
+            tracker.wait_work_stopped(deadline).await;
+        }
+        let pause = step_down_pause(&tracker, &mut panics_in_a_row);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        term = tracker.begin_term(FencingToken(0), None);
+    }
+}
+
+/// The pause before competing again after run-while-leader work asked to end
+/// the term: a growing back-off after panics (counted in `panics_in_a_row`),
+/// one retry period after work that returned.
+fn step_down_pause(tracker: &LeaseTracker, panics_in_a_row: &mut u32) -> std::time::Duration {
+    match tracker.step_down_reason() {
+        Some(StepDown::Panicked) => {
+            *panics_in_a_row += 1;
+            tracker.timing.panic_back_off(*panics_in_a_row)
+        }
+        _ => {
+            *panics_in_a_row = 0;
+            tracker.timing.retry_period
         }
     }
 }

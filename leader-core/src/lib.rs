@@ -15,7 +15,7 @@ mod timing;
 mod tracker;
 
 pub use config::{ElectionConfig, Preset, SECTION, parse_duration};
-pub use elector::{Elector, LeaderContext, WorkHandle};
+pub use elector::{Elector, LeaderContext, OnReturn, WorkHandle};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{HealthData, HealthReport, HealthStatus};
 pub use lock::{LockGuard, Locks};

@@ -14,6 +14,7 @@
 //! | `<prefix>_acquire_duration_seconds` | histogram | acquire round trips |
 //! | `<prefix>_renew_duration_seconds` | histogram | renew round trips |
 //! | `<prefix>_lease_remaining_seconds` | gauge | validity left after the last renewal |
+//! | `<prefix>_work_panics_total` | counter | run-while-leader work that panicked |
 //!
 //! Handles are registered once, when the elector starts, so install your
 //! recorder (e.g. the Prometheus exporter) before starting electors.
@@ -60,6 +61,7 @@ pub(crate) struct Telemetry {
     acquire_duration: Histogram,
     renew_duration: Histogram,
     lease_remaining: Gauge,
+    work_panics: Counter,
     /// One counter per [`LossReason`], registered up front like the others.
     lost: [Counter; 3],
 }
@@ -82,6 +84,7 @@ impl Telemetry {
             acquire_duration: metrics::histogram!(name("acquire_duration_seconds"), &labels),
             renew_duration: metrics::histogram!(name("renew_duration_seconds"), &labels),
             lease_remaining: metrics::gauge!(name("lease_remaining_seconds"), &labels),
+            work_panics: metrics::counter!(name("work_panics_total"), &labels),
             lost: [
                 LossReason::NotHolder,
                 LossReason::RenewDeadline,
@@ -151,6 +154,13 @@ impl Telemetry {
         self.lease_remaining.set(0.0);
         tracing::info!(resource = %self.resource, instance = %self.instance, token = token.0,
             released_in_store, "Leadership released");
+    }
+
+    /// Run-while-leader work of the term with `token` panicked with `message`.
+    pub(crate) fn work_panicked(&self, token: FencingToken, message: &str) {
+        self.work_panics.increment(1);
+        tracing::error!(resource = %self.resource, instance = %self.instance, token = token.0,
+            panic = message, "Run-while-leader work panicked; stepping down");
     }
 
     pub(crate) fn store_error(&self, operation: &'static str, error: &crate::Error) {
