@@ -267,6 +267,23 @@ impl std::io::Write for Logs {
     }
 }
 
+/// The log lines of this test binary. Installed globally: a thread-scoped
+/// subscriber can miss events whose callsite another test's thread saw
+/// first (tracing caches callsite interest process-wide).
+fn global_logs() -> &'static Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+}
+
 impl Logs {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().expect("lock")).into_owned()
@@ -288,13 +305,7 @@ fn counter(snapshotter: &Snapshotter, name: &str) -> u64 {
 
 #[tokio::test(start_paused = true)]
 async fn panicking_work_ends_the_term_and_another_replica_takes_over() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _log = tracing::subscriber::set_default(subscriber);
+    let logs = global_logs();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
 
