@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::health::HealthReport;
 use crate::keeper::{self, KeepEnd};
 use crate::names::{FencingToken, HolderId, LeaseKey};
-use crate::store::{Acquire, LeaseEvent, LeaseEvents, LeaseStore};
+use crate::store::{Acquire, Lease, LeaseEvent, LeaseEvents, LeaseStore};
 use crate::telemetry::{LossReason, Telemetry};
 use crate::timing::{Pushed, Timing};
 use crate::tracker::{ActiveTerm, LeaderState, LeaseTracker, StepDown, WorkSlot};
@@ -445,162 +446,276 @@ async fn until_term_invalid(tracker: &LeaseTracker, term: &ActiveTerm) {
     }
 }
 
-/// The election loop.
+/// The election loop: subscribe, acquire, then lead or follow, until
+/// shutdown (the steps of client-go's `LeaderElector`, as named methods).
 async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: CancellationToken) {
-    let timing = tracker.timing;
-    let support = store.capabilities().notifications;
-    let notifies = store.capabilities().notifies();
-    let mut events: Option<LeaseEvents> = None;
-    let mut next_subscribe = Instant::now();
-    let mut panics_in_a_row = 0;
-    while !stop.is_cancelled() {
-        if notifies && events.is_none() && Instant::now() >= next_subscribe {
-            // Raced against `stop`: a subscription can wait.
-            let watched = tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                w = timeout(timing.request_timeout, store.watch(&tracker.key)) => w,
+    let mut campaign = Campaign {
+        notifies: store.capabilities().notifies(),
+        store,
+        tracker,
+        stop,
+        events: None,
+        next_subscribe: Instant::now(),
+        panics_in_a_row: 0,
+    };
+    campaign.run().await;
+}
+
+/// The state of one enabled elector's loop.
+struct Campaign {
+    store: Arc<dyn LeaseStore>,
+    tracker: Arc<LeaseTracker>,
+    stop: CancellationToken,
+    /// Whether the store pushes any events.
+    notifies: bool,
+    /// The live subscription, if any.
+    events: Option<LeaseEvents>,
+    /// Not before this instant may a subscription be attempted again.
+    next_subscribe: Instant,
+    /// Terms in a row that ended because run-while-leader work panicked.
+    panics_in_a_row: u32,
+}
+
+/// The outcome of one acquire attempt.
+enum Attempt {
+    /// A lease won by a request sent at `sent`.
+    Won { lease: Lease, sent: Instant },
+    /// Someone else holds it, for `remaining` if the store says.
+    Held { remaining: Option<Duration> },
+    /// The store failed or did not answer.
+    Failed,
+}
+
+/// What the loop does next.
+enum Next {
+    /// Acquire again at once.
+    Acquire,
+    /// Wait like a follower; `held_by_other` when the store said so.
+    Follow {
+        holder_remaining: Option<Duration>,
+        held_by_other: bool,
+    },
+    /// Wait this long, deaf to notifications (after a step-down).
+    Pause(Duration),
+    /// Shutdown began.
+    Stop,
+}
+
+impl Campaign {
+    async fn run(&mut self) {
+        while !self.stop.is_cancelled() {
+            if !self.subscribe().await {
+                break;
+            }
+            // No acquire is sent once shutdown began.
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let next = match self.try_acquire().await {
+                Attempt::Won { lease, sent } => self.lead(lease, sent).await,
+                Attempt::Held { remaining } => Next::Follow {
+                    holder_remaining: remaining,
+                    held_by_other: true,
+                },
+                Attempt::Failed => Next::Follow {
+                    holder_remaining: None,
+                    held_by_other: false,
+                },
             };
-            match watched {
-                Ok(Ok(ev)) => events = Some(ev),
-                Ok(Err(e)) => {
-                    tracker.telemetry.store_error("watch", &e);
-                    next_subscribe = Instant::now() + timing.retry_period;
-                }
-                Err(_) => next_subscribe = Instant::now() + timing.retry_period,
+            match next {
+                Next::Acquire => {}
+                Next::Follow {
+                    holder_remaining,
+                    held_by_other,
+                } => self.follow(holder_remaining, held_by_other).await,
+                Next::Pause(pause) => self.pause(pause).await,
+                Next::Stop => break,
             }
         }
+    }
 
-        // No acquire is sent once shutdown began.
-        if stop.is_cancelled() {
-            break;
+    /// Subscribes to the key's events when the store pushes any and no
+    /// subscription is live. Returns false when shutdown began meanwhile
+    /// (raced against `stop`: a subscription can wait, an acquire must not
+    /// follow shutdown).
+    async fn subscribe(&mut self) -> bool {
+        if !self.notifies || self.events.is_some() || Instant::now() < self.next_subscribe {
+            return true;
         }
-        // Not raced against `stop`: dropping an acquisition in flight could
-        // leave our key in the store for a whole TTL after shutdown.
+        let timing = self.tracker.timing;
+        let watched = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return false,
+            w = timeout(timing.request_timeout, self.store.watch(&self.tracker.key)) => w,
+        };
+        match watched {
+            Ok(Ok(events)) => self.events = Some(events),
+            Ok(Err(e)) => {
+                self.tracker.telemetry.store_error("watch", &e);
+                self.next_subscribe = Instant::now() + timing.retry_period;
+            }
+            Err(_) => self.next_subscribe = Instant::now() + timing.retry_period,
+        }
+        true
+    }
+
+    /// Sends one acquire, bounded by the request timeout. Not raced against
+    /// `stop`: dropping an acquisition in flight could leave our key in the
+    /// store for a whole TTL after shutdown.
+    async fn try_acquire(&self) -> Attempt {
+        let timing = self.tracker.timing;
+        let tracker = &self.tracker;
         let sent = Instant::now();
         let outcome = timeout(
             timing.request_timeout,
-            store.acquire(&tracker.key, &tracker.holder, timing.lease),
+            self.store
+                .acquire(&tracker.key, &tracker.holder, timing.lease),
         )
         .await;
         tracker.telemetry.acquire_took(sent.elapsed());
-        // (the holder's remaining TTL, whether someone else surely holds it)
-        let (holder_remaining, held_by_other) = match outcome {
-            Ok(Ok(Acquire::Acquired(lease))) => {
-                if stop.is_cancelled() {
-                    if !tracker.is_aborted() {
-                        keeper::release(&*store, &lease, &tracker).await;
-                    }
-                    break;
-                }
-                let Some(term) = tracker.begin_term(lease.token, Some(sent)) else {
-                    // Answered after its own validity point: not a term.
-                    let e = Error::indeterminate(format!(
-                        "acquire answered {:?} after it was sent, past the lease's validity point",
-                        sent.elapsed()
-                    ))
-                    .with_store(store.kind())
-                    .with_operation("acquire")
-                    .with_key(tracker.key.as_str());
-                    tracker.contact_failed("acquire", &e);
-                    if !tracker.is_aborted() {
-                        keeper::release(&*store, &lease, &tracker).await;
-                    }
-                    continue;
-                };
-                let end = tokio::select! {
-                    biased;
-                    end = keeper::keep(&*store, &lease, sent, &tracker, &stop) => end,
-                    // The work asked to end the term: like a release.
-                    _ = term.step_down.cancelled() => KeepEnd::Stopped,
-                };
-                let reason = match end {
-                    KeepEnd::Stopped => None,
-                    KeepEnd::Lost(reason) => Some(reason),
-                };
-                if let Some((token, valid_until)) = tracker.end_term(reason) {
-                    // No new term, and no release, while the old term's work
-                    // runs (its supervisor aborts it at `valid_until`).
-                    tracker.wait_work_stopped(valid_until).await;
-                    if end == KeepEnd::Stopped && !tracker.is_aborted() {
-                        let released = keeper::release(&*store, &lease, &tracker).await;
-                        tracker.telemetry.released(token, released);
-                    }
-                }
-                if end == KeepEnd::Stopped && !stop.is_cancelled() {
-                    // Stepped down at the work's request. Our own release
-                    // notification must not wake us: drop the subscription.
-                    events = None;
-                    let pause = step_down_pause(&tracker, &mut panics_in_a_row);
-                    next_subscribe = Instant::now() + pause;
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(pause) => continue,
-                    }
-                }
-                panics_in_a_row = 0;
-                match reason {
-                    // The store said someone else holds it: wait like a follower.
-                    Some(LossReason::NotHolder) => (None, false),
-                    // Renewals failed until the deadline: try again at once;
-                    // if our key survived we get it back with a new token.
-                    _ => continue,
-                }
-            }
+        match outcome {
+            Ok(Ok(Acquire::Acquired(lease))) => Attempt::Won { lease, sent },
             Ok(Ok(Acquire::Held(info))) => {
                 tracker.contact_ok(Some(info.holder));
-                (info.remaining, true)
+                Attempt::Held {
+                    remaining: info.remaining,
+                }
             }
             Ok(Err(e)) => {
                 tracker.contact_failed("acquire", &e);
-                (None, false)
+                Attempt::Failed
             }
             Err(_) => {
-                let e = Error::indeterminate(format!(
+                let e = self.error(format!(
                     "acquire did not answer within {:?}",
                     timing.request_timeout
-                ))
-                .with_store(store.kind())
-                .with_operation("acquire")
-                .with_key(tracker.key.as_str());
+                ));
                 tracker.contact_failed("acquire", &e);
-                (None, false)
+                Attempt::Failed
             }
-        };
+        }
+    }
 
-        // Follower: wait for the retry period, or less if the store says
-        // the lease is about to end or was released.
-        // Pushed events only stand in for polling when the store definitely
-        // said someone else holds the seat; after an error, retry as usual.
-        let pushed = match events {
-            Some(_) if held_by_other => Pushed::by(support),
+    /// Leads with `lease` (won by a request sent at `sent`) until the term
+    /// ends, waits for its work, releases when the end was voluntary, and
+    /// says what to do next.
+    async fn lead(&mut self, lease: Lease, sent: Instant) -> Next {
+        let tracker = self.tracker.clone();
+        if self.stop.is_cancelled() {
+            self.release(&lease).await;
+            return Next::Stop;
+        }
+        let Some(term) = tracker.begin_term(lease.token, Some(sent)) else {
+            // Answered after its own validity point: not a term.
+            let e = self.error(format!(
+                "acquire answered {:?} after it was sent, past the lease's validity point",
+                sent.elapsed()
+            ));
+            tracker.contact_failed("acquire", &e);
+            self.release(&lease).await;
+            return Next::Follow {
+                holder_remaining: None,
+                held_by_other: false,
+            };
+        };
+        let end = tokio::select! {
+            biased;
+            end = keeper::keep(&*self.store, &lease, sent, &tracker, &self.stop) => end,
+            // The work asked to end the term: like a release.
+            _ = term.step_down.cancelled() => KeepEnd::Stopped,
+        };
+        let reason = match end {
+            KeepEnd::Stopped => None,
+            KeepEnd::Lost(reason) => Some(reason),
+        };
+        if let Some((token, hard_deadline)) = tracker.end_term(reason) {
+            // No new term, and no release, while the old term's work runs
+            // (its supervisor aborts it at the hard deadline).
+            tracker.wait_work_stopped(hard_deadline).await;
+            if end == KeepEnd::Stopped && !tracker.is_aborted() {
+                let released = keeper::release(&*self.store, &lease, &tracker).await;
+                tracker.telemetry.released(token, released);
+            }
+        }
+        if end == KeepEnd::Stopped && !self.stop.is_cancelled() {
+            // Stepped down at the work's request. Our own release
+            // notification must not wake us: drop the subscription.
+            self.events = None;
+            let pause = step_down_pause(&tracker, &mut self.panics_in_a_row);
+            self.next_subscribe = Instant::now() + pause;
+            return Next::Pause(pause);
+        }
+        self.panics_in_a_row = 0;
+        match reason {
+            // The store said someone else holds it: wait like a follower.
+            Some(LossReason::NotHolder) => Next::Follow {
+                holder_remaining: None,
+                held_by_other: false,
+            },
+            // Renewals failed until the deadline: try again at once; if our
+            // key survived we get it back with a new token.
+            _ => Next::Acquire,
+        }
+    }
+
+    /// Waits for the retry period, or less if the store says the lease is
+    /// about to end or was released. Pushed events only stand in for polling
+    /// when the store definitely said someone else holds the seat; after an
+    /// error, retry as usual.
+    async fn follow(&mut self, holder_remaining: Option<Duration>, held_by_other: bool) {
+        let timing = self.tracker.timing;
+        let pushed = match self.events {
+            Some(_) if held_by_other => Pushed::by(self.store.capabilities().notifications),
             _ => Pushed::Nothing,
         };
         let mut wake = Instant::now() + timing.follower_wait(holder_remaining, pushed);
         loop {
             let event = tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
-                _ = sleep_until(wake) => break,
-                ev = next_event(&mut events) => ev,
+                _ = self.stop.cancelled() => return,
+                _ = sleep_until(wake) => return,
+                ev = next_event(&mut self.events) => ev,
             };
             match event {
-                Some(LeaseEvent::Vacated) => break,
+                Some(LeaseEvent::Vacated) => return,
                 Some(LeaseEvent::Acquired { holder, .. }) => {
-                    if holder != tracker.holder {
-                        tracker.observed_leader(Some(holder));
+                    if holder != self.tracker.holder {
+                        self.tracker.observed_leader(Some(holder));
                     }
                 }
                 None => {
                     // Subscription down: poll until it is back.
-                    events = None;
-                    next_subscribe = Instant::now() + timing.retry_period;
+                    self.events = None;
+                    self.next_subscribe = Instant::now() + timing.retry_period;
                     let poll = timing.follower_wait(holder_remaining, Pushed::Nothing);
                     wake = wake.min(Instant::now() + poll);
                 }
             }
         }
+    }
+
+    /// Waits `pause` (or until shutdown) without competing.
+    async fn pause(&self, pause: Duration) {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+
+    /// Releases a lease this loop holds, unless aborted (a simulated crash).
+    async fn release(&self, lease: &Lease) {
+        if !self.tracker.is_aborted() {
+            keeper::release(&*self.store, lease, &self.tracker).await;
+        }
+    }
+
+    /// An indeterminate acquire error carrying the store, operation and key.
+    fn error(&self, message: String) -> Error {
+        Error::indeterminate(message)
+            .with_store(self.store.kind())
+            .with_operation("acquire")
+            .with_key(self.tracker.key.as_str())
     }
 }
 
@@ -636,7 +751,7 @@ async fn run_single(
 /// The pause before competing again after run-while-leader work asked to end
 /// the term: a growing back-off after panics (counted in `panics_in_a_row`),
 /// one retry period after work that returned.
-fn step_down_pause(tracker: &LeaseTracker, panics_in_a_row: &mut u32) -> std::time::Duration {
+fn step_down_pause(tracker: &LeaseTracker, panics_in_a_row: &mut u32) -> Duration {
     match tracker.step_down_reason() {
         Some(StepDown::Panicked) => {
             *panics_in_a_row += 1;
