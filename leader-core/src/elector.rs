@@ -11,6 +11,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,10 +23,10 @@ use crate::error::{Error, Result};
 use crate::health::{self, HealthReport, Probe};
 use crate::keeper::{self, KeepEnd};
 use crate::names::{FencingToken, HolderId, LeaseKey};
-use crate::store::{Acquire, LeaseEvent, LeaseEvents, LeaseStore};
+use crate::store::{Acquire, Lease, LeaseEvent, LeaseEvents, LeaseStore};
 use crate::telemetry::{Kind as TelemetryKind, LossReason, Telemetry};
 use crate::timing::{Pushed, Timing};
-use crate::tracker::{ActiveTerm, LeaderState, LeaseTracker};
+use crate::tracker::{ActiveTerm, LeaderState, LeaseTracker, StepDown, WorkSlot};
 
 /// Runs an election for one resource in the background.
 ///
@@ -99,16 +100,17 @@ impl Elector {
         let stop = CancellationToken::new();
         let task = if config.enabled {
             let task = run(store, tracker.clone(), stop.clone());
-            Some(tokio::spawn(tracker.telemetry.supervise(task)))
+            tokio::spawn(tracker.telemetry.supervise(task))
         } else {
-            tracker.begin_term(FencingToken(0), None);
-            None
+            // Leads at once: `is_leader()` is true when `start` returns.
+            let first = tracker.begin_term(FencingToken(0), None);
+            tokio::spawn(run_single(tracker.clone(), stop.clone(), first))
         };
         Ok(Elector {
             inner: Arc::new(Handle {
                 tracker,
                 stop,
-                task: Mutex::new(task),
+                task: Mutex::new(Some(task)),
                 enabled: config.enabled,
             }),
         })
@@ -180,49 +182,74 @@ impl Elector {
 
     /// Runs `work` whenever this instance becomes leader, handing it a
     /// [`LeaderContext`] with the term's fencing token and a cancellation
-    /// signal that fires the moment leadership is lost or the elector shuts
-    /// down. After a loss, `work` is started again on the next win; work that
-    /// returns by itself is not restarted within the same term.
+    /// signal that fires the moment leadership is lost, the elector shuts
+    /// down or [`WorkHandle::stop`] is called. `work` runs at most once per
+    /// term and is started again on the next win; work that returns by
+    /// itself keeps the term (see [`Elector::run_while_leader_with`] to step
+    /// down instead).
     ///
     /// `work` should return promptly once cancelled. If it is still running
-    /// when the lost term's lease could expire in the store, its task is
-    /// aborted (at its next `.await`) and a warning is logged. The elector
-    /// does not compete again, nor release on shutdown, before the work has
-    /// stopped or that point has passed.
-    pub fn run_while_leader<F, Fut>(&self, mut work: F) -> WorkHandle
+    /// when its term's lease could expire in the store (the term's hard
+    /// deadline), its task is aborted (at its next `.await`) and a warning is
+    /// logged. The elector neither competes again nor releases (on shutdown)
+    /// before the work has stopped or that deadline has passed.
+    ///
+    /// Work that panics ends the term: the panic is logged at error level and
+    /// counted in `<prefix>_work_panics_total`, the lease is released so
+    /// another replica takes over at once, and this instance competes again
+    /// only after a back-off: the retry period, doubled for each further term
+    /// in a row that ends by a panic, capped at 32 retry periods.
+    pub fn run_while_leader<F, Fut>(&self, work: F) -> WorkHandle
+    where
+        F: FnMut(LeaderContext) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.run_while_leader_with(OnReturn::KeepLeading, work)
+    }
+
+    /// [`Elector::run_while_leader`], choosing with `on_return` what happens
+    /// when `work` returns by itself (not cancelled, not panicking).
+    pub fn run_while_leader_with<F, Fut>(&self, on_return: OnReturn, mut work: F) -> WorkHandle
     where
         F: FnMut(LeaderContext) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let tracker = self.inner.tracker.clone();
-        let stop = self.inner.stop.clone();
+        let elector_stop = self.inner.stop.clone();
+        let stop = CancellationToken::new();
+        let work_stop = stop.clone();
         let mut terms = tracker.subscribe_terms();
         let handle = tokio::spawn(async move {
-            // Work that returns by itself is started again only in a new term.
+            // The term that last ran the work: it runs once per term.
             let mut last_run = None;
             loop {
-                let fresh = |t: &Option<ActiveTerm>| {
-                    t.as_ref()
-                        .is_some_and(|t| !t.cancel.is_cancelled() && Some(t.token) != last_run)
-                };
-                let term = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    t = terms.wait_for(fresh) => match t {
-                        Ok(t) => t.clone(),
-                        Err(_) => return,
-                    },
-                };
-                let Some(term) = term else { continue };
-                last_run = Some(term.token);
-                supervise_term(&tracker, term, &mut work).await;
+                if elector_stop.is_cancelled() || work_stop.is_cancelled() {
+                    return;
+                }
+                // Mark before checking: a term that begins after the check
+                // wakes `changed()` below.
+                terms.borrow_and_update();
+                if let Some((term, slot)) = tracker.register_work(last_run) {
+                    last_run = Some(term.seq);
+                    supervise_term(&tracker, term, slot, &mut work, on_return, &work_stop).await;
+                    continue;
+                }
+                tokio::select! {
+                    _ = elector_stop.cancelled() => return,
+                    _ = work_stop.cancelled() => return,
+                    changed = terms.changed() => if changed.is_err() { return },
+                }
             }
         });
-        WorkHandle { handle }
+        WorkHandle { handle, stop }
     }
 
     /// Stops competing, stops run-while-leader work, then releases the lease
     /// (bounded by the release timeout) so a follower can take over at once.
-    /// Never re-acquires afterwards. Idempotent.
+    /// No acquire is sent once this has begun, and none afterwards.
+    /// Run-while-leader work is cancelled and waited for before the release,
+    /// until its term's hard deadline (then aborted); with election disabled
+    /// it is waited for up to the release timeout. Idempotent.
     pub async fn shutdown(&self) {
         self.inner.stop.cancel();
         let task = self
@@ -231,21 +258,11 @@ impl Elector {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        match task {
-            Some(task) => {
-                if let Err(e) = task.await
-                    && e.is_panic()
-                {
-                    tracing::error!(key = %self.key(), "elector task panicked");
-                }
-            }
-            None if !self.inner.enabled => {
-                if let Some((_, _)) = self.inner.tracker.end_term(None) {
-                    let deadline = Instant::now() + self.inner.tracker.timing.release_timeout;
-                    self.inner.tracker.wait_work_stopped(deadline).await;
-                }
-            }
-            None => {}
+        if let Some(task) = task
+            && let Err(e) = task.await
+            && e.is_panic()
+        {
+            tracing::error!(key = %self.key(), "elector task panicked");
         }
     }
 
@@ -303,29 +320,66 @@ impl LeaderContext {
     }
 }
 
-/// The supervisor started by [`Elector::run_while_leader`].
+/// What happens when run-while-leader work returns by itself (neither
+/// cancelled nor panicking).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnReturn {
+    /// Keep the term (and the lease); the work is started again only in a
+    /// later term. The default.
+    #[default]
+    KeepLeading,
+    /// End the term as Curator's `LeaderSelector` does when
+    /// `takeLeadership` returns: release the lease (another replica takes
+    /// over at once) and compete again after one retry period.
+    StepDown,
+}
+
+/// The supervisor started by [`Elector::run_while_leader`]. Dropping it
+/// leaves the supervisor running (until the elector shuts down).
 #[derive(Debug)]
 pub struct WorkHandle {
     handle: JoinHandle<()>,
+    stop: CancellationToken,
 }
 
 impl WorkHandle {
-    /// Stops starting new work (work already running is not interrupted by
-    /// this; it ends with the term).
+    /// Stops the work: no new work is started, and work running now is
+    /// cancelled (its [`LeaderContext`] fires) but keeps its term. The
+    /// elector still waits for it: no release and no new term while it runs.
+    /// Work that ignores the cancellation is aborted at its term's hard
+    /// deadline, once the term has ended. Does not wait; see
+    /// [`WorkHandle::stop_and_wait`].
     pub fn stop(&self) {
-        self.handle.abort();
+        self.stop.cancel();
     }
 
-    /// Waits until the supervisor ends (after the elector shuts down).
+    /// [`WorkHandle::stop`], then waits until the work has finished (or was
+    /// aborted at its term's hard deadline).
+    pub async fn stop_and_wait(self) {
+        self.stop();
+        self.join().await;
+    }
+
+    /// Waits until the supervisor ends: after [`WorkHandle::stop`] or the
+    /// elector's shutdown, once the work it runs has finished.
     pub async fn join(self) {
         let _ = self.handle.await;
     }
 }
 
-/// Runs one term's work until it ends or the term ends, then enforces the
-/// hard deadline.
-async fn supervise_term<F, Fut>(tracker: &Arc<LeaseTracker>, term: ActiveTerm, work: &mut F)
-where
+/// Runs one term's work until it ends, the term ends or the work is
+/// stopped; then cancels it and enforces the term's hard deadline. Reports a
+/// panic, and asks for the term to end when the work panicked or returned
+/// under [`OnReturn::StepDown`]. `slot` counts the work until it is gone.
+async fn supervise_term<F, Fut>(
+    tracker: &LeaseTracker,
+    term: ActiveTerm,
+    slot: WorkSlot,
+    work: &mut F,
+    on_return: OnReturn,
+    stop: &CancellationToken,
+) where
     F: FnMut(LeaderContext) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
@@ -333,37 +387,59 @@ where
         token: term.token,
         cancel: term.cancel.child_token(),
     };
-    tracker.work_active.send_modify(|n| *n += 1);
-    let active = ActiveGuard(tracker.clone());
     let mut task = tokio::spawn(work(ctx.clone()));
-    let finished = tokio::select! {
-        _ = &mut task => true,
-        _ = until_term_invalid(tracker, &term) => false,
+    let outcome = tokio::select! {
+        ended = &mut task => Some(ended),
+        _ = until_term_invalid(tracker, &term) => None,
+        _ = stop.cancelled() => None,
     };
-    if !finished {
-        ctx.cancel.cancel();
-        // The lost term's lease can expire in the store at its validity
-        // point; the work must be gone by then.
-        let hard_deadline = tracker.term_deadline(term.token);
-        if tokio::time::timeout_at(hard_deadline, &mut task)
-            .await
-            .is_err()
-        {
-            task.abort();
-            let _ = task.await;
-            tracing::warn!(key = %tracker.key, token = term.token.0,
-                "run-while-leader work did not stop before the lease could expire; aborted");
+    let by_itself = outcome.is_some();
+    let ended = match outcome {
+        Some(ended) => ended,
+        None => {
+            ctx.cancel.cancel();
+            // Stopped work may finish while its term lasts; once the term
+            // has ended, its lease can expire in the store at the hard
+            // deadline, and the work must be gone by then.
+            let hard_deadline = async {
+                until_term_invalid(tracker, &term).await;
+                sleep_until(tracker.term_deadline(term.seq)).await;
+            };
+            tokio::select! {
+                ended = &mut task => ended,
+                _ = hard_deadline => {
+                    task.abort();
+                    tracing::warn!(key = %tracker.key, token = term.token.0,
+                        "run-while-leader work did not stop before the lease could expire; aborted");
+                    task.await
+                }
+            }
         }
+    };
+    drop(slot);
+    match ended {
+        Err(e) if e.is_panic() => {
+            tracker
+                .telemetry
+                .work_panicked(term.token, &panic_message(e.into_panic()));
+            tracker.request_step_down(term.seq, StepDown::Panicked);
+        }
+        Ok(()) if by_itself && on_return == OnReturn::StepDown => {
+            tracker.request_step_down(term.seq, StepDown::Returned);
+        }
+        _ => {}
     }
-    drop(active);
 }
 
-/// Decrements the running-work count when dropped (also on abort).
-struct ActiveGuard(Arc<LeaseTracker>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.work_active.send_modify(|n| *n = n.saturating_sub(1));
+/// The text of a panic payload (`panic!` with a message gives a `&str` or a
+/// `String`).
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic payload that is not a string".to_owned()
     }
 }
 
@@ -386,118 +462,320 @@ async fn until_term_invalid(tracker: &LeaseTracker, term: &ActiveTerm) {
     }
 }
 
-/// The election loop.
+/// The election loop: subscribe, acquire, then lead or follow, until
+/// shutdown (the steps of client-go's `LeaderElector`, as named methods).
 async fn run(store: Arc<dyn LeaseStore>, tracker: Arc<LeaseTracker>, stop: CancellationToken) {
-    let timing = tracker.timing;
-    let support = store.capabilities().notifications;
-    let notifies = store.capabilities().notifies();
-    let mut events: Option<LeaseEvents> = None;
-    let mut next_subscribe = Instant::now();
-    while !stop.is_cancelled() {
-        if notifies && events.is_none() && Instant::now() >= next_subscribe {
-            match timeout(timing.request_timeout, store.watch(&tracker.key)).await {
-                Ok(Ok(ev)) => events = Some(ev),
-                Ok(Err(e)) => {
-                    tracker.telemetry.store_error("watch", &e);
-                    next_subscribe = Instant::now() + timing.retry_period;
-                }
-                Err(_) => next_subscribe = Instant::now() + timing.retry_period,
+    let mut campaign = Campaign {
+        notifies: store.capabilities().notifies(),
+        store,
+        tracker,
+        stop,
+        events: None,
+        next_subscribe: Instant::now(),
+        panics_in_a_row: 0,
+    };
+    campaign.run().await;
+}
+
+/// The state of one enabled elector's loop.
+struct Campaign {
+    store: Arc<dyn LeaseStore>,
+    tracker: Arc<LeaseTracker>,
+    stop: CancellationToken,
+    /// Whether the store pushes any events.
+    notifies: bool,
+    /// The live subscription, if any.
+    events: Option<LeaseEvents>,
+    /// Not before this instant may a subscription be attempted again.
+    next_subscribe: Instant,
+    /// Terms in a row that ended because run-while-leader work panicked.
+    panics_in_a_row: u32,
+}
+
+/// The outcome of one acquire attempt.
+enum Attempt {
+    /// A lease won by a request sent at `sent`.
+    Won { lease: Lease, sent: Instant },
+    /// Someone else holds it, for `remaining` if the store says.
+    Held { remaining: Option<Duration> },
+    /// The store failed or did not answer.
+    Failed,
+}
+
+/// What the loop does next.
+enum Next {
+    /// Acquire again at once.
+    Acquire,
+    /// Wait like a follower; `held_by_other` when the store said so.
+    Follow {
+        holder_remaining: Option<Duration>,
+        held_by_other: bool,
+    },
+    /// Wait this long, deaf to notifications (after a step-down).
+    Pause(Duration),
+    /// Shutdown began.
+    Stop,
+}
+
+impl Campaign {
+    async fn run(&mut self) {
+        while !self.stop.is_cancelled() {
+            if !self.subscribe().await {
+                break;
+            }
+            // No acquire is sent once shutdown began.
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let next = match self.try_acquire().await {
+                Attempt::Won { lease, sent } => self.lead(lease, sent).await,
+                Attempt::Held { remaining } => Next::Follow {
+                    holder_remaining: remaining,
+                    held_by_other: true,
+                },
+                Attempt::Failed => Next::Follow {
+                    holder_remaining: None,
+                    held_by_other: false,
+                },
+            };
+            match next {
+                Next::Acquire => {}
+                Next::Follow {
+                    holder_remaining,
+                    held_by_other,
+                } => self.follow(holder_remaining, held_by_other).await,
+                Next::Pause(pause) => self.pause(pause).await,
+                Next::Stop => break,
             }
         }
+    }
 
-        // Not raced against `stop`: dropping an acquisition in flight could
-        // leave our key in the store for a whole TTL after shutdown.
+    /// Subscribes to the key's events when the store pushes any and no
+    /// subscription is live. Returns false when shutdown began meanwhile
+    /// (raced against `stop`: a subscription can wait, an acquire must not
+    /// follow shutdown).
+    async fn subscribe(&mut self) -> bool {
+        if !self.notifies || self.events.is_some() || Instant::now() < self.next_subscribe {
+            return true;
+        }
+        let timing = self.tracker.timing;
+        let watched = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return false,
+            w = timeout(timing.request_timeout, self.store.watch(&self.tracker.key)) => w,
+        };
+        match watched {
+            Ok(Ok(events)) => self.events = Some(events),
+            Ok(Err(e)) => {
+                self.tracker.telemetry.store_error("watch", &e);
+                self.next_subscribe = Instant::now() + timing.retry_period;
+            }
+            Err(_) => self.next_subscribe = Instant::now() + timing.retry_period,
+        }
+        true
+    }
+
+    /// Sends one acquire, bounded by the request timeout. Not raced against
+    /// `stop`: dropping an acquisition in flight could leave our key in the
+    /// store for a whole TTL after shutdown.
+    async fn try_acquire(&self) -> Attempt {
+        let timing = self.tracker.timing;
+        let tracker = &self.tracker;
         let sent = Instant::now();
         let outcome = timeout(
             timing.request_timeout,
-            store.acquire(&tracker.key, &tracker.holder, timing.lease),
+            self.store
+                .acquire(&tracker.key, &tracker.holder, timing.lease),
         )
         .await;
         tracker.telemetry.acquire_took(sent.elapsed());
-        // (the holder's remaining TTL, whether someone else surely holds it)
-        let (holder_remaining, held_by_other) = match outcome {
-            Ok(Ok(Acquire::Acquired(lease))) => {
-                if stop.is_cancelled() {
-                    if !tracker.is_aborted() {
-                        keeper::release(&*store, &lease, &tracker).await;
-                    }
-                    break;
-                }
-                tracker.begin_term(lease.token, Some(sent));
-                let end = keeper::keep(&*store, &lease, sent, &tracker, &stop).await;
-                let reason = match end {
-                    KeepEnd::Stopped => None,
-                    KeepEnd::Lost(reason) => Some(reason),
-                };
-                if let Some((token, valid_until)) = tracker.end_term(reason) {
-                    // No new term, and no release, while the old term's work
-                    // runs (its supervisor aborts it at `valid_until`).
-                    tracker.wait_work_stopped(valid_until).await;
-                    if end == KeepEnd::Stopped && !tracker.is_aborted() {
-                        let released = keeper::release(&*store, &lease, &tracker).await;
-                        tracker.telemetry.released(token, released);
-                    }
-                }
-                match reason {
-                    // The store said someone else holds it: wait like a follower.
-                    Some(LossReason::NotHolder) => (None, false),
-                    // Renewals failed until the deadline: try again at once;
-                    // if our key survived we get it back with a new token.
-                    _ => continue,
-                }
-            }
+        match outcome {
+            Ok(Ok(Acquire::Acquired(lease))) => Attempt::Won { lease, sent },
             Ok(Ok(Acquire::Held(info))) => {
                 tracker.contact_ok(Some(info.holder));
-                (info.remaining, true)
+                Attempt::Held {
+                    remaining: info.remaining,
+                }
             }
             Ok(Err(e)) => {
                 tracker.contact_failed("acquire", &e);
-                (None, false)
+                Attempt::Failed
             }
             Err(_) => {
-                let e = Error::indeterminate(format!(
+                let e = self.error(format!(
                     "acquire did not answer within {:?}",
                     timing.request_timeout
-                ))
-                .with_store(store.kind())
-                .with_operation("acquire")
-                .with_key(tracker.key.as_str());
+                ));
                 tracker.contact_failed("acquire", &e);
-                (None, false)
+                Attempt::Failed
             }
-        };
+        }
+    }
 
-        // Follower: wait for the retry period, or less if the store says
-        // the lease is about to end or was released.
-        // Pushed events only stand in for polling when the store definitely
-        // said someone else holds the seat; after an error, retry as usual.
-        let pushed = match events {
-            Some(_) if held_by_other => Pushed::by(support),
+    /// Leads with `lease` (won by a request sent at `sent`) until the term
+    /// ends, waits for its work, releases when the end was voluntary, and
+    /// says what to do next.
+    async fn lead(&mut self, lease: Lease, sent: Instant) -> Next {
+        let tracker = self.tracker.clone();
+        if self.stop.is_cancelled() {
+            self.release(&lease).await;
+            return Next::Stop;
+        }
+        let Some(term) = tracker.begin_term(lease.token, Some(sent)) else {
+            // Answered after its own validity point: not a term.
+            let e = self.error(format!(
+                "acquire answered {:?} after it was sent, past the lease's validity point",
+                sent.elapsed()
+            ));
+            tracker.contact_failed("acquire", &e);
+            self.release(&lease).await;
+            return Next::Follow {
+                holder_remaining: None,
+                held_by_other: false,
+            };
+        };
+        let end = tokio::select! {
+            biased;
+            end = keeper::keep(&*self.store, &lease, sent, &tracker, &self.stop) => end,
+            // The work asked to end the term: like a release.
+            _ = term.step_down.cancelled() => KeepEnd::Stopped,
+        };
+        let reason = match end {
+            KeepEnd::Stopped => None,
+            KeepEnd::Lost(reason) => Some(reason),
+        };
+        if let Some((token, hard_deadline)) = tracker.end_term(reason) {
+            // No new term, and no release, while the old term's work runs
+            // (its supervisor aborts it at the hard deadline).
+            tracker.wait_work_stopped(hard_deadline).await;
+            if end == KeepEnd::Stopped && !tracker.is_aborted() {
+                let released = keeper::release(&*self.store, &lease, &tracker).await;
+                tracker.telemetry.released(token, released);
+            }
+        }
+        if end == KeepEnd::Stopped && !self.stop.is_cancelled() {
+            // Stepped down at the work's request. Our own release
+            // notification must not wake us: drop the subscription.
+            self.events = None;
+            let pause = step_down_pause(&tracker, &mut self.panics_in_a_row);
+            self.next_subscribe = Instant::now() + pause;
+            return Next::Pause(pause);
+        }
+        self.panics_in_a_row = 0;
+        match reason {
+            // The store said someone else holds it: wait like a follower.
+            Some(LossReason::NotHolder) => Next::Follow {
+                holder_remaining: None,
+                held_by_other: false,
+            },
+            // Renewals failed until the deadline: try again at once; if our
+            // key survived we get it back with a new token.
+            _ => Next::Acquire,
+        }
+    }
+
+    /// Waits for the retry period, or less if the store says the lease is
+    /// about to end or was released. Pushed events only stand in for polling
+    /// when the store definitely said someone else holds the seat; after an
+    /// error, retry as usual.
+    async fn follow(&mut self, holder_remaining: Option<Duration>, held_by_other: bool) {
+        let timing = self.tracker.timing;
+        let pushed = match self.events {
+            Some(_) if held_by_other => Pushed::by(self.store.capabilities().notifications),
             _ => Pushed::Nothing,
         };
         let mut wake = Instant::now() + timing.follower_wait(holder_remaining, pushed);
         loop {
             let event = tokio::select! {
                 biased;
-                _ = stop.cancelled() => break,
-                _ = sleep_until(wake) => break,
-                ev = next_event(&mut events) => ev,
+                _ = self.stop.cancelled() => return,
+                _ = sleep_until(wake) => return,
+                ev = next_event(&mut self.events) => ev,
             };
             match event {
-                Some(LeaseEvent::Vacated) => break,
+                Some(LeaseEvent::Vacated) => return,
                 Some(LeaseEvent::Acquired { holder, .. }) => {
-                    if holder != tracker.holder {
-                        tracker.observed_leader(Some(holder));
+                    if holder != self.tracker.holder {
+                        self.tracker.observed_leader(Some(holder));
                     }
                 }
                 None => {
                     // Subscription down: poll until it is back.
-                    events = None;
-                    next_subscribe = Instant::now() + timing.retry_period;
+                    self.events = None;
+                    self.next_subscribe = Instant::now() + timing.retry_period;
                     let poll = timing.follower_wait(holder_remaining, Pushed::Nothing);
                     wake = wake.min(Instant::now() + poll);
                 }
             }
+        }
+    }
+
+    /// Waits `pause` (or until shutdown) without competing.
+    async fn pause(&self, pause: Duration) {
+        tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => {}
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+
+    /// Releases a lease this loop holds, unless aborted (a simulated crash).
+    async fn release(&self, lease: &Lease) {
+        if !self.tracker.is_aborted() {
+            keeper::release(&*self.store, lease, &self.tracker).await;
+        }
+    }
+
+    /// An indeterminate acquire error carrying the store, operation and key.
+    fn error(&self, message: String) -> Error {
+        Error::indeterminate(message)
+            .with_store(self.store.kind())
+            .with_operation("acquire")
+            .with_key(self.tracker.key.as_str())
+    }
+}
+
+/// The election with election disabled: one term with token 0 that lasts
+/// until shutdown, except that a step-down requested by run-while-leader work
+/// ends it and a new one begins after the same pause as with a store.
+async fn run_single(
+    tracker: Arc<LeaseTracker>,
+    stop: CancellationToken,
+    first: Option<ActiveTerm>,
+) {
+    let mut panics_in_a_row = 0;
+    let mut term = first;
+    while let Some(current) = term.take() {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {}
+            _ = current.step_down.cancelled() => {}
+        }
+        if let Some((_, deadline)) = tracker.end_term(None) {
+            tracker.wait_work_stopped(deadline).await;
+        }
+        let pause = step_down_pause(&tracker, &mut panics_in_a_row);
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+        term = tracker.begin_term(FencingToken(0), None);
+    }
+}
+
+/// The pause before competing again after run-while-leader work asked to end
+/// the term: a growing back-off after panics (counted in `panics_in_a_row`),
+/// one retry period after work that returned.
+fn step_down_pause(tracker: &LeaseTracker, panics_in_a_row: &mut u32) -> Duration {
+    match tracker.step_down_reason() {
+        Some(StepDown::Panicked) => {
+            *panics_in_a_row += 1;
+            tracker.timing.panic_back_off(*panics_in_a_row)
+        }
+        _ => {
+            *panics_in_a_row = 0;
+            tracker.timing.retry_period
         }
     }
 }

@@ -19,7 +19,7 @@ mod tracker;
 /// so a store crate needs no direct dependency on `async-trait`.
 pub use async_trait::async_trait;
 pub use config::{ElectionConfig, Preset, SECTION, parse_duration};
-pub use elector::{Elector, LeaderContext, WorkHandle};
+pub use elector::{Elector, LeaderContext, OnReturn, WorkHandle};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{HealthData, HealthReport, HealthStatus, Probe, Readiness};
 pub use lock::{LockGuard, Locks};

@@ -565,11 +565,16 @@ impl Telemetry {
         );
     }
 
-    /// Run-while-leader work of the term `token` panicked.
-    #[allow(dead_code, reason = "called by the work supervisor's panic path")]
-    pub(crate) fn work_panicked(&self, token: FencingToken) {
+    /// Run-while-leader work of the term with `token` panicked with `message`.
+    pub(crate) fn work_panicked(&self, token: FencingToken, message: &str) {
         self.work_panics.increment(1);
-        event!(self, Level::ERROR, token = token.0, "Leader work panicked");
+        event!(
+            self,
+            Level::ERROR,
+            token = token.0,
+            panic = message,
+            "Run-while-leader work panicked; stepping down"
+        );
     }
 
     /// The leader as this holder now knows it (`None`: unknown or vacant).

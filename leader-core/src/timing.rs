@@ -60,6 +60,16 @@ impl Timing {
         (self.renewal_interval / 4).max(Duration::from_millis(1))
     }
 
+    /// The pause before competing again after `n` terms in a row ended
+    /// because run-while-leader work panicked: the retry period, doubled for
+    /// each further such term, capped at 32 retry periods (5 min 20 s with
+    /// the default 10 s). No jitter: the other replicas are not waiting on
+    /// this one, they took over when it released.
+    pub(crate) fn panic_back_off(&self, n: u32) -> Duration {
+        let doublings = n.saturating_sub(1).min(5);
+        self.retry_period.saturating_mul(1 << doublings)
+    }
+
     /// A follower's pause before its next attempt, given what its live
     /// subscription pushes and how long the store says the holder's lease has
     /// left. Jitter (up to `retry_jitter` of the retry period) keeps followers

@@ -5,8 +5,8 @@
 //! The elector and named-lock guards both use it, so the timing rules live in
 //! one place.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -36,8 +36,23 @@ pub struct LeaderState {
 #[derive(Debug, Clone)]
 pub(crate) struct ActiveTerm {
     pub(crate) token: FencingToken,
+    /// Numbers the terms of one tracker (tokens do not: with election
+    /// disabled every term has token 0).
+    pub(crate) seq: u64,
     /// Cancelled the moment the term ends.
     pub(crate) cancel: CancellationToken,
+    /// Cancelled when run-while-leader work asks the holder to end the term
+    /// (see [`LeaseTracker::request_step_down`]).
+    pub(crate) step_down: CancellationToken,
+}
+
+/// Why run-while-leader work asked the holder to end its term.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StepDown {
+    /// The work panicked.
+    Panicked,
+    /// The work returned and was started with `OnReturn::StepDown`.
+    Returned,
 }
 
 #[derive(Debug, Default)]
@@ -48,8 +63,12 @@ struct Inner {
     consecutive_failures: u32,
     last_error: Option<String>,
     leader_id: Option<HolderId>,
-    /// The token and validity point of the last term that ended.
-    last_ended: Option<(FencingToken, Instant)>,
+    /// The sequence number and hard deadline of the last term that ended.
+    last_ended: Option<(u64, Instant)>,
+    /// Terms begun so far.
+    terms: u64,
+    /// The first step-down request of the current term.
+    step_down: Option<StepDown>,
 }
 
 /// Shared state of one lease holder.
@@ -68,8 +87,9 @@ pub(crate) struct LeaseTracker {
     inner: Mutex<Inner>,
     state_tx: watch::Sender<LeaderState>,
     term_tx: watch::Sender<Option<ActiveTerm>>,
-    /// How many run-while-leader futures are running.
-    pub(crate) work_active: watch::Sender<usize>,
+    /// How many run-while-leader futures are running. Only incremented under
+    /// `inner`'s lock, by [`LeaseTracker::register_work`].
+    work_active: watch::Sender<usize>,
     /// Set by `Elector::abort`: never release (a simulated crash).
     aborted: std::sync::atomic::AtomicBool,
 }
@@ -176,21 +196,40 @@ impl LeaseTracker {
         });
     }
 
-    /// A term started by a request sent at `sent`; `None` means forever
+    /// Begins a term won by a request sent at `sent`; `None` means forever
     /// (election disabled).
-    pub(crate) fn begin_term(&self, token: FencingToken, sent: Option<Instant>) {
+    ///
+    /// Returns `None`, and changes and publishes nothing, when the term's
+    /// validity point has already passed (the answer came too late to be
+    /// trusted for even an instant): the caller must not act as its holder
+    /// and should release the lease.
+    pub(crate) fn begin_term(
+        &self,
+        token: FencingToken,
+        sent: Option<Instant>,
+    ) -> Option<ActiveTerm> {
         let valid = match sent {
-            Some(sent) => self.encode(self.timing.valid_until(sent)),
+            Some(sent) => {
+                let until = self.timing.valid_until(sent);
+                if Instant::now() >= until {
+                    return None;
+                }
+                self.encode(until)
+            }
             None => FOREVER,
         };
-        let term = ActiveTerm {
-            token,
-            cancel: CancellationToken::new(),
-        };
-        {
+        let term = {
             let mut inner = self.lock();
+            inner.terms += 1;
+            let term = ActiveTerm {
+                token,
+                seq: inner.terms,
+                cancel: CancellationToken::new(),
+                step_down: CancellationToken::new(),
+            };
             let now = Instant::now();
             inner.term = Some(term.clone());
+            inner.step_down = None;
             inner.last_renewal_ok = Some(now);
             inner.last_contact_ok = Some(now);
             inner.consecutive_failures = 0;
@@ -198,13 +237,15 @@ impl LeaseTracker {
             inner.leader_id = Some(self.holder.clone());
             self.valid_until.store(valid, Ordering::Release);
             self.publish(&inner);
-        }
+            term
+        };
         let remaining = self
             .valid_until()
             .map(|v| v.saturating_duration_since(Instant::now()))
             .unwrap_or_default();
         self.telemetry.acquired(token, remaining);
-        self.term_tx.send_replace(Some(term));
+        self.term_tx.send_replace(Some(term.clone()));
+        Some(term)
     }
 
     /// A renewal sent at `sent` succeeded after `elapsed`.
@@ -277,14 +318,19 @@ impl LeaseTracker {
 
     /// Ends the current term: `is_leader()` turns false at once, running work
     /// is cancelled, subscribers hear of it. `lost` says why, or `None` for a
-    /// voluntary release. Returns the term's token and its last validity point
-    /// (the hard deadline for work to stop).
+    /// voluntary release. Returns the term's token and its hard deadline: the
+    /// last validity point (the lease can expire in the store then), or, for
+    /// a term without a lease (election disabled), the release timeout from
+    /// now. Work registered for the term must be gone by then.
     pub(crate) fn end_term(&self, lost: Option<LossReason>) -> Option<(FencingToken, Instant)> {
-        let until = self.valid_until().unwrap_or_else(Instant::now);
+        let until = match self.valid_until.load(Ordering::Acquire) {
+            FOREVER => Instant::now() + self.timing.release_timeout,
+            _ => self.valid_until().unwrap_or_else(Instant::now),
+        };
         let term = {
             let mut inner = self.lock();
             let term = inner.term.take()?;
-            inner.last_ended = Some((term.token, until));
+            inner.last_ended = Some((term.seq, until));
             self.valid_until.store(0, Ordering::Release);
             if inner.leader_id.as_ref() == Some(&self.holder) {
                 inner.leader_id = None;
@@ -300,15 +346,55 @@ impl LeaseTracker {
         Some((term.token, until))
     }
 
-    /// When the term with `token` can expire in the store: by then its work
-    /// must have stopped. Already past for a term whose validity ran out.
-    pub(crate) fn term_deadline(&self, token: FencingToken) -> Instant {
+    /// The hard deadline of the term numbered `seq`: when its lease can
+    /// expire in the store, so by then its work must have stopped. Already
+    /// past for a term whose validity ran out.
+    pub(crate) fn term_deadline(&self, seq: u64) -> Instant {
         let inner = self.lock();
         match (&inner.term, inner.last_ended) {
-            (Some(t), _) if t.token == token => self.valid_until().unwrap_or_else(Instant::now),
-            (_, Some((t, until))) if t == token => until,
+            (Some(t), _) if t.seq == seq => self.valid_until().unwrap_or_else(Instant::now),
+            (_, Some((s, until))) if s == seq => until,
             _ => Instant::now(),
         }
+    }
+
+    /// Counts one run-while-leader work as running in the current term,
+    /// unless there is no valid term, it is already ending, or it is the
+    /// term numbered `after` (work runs once per term). Returns the term and
+    /// a slot that uncounts the work when dropped.
+    ///
+    /// The check and the count are one step under the lock `end_term` takes:
+    /// either the work is counted before the term ends (and the holder's
+    /// [`LeaseTracker::wait_work_stopped`] waits for it), or it never starts.
+    pub(crate) fn register_work(
+        self: &Arc<Self>,
+        after: Option<u64>,
+    ) -> Option<(ActiveTerm, WorkSlot)> {
+        let inner = self.lock();
+        let term = inner.term.as_ref()?;
+        if Some(term.seq) == after || term.cancel.is_cancelled() || !self.is_valid() {
+            return None;
+        }
+        self.work_active.send_modify(|n| *n += 1);
+        Some((term.clone(), WorkSlot(self.clone())))
+    }
+
+    /// Asks the holder of the term numbered `seq` to end it (ignored when
+    /// that term is over). The first request's reason is kept.
+    pub(crate) fn request_step_down(&self, seq: u64, why: StepDown) {
+        let mut inner = self.lock();
+        let Some(term) = inner.term.as_ref().filter(|t| t.seq == seq) else {
+            return;
+        };
+        let step_down = term.step_down.clone();
+        inner.step_down.get_or_insert(why);
+        drop(inner);
+        step_down.cancel();
+    }
+
+    /// Why the current (or just ended) term was asked to step down, if it was.
+    pub(crate) fn step_down_reason(&self) -> Option<StepDown> {
+        self.lock().step_down
     }
 
     /// Waits until no run-while-leader work is running, or until `deadline`.
@@ -318,6 +404,12 @@ impl LeaseTracker {
         tokio::time::timeout_at(deadline, rx.wait_for(|n| *n == 0))
             .await
             .is_ok()
+    }
+
+    /// How many run-while-leader futures are running now.
+    #[cfg(test)]
+    fn work_running(&self) -> usize {
+        *self.work_active.borrow()
     }
 
     /// The health report as of now.
@@ -376,5 +468,89 @@ impl LeaseTracker {
             data,
             exception,
         }
+    }
+}
+
+/// One running run-while-leader work, counted until this is dropped (also
+/// when its supervisor is aborted).
+#[derive(Debug)]
+pub(crate) struct WorkSlot(Arc<LeaseTracker>);
+
+impl Drop for WorkSlot {
+    fn drop(&mut self) {
+        self.0.work_active.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ElectionConfig;
+
+    fn tracker() -> Arc<LeaseTracker> {
+        let config = ElectionConfig::new("unit");
+        let key = config.lease_key().expect("key");
+        let holder = HolderId::new("a").expect("holder");
+        let telemetry = Telemetry::new(
+            crate::telemetry::Kind::Election,
+            &config,
+            key.resource(),
+            &holder,
+        );
+        Arc::new(LeaseTracker::new(
+            key,
+            holder,
+            "memory",
+            Timing::from_config(&config),
+            telemetry,
+            HealthStatus::Degraded,
+        ))
+    }
+
+    /// The race of a supervisor that saw a term just as it ended: work for
+    /// an ended term is refused, so nothing runs unseen by `end_term`'s waiter.
+    #[tokio::test(start_paused = true)]
+    async fn work_for_a_term_that_ended_is_refused() {
+        let t = tracker();
+        let term = t
+            .begin_term(FencingToken(1), Some(Instant::now()))
+            .expect("valid");
+        t.end_term(None);
+        assert!(t.register_work(None).is_none());
+        assert_eq!(t.work_running(), 0);
+        // Nor once a new term began, for the old term's supervisor.
+        let next = t
+            .begin_term(FencingToken(2), Some(Instant::now()))
+            .expect("valid");
+        assert!(next.seq > term.seq);
+        assert!(t.register_work(Some(next.seq)).is_none());
+    }
+
+    /// Work counted before the term ends holds the holder back until it is gone.
+    #[tokio::test(start_paused = true)]
+    async fn work_counted_before_the_end_is_waited_for() {
+        let t = tracker();
+        t.begin_term(FencingToken(1), Some(Instant::now()))
+            .expect("valid");
+        let (_, slot) = t.register_work(None).expect("a valid term");
+        assert_eq!(t.work_running(), 1);
+        let (_, deadline) = t.end_term(None).expect("a term");
+        assert!(
+            !t.wait_work_stopped(Instant::now() + Duration::from_millis(5))
+                .await
+        );
+        drop(slot);
+        assert!(t.wait_work_stopped(deadline).await);
+    }
+
+    /// A term answered after its validity point never begins.
+    #[tokio::test(start_paused = true)]
+    async fn a_term_past_its_validity_point_does_not_begin() {
+        let t = tracker();
+        let sent = Instant::now();
+        tokio::time::advance(t.timing.lease).await;
+        assert!(t.begin_term(FencingToken(1), Some(sent)).is_none());
+        assert!(!t.subscribe().borrow().is_leader);
+        assert!(t.register_work(None).is_none());
     }
 }
