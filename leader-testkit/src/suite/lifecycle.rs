@@ -176,7 +176,19 @@ pub async fn election_shutdown_during_renewal_releases(ctx: &Ctx) -> CaseResult 
         follower_reaction(ctx) + p.slack
     };
     let (new, took) = cluster.wait_for_leader(bound, Some(old)).await?;
+    let total = released + took;
     println!("  shutdown during a renewal took {released:?}; new leader {took:?} later");
+    if ctx.capabilities().notifies() {
+        // A pushed handover takes milliseconds; a release lost to the
+        // dropped renewal would leave followers waiting for expiry or a
+        // lock delay (a lease or more).
+        ensure!(
+            total < p.lease,
+            "handover took {total:?} after a shutdown during a renewal: no faster than \
+             waiting for expiry ({:?}); the release did not happen as one",
+            p.lease
+        );
+    }
     ensure!(
         cluster.token(new)? > old_token,
         "the new token is not above {old_token}"
