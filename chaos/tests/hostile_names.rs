@@ -89,7 +89,10 @@ async fn round_trip(store: Arc<dyn LeaseStore>) {
             .await
             .unwrap_or_else(|e| panic!("current {name:?}: {e}"))
             .unwrap_or_else(|| panic!("{name:?} is held, current says free"));
-        assert_eq!(info.holder, *holder, "{name:?}: holder changed in the store");
+        assert_eq!(
+            info.holder, *holder,
+            "{name:?}: holder changed in the store"
+        );
         assert_eq!(
             info.token, lease.token,
             "{name:?}: token changed in the store"

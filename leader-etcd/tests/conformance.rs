@@ -34,7 +34,10 @@ async fn count_resources(url: String) -> leader_core::Result<ResourceCounts> {
         .map_err(failed)?;
     let leases = client.leases().await.map_err(failed)?.leases().len() as u64;
     let keys = client
-        .get("", Some(GetOptions::new().with_all_keys().with_count_only()))
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_count_only()),
+        )
         .await
         .map_err(failed)?
         .count();

@@ -25,8 +25,9 @@ async fn fixture() -> ServerFixture<PostgresServer> {
 /// (`pg_stat_activity`, this counting connection included) and advisory
 /// locks (`pg_locks`).
 async fn count_resources(url: String) -> leader_core::Result<ResourceCounts> {
-    let failed =
-        |e: sqlx::Error| leader_core::Error::unavailable(format!("counting Postgres resources: {e}"));
+    let failed = |e: sqlx::Error| {
+        leader_core::Error::unavailable(format!("counting Postgres resources: {e}"))
+    };
     let mut conn = sqlx::PgConnection::connect(&url).await.map_err(failed)?;
     let backends: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'",
@@ -34,14 +35,21 @@ async fn count_resources(url: String) -> leader_core::Result<ResourceCounts> {
     .fetch_one(&mut conn)
     .await
     .map_err(failed)?;
-    let locks: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(failed)?;
+    let locks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(failed)?;
     let _ = conn.close().await;
     Ok(ResourceCounts::from([
-        ("connections".to_owned(), u64::try_from(backends).unwrap_or(0)),
-        ("advisory locks".to_owned(), u64::try_from(locks).unwrap_or(0)),
+        (
+            "connections".to_owned(),
+            u64::try_from(backends).unwrap_or(0),
+        ),
+        (
+            "advisory locks".to_owned(),
+            u64::try_from(locks).unwrap_or(0),
+        ),
     ]))
 }
 

@@ -169,7 +169,6 @@ async fn partitioned_holder_steps_down_before_the_server_frees_its_lock() {
     );
     tokio::time::sleep_until(earliest_server_release).await;
     proxy.set_mode(Mode::Reset);
-    let freed = Instant::now();
 
     // b waits out the lock delay (a's term ended without a release).
     let took = until_leading(&b.elector, true, LEASE + interval() * 3 + SLACK)
@@ -201,8 +200,9 @@ const HOLD_ENV: &str = "LEADER_PG_TEST_HOLD";
 #[tokio::test]
 #[ignore = "the holder process of kill_9_of_the_holder_process_hands_over, not a test"]
 async fn holder_process_entry_point() {
-    let spec = std::env::var(HOLD_ENV)
-        .unwrap_or_else(|_| panic!("not a test: run only as a holder process, with {HOLD_ENV} set"));
+    let spec = std::env::var(HOLD_ENV).unwrap_or_else(|_| {
+        panic!("not a test: run only as a holder process, with {HOLD_ENV} set")
+    });
     let parts: Vec<&str> = spec.split('|').collect();
     let [url, prefix, instance] = parts[..] else {
         panic!("{HOLD_ENV} must be url|prefix|instance, got {spec:?}");

@@ -36,8 +36,9 @@ fn client(connection: &str, ca: Option<&PathBuf>) -> leader_core::Result<Arc<dyn
 /// Redis's server-side resources a client could leak: connections
 /// (`CLIENT LIST`, this counting connection included) and keys (`DBSIZE`).
 async fn count_resources(url: String) -> leader_core::Result<ResourceCounts> {
-    let failed =
-        |e: redis::RedisError| leader_core::Error::unavailable(format!("counting Redis resources: {e}"));
+    let failed = |e: redis::RedisError| {
+        leader_core::Error::unavailable(format!("counting Redis resources: {e}"))
+    };
     let client = redis::Client::open(url).map_err(failed)?;
     let mut conn = client
         .get_multiplexed_async_connection()

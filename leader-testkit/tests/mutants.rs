@@ -227,7 +227,9 @@ impl LeaseStore for Mutant {
     }
 
     async fn renew(&self, lease: &Lease) -> Result<()> {
-        let poison = Poison(matches!(self.bug, Bug::CancelledRenewBreaksRelease).then(|| self.poisoned.clone()));
+        let poison = Poison(
+            matches!(self.bug, Bug::CancelledRenewBreaksRelease).then(|| self.poisoned.clone()),
+        );
         self.wire().await?;
         let result = match self.bug {
             Bug::RenewIgnoresToken => match self.inner.current(&lease.key).await? {
@@ -372,14 +374,20 @@ impl Fixture for MutantFixture {
     }
     async fn linked_client(&self) -> Result<Option<LinkedClient>> {
         let link = Arc::new(LinkState::default());
-        Ok(Some((self.client(link.clone()), Box::new(MutantLink(link)))))
+        Ok(Some((
+            self.client(link.clone()),
+            Box::new(MutantLink(link)),
+        )))
     }
     fn counts_resources(&self) -> bool {
         true
     }
     async fn resource_counts(&self) -> Result<ResourceCounts> {
         let leaked = self.server.leaked.load(Ordering::SeqCst);
-        Ok(ResourceCounts::from([("connections".to_owned(), 1 + leaked)]))
+        Ok(ResourceCounts::from([(
+            "connections".to_owned(),
+            1 + leaked,
+        )]))
     }
 }
 

@@ -65,7 +65,10 @@ pub async fn takeover_leaves_the_new_holder_untouched(ctx: &Ctx) -> CaseResult {
              (the old holder's renew or release touched the new lease)"
         );
     }
-    ensure!(store.release(&new).await?, "the new holder's release returned false");
+    ensure!(
+        store.release(&new).await?,
+        "the new holder's release returned false"
+    );
     Ok(())
 }
 

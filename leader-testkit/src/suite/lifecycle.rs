@@ -211,7 +211,10 @@ pub async fn election_renewals_stop_after_shutdown(ctx: &Ctx) -> CaseResult {
     .await
     .ok_or_else(|| Failure::new(format!("no leader renewing twice within {bound:?}")))?;
     elector.shutdown().await;
-    let (renewals, acquires) = (counted.calls(StoreOp::Renew), counted.calls(StoreOp::Acquire));
+    let (renewals, acquires) = (
+        counted.calls(StoreOp::Renew),
+        counted.calls(StoreOp::Acquire),
+    );
     let key = elector.key().clone();
     let until = Instant::now() + p.interval() * 3;
     while Instant::now() < until {
@@ -221,7 +224,10 @@ pub async fn election_renewals_stop_after_shutdown(ctx: &Ctx) -> CaseResult {
         );
         sleep(p.interval() / 2).await;
     }
-    let (r, a) = (counted.calls(StoreOp::Renew), counted.calls(StoreOp::Acquire));
+    let (r, a) = (
+        counted.calls(StoreOp::Renew),
+        counted.calls(StoreOp::Acquire),
+    );
     ensure!(
         r == renewals && a == acquires,
         "after shutdown() returned {} renewals and {} acquisitions reached the store",
@@ -290,10 +296,7 @@ pub async fn election_started_while_down_leads_once_up(ctx: &Ctx) -> CaseResult 
     sleep(follower_reaction(ctx) * 2).await;
     let early = cluster.leaders();
     control.start().await?;
-    ensure!(
-        early.is_empty(),
-        "{early:?} led while the store was down"
-    );
+    ensure!(early.is_empty(), "{early:?} led while the store was down");
     let bound = follower_reaction(ctx) + p.interval() + p.slack;
     let (leader, took) = cluster.wait_for_leader(bound, None).await?;
     println!("  a leader {took:?} after the store came up");

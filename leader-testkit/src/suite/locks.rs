@@ -48,13 +48,12 @@ pub async fn lock_held_name_gives_none(ctx: &Ctx) -> CaseResult {
         "a second caller in the holding process got the held lock \"job\""
     );
     let token = guard.token();
-    ensure!(guard.release().await?, "the holder's release returned false");
-    let next = take(&b, "job", "pod-b after the release").await?;
     ensure!(
-        next.token() > token,
-        "token {} after {token}",
-        next.token()
+        guard.release().await?,
+        "the holder's release returned false"
     );
+    let next = take(&b, "job", "pod-b after the release").await?;
+    ensure!(next.token() > token, "token {} after {token}", next.token());
     ensure!(next.release().await?, "release returned false");
     Ok(())
 }
@@ -70,14 +69,16 @@ pub async fn lock_guard_drop_releases(ctx: &Ctx) -> CaseResult {
     let dropped = Instant::now();
     drop(guard);
     let bound = p.interval() + p.slack;
-    let next = poll(bound, step(ctx), || async { b.try_acquire("job").await.ok().flatten() })
-        .await
-        .ok_or_else(|| {
-            Failure::new(format!(
-                "the lock was not free within {bound:?} of dropping its guard (lease {lease:?}): \
+    let next = poll(bound, step(ctx), || async {
+        b.try_acquire("job").await.ok().flatten()
+    })
+    .await
+    .ok_or_else(|| {
+        Failure::new(format!(
+            "the lock was not free within {bound:?} of dropping its guard (lease {lease:?}): \
                  drop must release"
-            ))
-        })?;
+        ))
+    })?;
     let took = dropped.elapsed();
     ensure!(
         took < lease / 2,

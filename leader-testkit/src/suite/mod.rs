@@ -68,8 +68,8 @@ mod runner;
 mod stall;
 mod store;
 
-pub use ctx::{CaseResult, Ctx, Failure, Profile};
 pub use abuse::*;
+pub use ctx::{CaseResult, Ctx, Failure, Profile};
 pub use election::*;
 pub use faults::*;
 pub use fixture::{Fixture, Link, LinkedClient, ResourceCounts, ServerControl, ServerFixture};
