@@ -68,6 +68,9 @@ fn control_characters_blank_and_oversized_names_are_refused() {
 
 async fn round_trip(store: Arc<dyn LeaseStore>) {
     let ttl = Duration::from_secs(10);
+    // Every name is held at the same time: two names that collide in the
+    // store (one key, one lock id) make the second acquire answer `Held`.
+    let mut leases = Vec::new();
     for (i, name) in valid_names().iter().enumerate() {
         let key = LeaseKey::new(PREFIX, name).expect("a valid name");
         let holder = holder_for(i);
@@ -76,31 +79,39 @@ async fn round_trip(store: Arc<dyn LeaseStore>) {
             .await
             .unwrap_or_else(|e| panic!("acquire {name:?}: {e}"));
         let Acquire::Acquired(lease) = outcome else {
-            panic!("{name:?} is free, yet: {outcome:?}");
+            panic!("{name:?} is free, yet (does it collide with an earlier name?): {outcome:?}");
         };
+        leases.push((name.clone(), holder, lease));
+    }
+    for (name, holder, lease) in &leases {
         let info = store
-            .current(&key)
+            .current(&lease.key)
             .await
             .unwrap_or_else(|e| panic!("current {name:?}: {e}"))
             .unwrap_or_else(|| panic!("{name:?} is held, current says free"));
-        assert_eq!(info.holder, holder, "{name:?}: holder changed in the store");
+        assert_eq!(
+            info.holder, *holder,
+            "{name:?}: holder changed in the store"
+        );
         assert_eq!(
             info.token, lease.token,
             "{name:?}: token changed in the store"
         );
         store
-            .renew(&lease)
+            .renew(lease)
             .await
             .unwrap_or_else(|e| panic!("renew {name:?}: {e}"));
+    }
+    for (name, _, lease) in &leases {
         assert!(
             store
-                .release(&lease)
+                .release(lease)
                 .await
                 .unwrap_or_else(|e| panic!("release {name:?}: {e}")),
             "{name:?}: release found the lease gone"
         );
         let after = store
-            .current(&key)
+            .current(&lease.key)
             .await
             .unwrap_or_else(|e| panic!("current after release {name:?}: {e}"));
         assert!(

@@ -91,10 +91,19 @@ async fn health(port: u16) -> Option<(u16, Value)> {
 }
 
 /// The indices of instances reporting is_leader, once all of them answer.
+/// All instances are asked at the same moment (one task each), so that two
+/// leaders at once are seen as such.
 async fn leaders(instances: &[&Instance]) -> Option<Vec<usize>> {
+    let asked: Vec<_> = instances
+        .iter()
+        .map(|instance| tokio::spawn(health(instance.port)))
+        .collect();
+    let mut answers = Vec::with_capacity(asked.len());
+    for answer in asked {
+        answers.push(answer.await.ok()??);
+    }
     let mut leading = Vec::new();
-    for (i, instance) in instances.iter().enumerate() {
-        let (status, doc) = health(instance.port).await?;
+    for (i, (status, doc)) in answers.into_iter().enumerate() {
         let entry = &doc["results"]["leader_election"];
         let is_leader = entry["data"]["is_leader"].as_bool()?;
         let expected = if is_leader { "Healthy" } else { "Degraded" };

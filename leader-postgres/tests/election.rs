@@ -169,7 +169,6 @@ async fn partitioned_holder_steps_down_before_the_server_frees_its_lock() {
     );
     tokio::time::sleep_until(earliest_server_release).await;
     proxy.set_mode(Mode::Reset);
-    let freed = Instant::now();
 
     // b waits out the lock delay (a's term ended without a release).
     let took = until_leading(&b.elector, true, LEASE + interval() * 3 + SLACK)
@@ -179,7 +178,12 @@ async fn partitioned_holder_steps_down_before_the_server_frees_its_lock() {
         "b leads {took:?} after the server freed a's lock ({:?} after the cut)",
         cut.elapsed()
     );
-    assert!(freed.elapsed() >= took);
+    // The lock delay: b first finds the lock free after `freed` and keeps
+    // the seat empty for one lease from then.
+    assert!(
+        took >= LEASE.mul_f64(0.99),
+        "b led {took:?} after the server freed a's lock, before the lock delay ({LEASE:?})"
+    );
     a.elector.shutdown().await;
     b.elector.shutdown().await;
     checked(&history);
@@ -191,12 +195,14 @@ const HOLD_ENV: &str = "LEADER_PG_TEST_HOLD";
 
 /// Not a check: the entry point of the holder process that
 /// `kill_9_of_the_holder_process_hands_over` starts by running this test
-/// binary again with [`HOLD_ENV`] set. Without it, it returns at once.
+/// binary again with `--ignored` and [`HOLD_ENV`] set (ignored, so that it
+/// is never counted as a passing test).
 #[tokio::test]
+#[ignore = "the holder process of kill_9_of_the_holder_process_hands_over, not a test"]
 async fn holder_process_entry_point() {
-    let Ok(spec) = std::env::var(HOLD_ENV) else {
-        return;
-    };
+    let spec = std::env::var(HOLD_ENV).unwrap_or_else(|_| {
+        panic!("not a test: run only as a holder process, with {HOLD_ENV} set")
+    });
     let parts: Vec<&str> = spec.split('|').collect();
     let [url, prefix, instance] = parts[..] else {
         panic!("{HOLD_ENV} must be url|prefix|instance, got {spec:?}");
@@ -224,6 +230,7 @@ async fn holder_process(url: &str, prefix: &str, instance: &str) -> tokio::proce
         .args([
             "--exact",
             "holder_process_entry_point",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])

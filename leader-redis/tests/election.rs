@@ -106,6 +106,12 @@ async fn a_crashed_leader_is_replaced_after_its_lease_expires() {
     .await;
     let took = started.elapsed();
     assert!(b.token().expect("b's token") > token_a);
+    // No earlier than the lease could expire: a's last renewal was sent at
+    // most one renewal interval (lease / 4) before the crash.
+    assert!(
+        took >= lease - lease / 4,
+        "b led {took:?} after the crash, before a's lease ({lease:?}) could expire"
+    );
     println!("crash failover on redis: follower leads {took:?} after the crash (lease {lease:?})");
     b.shutdown().await;
 }

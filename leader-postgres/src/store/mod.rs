@@ -254,35 +254,9 @@ impl PostgresStore {
     }
 }
 
-#[async_trait]
-impl LeaseStore for PostgresStore {
-    fn kind(&self) -> &'static str {
-        STORE
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::new(FencingSource::Counter)
-            .session_bound()
-            .with_notifications(NotificationSupport::Release)
-    }
-
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        check_ttl(ttl)?;
-        self.ensure_schema().await?;
-        let lock_key = self.lock_key(key);
-        let turn = Turn::take(self, key);
-        let _turn = turn.mutex.lock().await;
-        if let Some(pinned) = self.pinned(key).filter(|p| &p.holder == holder) {
-            if let Some(lease) = self.reacquire(&pinned, key, lock_key, ttl).await {
-                return Ok(Acquire::Acquired(lease));
-            }
-            self.unpin(key, pinned.handle);
-        }
-        self.acquire_fresh(key, lock_key, holder, ttl).await
-    }
-
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        check_ttl(lease.ttl)?;
+impl PostgresStore {
+    /// Renews the lease on its pinned session (see [`LeaseStore::renew`]).
+    async fn renew_pinned(&self, lease: &Lease) -> Result<()> {
         let lost = |message: String| {
             Error::not_holder(message)
                 .with_store(STORE)
@@ -318,8 +292,9 @@ impl LeaseStore for PostgresStore {
         // (which fails the statement), so confirming the backend pid proves
         // the lock is still held; pg_locks is read once per TTL regardless.
         let look = sent.saturating_duration_since(state.locks_checked) >= lease.ttl;
-        // Taken out of the slot for the statement: if this future is dropped,
-        // the connection closes and the lease is lost, never left in doubt.
+        // Taken out of the slot for the statement: if this future is dropped
+        // (only with its runtime: `renew` runs it in a task of its own), the
+        // connection closes and the lease is lost, never left in doubt.
         let outcome = tokio::time::timeout(limit, async {
             if look {
                 self.check_held(&mut conn, lock_key).await
@@ -357,6 +332,52 @@ impl LeaseStore for PostgresStore {
         self.unpin(&lease.key, pinned.handle);
         tracing::debug!(key = %lease.key, error = %failure, "postgres lease lost");
         Err(failure)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    fn kind(&self) -> &'static str {
+        STORE
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new(FencingSource::Counter)
+            .session_bound()
+            .with_notifications(NotificationSupport::Release)
+    }
+
+    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
+        check_ttl(ttl)?;
+        self.ensure_schema().await?;
+        let lock_key = self.lock_key(key);
+        let turn = Turn::take(self, key);
+        let _turn = turn.mutex.lock().await;
+        if let Some(pinned) = self.pinned(key).filter(|p| &p.holder == holder) {
+            if let Some(lease) = self.reacquire(&pinned, key, lock_key, ttl).await {
+                return Ok(Acquire::Acquired(lease));
+            }
+            self.unpin(key, pinned.handle);
+        }
+        self.acquire_fresh(key, lock_key, holder, ttl).await
+    }
+
+    async fn renew(&self, lease: &Lease) -> Result<()> {
+        check_ttl(lease.ttl)?;
+        // In a task of its own: a caller that drops the renewal (an elector
+        // shutting down mid-renewal) must not close the pinned session
+        // under the statement, or its release finds no session, the lock
+        // ends without a release, and followers wait out the lock delay.
+        // The statement finishes (bounded by the operation timeout) and the
+        // release, which waits for the session, then runs as usual.
+        let (store, lease) = (self.clone(), lease.clone());
+        tokio::spawn(async move { store.renew_pinned(&lease).await })
+            .await
+            .map_err(|e| {
+                Error::indeterminate(format!("the renewal task failed: {e}"))
+                    .with_store(STORE)
+                    .with_operation("renew")
+            })?
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use leader_core::{Elector, FencingToken, LeaderContext, WorkHandle};
+use leader_core::{Elector, FencingToken, LeaderContext, LeaseStore, WorkHandle};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
@@ -67,23 +67,37 @@ impl Cluster {
         n: usize,
         linked: bool,
     ) -> Result<Cluster, Failure> {
+        let mut clients = Vec::new();
+        let mut links = Vec::new();
+        for _ in 0..n {
+            if linked {
+                let (client, link) = ctx.linked_client().await?;
+                clients.push(client);
+                links.push(link);
+            } else {
+                clients.push(ctx.client().await?);
+            }
+        }
+        Self::with_clients(ctx, resource_name, clients, links)
+    }
+
+    /// Electors over the given clients (built beforehand, e.g. while the
+    /// server still runs), with `links` (one per client, or none).
+    pub(crate) fn with_clients(
+        ctx: &Ctx,
+        resource_name: &str,
+        clients: Vec<Arc<dyn LeaseStore>>,
+        links: Vec<Box<dyn Link>>,
+    ) -> Result<Cluster, Failure> {
         let history = History::new();
         let resource = Arc::new(FencedResource::recording(history.clone()));
         let mut electors = Vec::new();
         let mut ids = Vec::new();
         let mut tasks = Vec::new();
         let mut works = Vec::new();
-        let mut links = Vec::new();
         let mut validity = ctx.profile().lease;
-        for i in 0..n {
+        for (i, client) in clients.into_iter().enumerate() {
             let id = format!("i{i}");
-            let client = if linked {
-                let (client, link) = ctx.linked_client().await?;
-                links.push(link);
-                client
-            } else {
-                ctx.client().await?
-            };
             let store = Arc::new(RecordingStore::new(client, history.clone()));
             let config = ctx.election_config(resource_name, &id);
             validity = config.lease_duration.mul_f64(1.0 - config.clock_drift);

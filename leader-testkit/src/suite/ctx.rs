@@ -241,6 +241,19 @@ impl Ctx {
             .ok_or_else(|| Failure::new("the fixture has no linked clients"))
     }
 
+    /// The fixture's server-side resource counts (see
+    /// [`Fixture::resource_counts`](super::Fixture::resource_counts)).
+    ///
+    /// # Errors
+    ///
+    /// When the fixture cannot count.
+    pub async fn resource_counts(&self) -> Result<super::ResourceCounts, Failure> {
+        self.fixture
+            .resource_counts()
+            .await
+            .map_err(|e| Failure::new(format!("counting server-side resources: {e}")))
+    }
+
     /// Whether the fixture has linked clients.
     pub fn links(&self) -> bool {
         self.fixture.links()

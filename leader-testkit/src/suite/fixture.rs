@@ -58,7 +58,31 @@ pub trait Fixture: Send + Sync + 'static {
     async fn linked_client(&self) -> leader_core::Result<Option<LinkedClient>> {
         Ok(None)
     }
+
+    /// Whether [`Fixture::resource_counts`] counts server-side resources
+    /// (the leak case). Default: no, and the leak case does not apply.
+    fn counts_resources(&self) -> bool {
+        false
+    }
+
+    /// Counts the server-side resources a client could leak: connections
+    /// (`CLIENT LIST`, `pg_stat_activity`), locks (`pg_locks`, keys) and
+    /// leases (etcd's lease list), by name. Called before and after many
+    /// cycles: each count must come back to about where it was.
+    ///
+    /// # Errors
+    ///
+    /// When the server cannot be asked; the default has nothing to count.
+    async fn resource_counts(&self) -> leader_core::Result<ResourceCounts> {
+        Err(leader_core::Error::unsupported(
+            "this fixture counts no server-side resources",
+        ))
+    }
 }
+
+/// Server-side resource counts by name (`"connections"`, `"advisory
+/// locks"`, `"leases"`, ...), as [`Fixture::resource_counts`] reports them.
+pub type ResourceCounts = std::collections::BTreeMap<String, u64>;
 
 /// A client and the link that carries its traffic.
 pub type LinkedClient = (Arc<dyn LeaseStore>, Box<dyn Link>);
@@ -113,6 +137,12 @@ impl<F: Fixture + ?Sized> Fixture for Arc<F> {
     }
     async fn linked_client(&self) -> leader_core::Result<Option<LinkedClient>> {
         (**self).linked_client().await
+    }
+    fn counts_resources(&self) -> bool {
+        (**self).counts_resources()
+    }
+    async fn resource_counts(&self) -> leader_core::Result<ResourceCounts> {
+        (**self).resource_counts().await
     }
 }
 
@@ -191,11 +221,18 @@ pub struct ServerFixture<S> {
     name: String,
     server: S,
     connect: ConnectFn,
+    counter: Option<CountFn>,
     profile: Profile,
 }
 
 type ConnectFn = Box<
     dyn Fn(String) -> Pin<Box<dyn Future<Output = leader_core::Result<Arc<dyn LeaseStore>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+type CountFn = Box<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = leader_core::Result<ResourceCounts>> + Send>>
         + Send
         + Sync,
 >;
@@ -220,8 +257,20 @@ impl<S: Deref<Target = Server> + Send + Sync + 'static> ServerFixture<S> {
             name: name.into(),
             server,
             connect: Box::new(move |url| Box::pin(connect(url))),
+            counter: None,
             profile: Profile::real_server(),
         }
+    }
+
+    /// Counts server-side resources with `count(server.url())` (see
+    /// [`Fixture::resource_counts`]), which turns the leak case on.
+    pub fn with_resource_counter<F, Fut>(mut self, count: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = leader_core::Result<ResourceCounts>> + Send + 'static,
+    {
+        self.counter = Some(Box::new(move |url| Box::pin(count(url))));
+        self
     }
 
     /// Uses `profile` instead of [`Profile::real_server`].
@@ -274,5 +323,18 @@ impl<S: Deref<Target = Server> + Send + Sync + 'static> Fixture for ServerFixtur
             })?;
         let client = (self.connect)(self.server.url_via(proxy.addr())).await?;
         Ok(Some((client, Box::new(proxy))))
+    }
+
+    fn counts_resources(&self) -> bool {
+        self.counter.is_some()
+    }
+
+    async fn resource_counts(&self) -> leader_core::Result<ResourceCounts> {
+        match &self.counter {
+            Some(count) => count(self.server.url().to_owned()).await,
+            None => Err(leader_core::Error::unsupported(
+                "this fixture counts no server-side resources",
+            )),
+        }
     }
 }

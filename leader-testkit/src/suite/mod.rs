@@ -25,7 +25,7 @@
 //!     })
 //! }
 //!
-//! leader_testkit::conformance_tests!(fixture().await);
+//! leader_testkit::conformance_tests!(fixture().await, not_applicable = [watch_unsupported_is_typed]);
 //! ```
 //!
 //! [`conformance_tests!`](crate::conformance_tests) expands to one
@@ -34,8 +34,13 @@
 //! instead, naming each as it runs and reporting all failures at the end.
 //!
 //! Cases that do not apply to a store (by its capabilities, or because the
-//! fixture cannot stop its server) pass with a "not applicable" line naming
-//! the reason: nothing is skipped by hand.
+//! fixture cannot stop its server) report "not applicable" with the reason.
+//! Each store pins the set it expects (`not_applicable = [...]` in
+//! [`conformance_tests!`](crate::conformance_tests),
+//! [`SuiteReport::assert_passed_with`] for [`run_all`]): any other case that
+//! does not apply fails, and every run writes a one-line summary per store.
+//!
+//! The case list itself is written once, in `suite/cases.rs`.
 //!
 //! Timing bounds derive from the [`Profile`] (lease, slack): short leases
 //! keep real-server runs fast; the slack absorbs a loaded CI machine.
@@ -49,22 +54,31 @@ macro_rules! ensure {
     };
 }
 
+mod abuse;
+mod cases;
 mod cluster;
 mod ctx;
 mod election;
 mod faults;
 mod fixture;
+mod lifecycle;
+mod locks;
 mod memory;
 mod runner;
+mod stall;
 mod store;
 
+pub use abuse::*;
 pub use ctx::{CaseResult, Ctx, Failure, Profile};
 pub use election::*;
 pub use faults::*;
-pub use fixture::{Fixture, Link, LinkedClient, ServerControl, ServerFixture};
+pub use fixture::{Fixture, Link, LinkedClient, ResourceCounts, ServerControl, ServerFixture};
+pub use lifecycle::*;
+pub use locks::*;
 pub use memory::{FaultyLink, MemoryFixture};
 pub use runner::{
-    CaseOutcome, CaseReport, Level, SuiteReport, assert_all_cases_listed, case_names, check_case,
-    run_all, run_case,
+    CaseOutcome, CaseReport, Level, SuiteReport, Tally, assert_pinned_names_are_cases, case_names,
+    check_case, pinning_violation, run_all, run_case,
 };
+pub use stall::StallingStore;
 pub use store::*;

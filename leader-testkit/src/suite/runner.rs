@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use leader_core::{Capabilities, NotificationSupport};
 use tokio::time::Instant;
 
-use super::{CaseResult, Ctx, Fixture, election, faults, store};
+use super::{CaseResult, Ctx, Fixture, abuse, election, faults, lifecycle, locks, store};
 
 /// Whether a case talks to the store directly or through electors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,6 +16,8 @@ use super::{CaseResult, Ctx, Fixture, election, faults, store};
 pub enum Level {
     /// `LeaseStore` calls.
     Store,
+    /// Through `leader_core::Locks` (named locks).
+    Lock,
     /// Through `leader_core::Elector`.
     Election,
 }
@@ -26,6 +28,7 @@ struct Env {
     control: bool,
     pause: bool,
     links: bool,
+    counts: bool,
 }
 
 type Applies = fn(&Env) -> Option<&'static str>;
@@ -56,6 +59,12 @@ fn needs_links(env: &Env) -> Option<&'static str> {
     (!env.links).then_some("the fixture has no linked clients (no fault proxy or link)")
 }
 
+fn needs_resource_counts(env: &Env) -> Option<&'static str> {
+    (!env.counts).then_some(
+        "the fixture counts no server-side resources (Fixture::counts_resources: connections, locks, leases)",
+    )
+}
+
 fn needs_expiry(env: &Env) -> Option<&'static str> {
     (!env.caps.server_side_expiry).then_some(
         "the store has no server-side expiry (session-bound: see session_loss_frees_the_resource)",
@@ -78,7 +87,7 @@ fn needs_no_notifications(env: &Env) -> Option<&'static str> {
 }
 
 macro_rules! registry {
-    ($($module:ident :: $name:ident, $level:ident, $applies:expr;)*) => {
+    (; $($module:ident :: $name:ident, $level:ident, $applies:ident;)*) => {
         const CASES: &[CaseDef] = &[
             $(CaseDef {
                 name: stringify!($name),
@@ -90,56 +99,12 @@ macro_rules! registry {
     };
 }
 
-registry! {
-    store::exclusivity, Store, always;
-    store::same_holder_acquires_again_with_a_new_token, Store, always;
-    store::renew_extends_the_lease, Store, always;
-    store::non_holders_cannot_renew_or_release, Store, always;
-    store::release_then_acquire_again, Store, always;
-    store::expiry_frees_the_resource, Store, needs_expiry;
-    store::session_loss_frees_the_resource, Store, needs_session;
-    store::tokens_strictly_increase, Store, always;
-    store::concurrent_acquirers_one_wins, Store, always;
-    store::current_reports_holder_token_and_remaining, Store, always;
-    store::resources_are_isolated, Store, always;
-    store::odd_names_work_or_are_refused, Store, always;
-    store::invalid_arguments_are_refused, Store, always;
-    store::release_notifications_arrive, Store, needs_notifications;
-    store::watch_unsupported_is_typed, Store, needs_no_notifications;
-    store::force_release_frees_any_holder, Store, always;
-    faults::down_store_gives_typed_errors, Store, needs_control;
-    faults::client_recovers_after_restart, Store, needs_control;
-    faults::hung_store_calls_time_out, Store, needs_pause;
-    election::election_one_leader, Election, always;
-    election::election_crash_failover, Election, always;
-    election::election_graceful_handover, Election, always;
-    election::election_work_cancelled_on_loss, Election, always;
-    election::election_partitioned_leader_steps_down, Election, needs_links;
-    election::election_slow_store_keeps_one_leader, Election, needs_links;
-    election::election_store_down_steps_down, Election, needs_control;
-    election::election_store_returns, Election, needs_control;
-}
+// The one case list (suite/cases.rs) expanded into the registry.
+crate::__conformance_case_list!(registry;);
 
 /// The names of every case, in run order.
 pub fn case_names() -> Vec<&'static str> {
     CASES.iter().map(|c| c.name).collect()
-}
-
-/// Panics unless `listed` names exactly the registered cases (the
-/// [`conformance_tests!`](crate::conformance_tests) macro checks itself
-/// with this).
-///
-/// # Panics
-///
-/// When a case is missing from `listed` or `listed` names an unknown case.
-pub fn assert_all_cases_listed(listed: &[&str]) {
-    let known = case_names();
-    let missing: Vec<_> = known.iter().filter(|n| !listed.contains(n)).collect();
-    let unknown: Vec<_> = listed.iter().filter(|n| !known.contains(n)).collect();
-    assert!(
-        missing.is_empty() && unknown.is_empty(),
-        "conformance case list out of date: missing {missing:?}, unknown {unknown:?}"
-    );
 }
 
 /// How a case ended.
@@ -195,6 +160,21 @@ impl SuiteReport {
             .collect()
     }
 
+    /// The names of the cases that did not apply.
+    pub fn not_applicable(&self) -> Vec<&'static str> {
+        self.cases
+            .iter()
+            .filter(|c| matches!(c.outcome, CaseOutcome::NotApplicable(_)))
+            .map(|c| c.name)
+            .collect()
+    }
+
+    /// One line: cases run (passed, failed by name) and not applicable (by
+    /// name).
+    pub fn summary(&self) -> String {
+        summary_line(&self.fixture, &self.cases)
+    }
+
     /// Panics listing every failed case, if any.
     ///
     /// # Panics
@@ -214,30 +194,102 @@ impl SuiteReport {
             );
         }
     }
+
+    /// Panics unless every case ran and passed except exactly the pinned
+    /// `not_applicable` ones (see [`pinning_violation`]).
+    ///
+    /// # Panics
+    ///
+    /// When a case failed, a case outside the pinned set did not apply, a
+    /// pinned case ran, or the pinned set names an unknown case.
+    #[track_caller]
+    pub fn assert_passed_with(&self, not_applicable: &[&str]) {
+        let mut problems: Vec<String> = unknown_cases(not_applicable)
+            .into_iter()
+            .map(|n| format!("  the pinned not-applicable set names {n:?}, which is no case"))
+            .collect();
+        problems.extend(
+            self.cases
+                .iter()
+                .filter_map(|c| pinning_violation(c, not_applicable))
+                .map(|p| format!("  {p}")),
+        );
+        problems.extend(self.failures().iter().map(|c| format!("  {c}")));
+        assert!(
+            problems.is_empty(),
+            "conformance on {}:\n{}",
+            self.fixture,
+            problems.join("\n")
+        );
+    }
 }
 
 impl fmt::Display for SuiteReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let passed = self
-            .cases
-            .iter()
-            .filter(|c| matches!(c.outcome, CaseOutcome::Passed(_)))
-            .count();
-        let na = self
-            .cases
-            .iter()
-            .filter(|c| matches!(c.outcome, CaseOutcome::NotApplicable(_)))
-            .count();
-        writeln!(
-            f,
-            "conformance on {}: {passed} passed, {} failed, {na} not applicable",
-            self.fixture,
-            self.failures().len()
-        )?;
+        writeln!(f, "{}", self.summary())?;
         for c in &self.cases {
             writeln!(f, "  {c}")?;
         }
         Ok(())
+    }
+}
+
+/// `conformance on redis: 38 run (37 passed, 1 failed: x), 2 not applicable: a, b`
+fn summary_line(fixture: &str, cases: &[CaseReport]) -> String {
+    let names = |want: fn(&CaseOutcome) -> bool| -> Vec<&str> {
+        cases
+            .iter()
+            .filter(|c| want(&c.outcome))
+            .map(|c| c.name)
+            .collect()
+    };
+    let passed = names(|o| matches!(o, CaseOutcome::Passed(_)));
+    let failed = names(|o| matches!(o, CaseOutcome::Failed(_)));
+    let na = names(|o| matches!(o, CaseOutcome::NotApplicable(_)));
+    let run = cases.len() - na.len();
+    let failed = if failed.is_empty() {
+        "0 failed".to_owned()
+    } else {
+        format!("{} failed: {}", failed.len(), failed.join(", "))
+    };
+    let na = if na.is_empty() {
+        "0 not applicable".to_owned()
+    } else {
+        format!("{} not applicable: {}", na.len(), na.join(", "))
+    };
+    format!(
+        "conformance on {fixture}: {run} run ({} passed, {failed}), {na}",
+        passed.len()
+    )
+}
+
+/// The names in `pinned` that are no case.
+fn unknown_cases<'a>(pinned: &[&'a str]) -> Vec<&'a str> {
+    let known = case_names();
+    pinned
+        .iter()
+        .filter(|n| !known.contains(n))
+        .copied()
+        .collect()
+}
+
+/// Why `report` breaks the pinned not-applicable set, if it does: a case
+/// that did not apply must be pinned (a store that wrongly lost a
+/// capability, or a fixture that lost its server control, would otherwise
+/// drop cases silently), and a pinned case must not run.
+pub fn pinning_violation(report: &CaseReport, not_applicable: &[&str]) -> Option<String> {
+    let pinned = not_applicable.contains(&report.name);
+    match &report.outcome {
+        CaseOutcome::NotApplicable(why) if !pinned => Some(format!(
+            "{} did not apply ({why}) but is not in this store's pinned not-applicable set; \
+             if the store really lost this ability, add it there",
+            report.name
+        )),
+        CaseOutcome::Passed(_) | CaseOutcome::Failed(_) if pinned => Some(format!(
+            "{} is pinned as not applicable but it applies and ran; remove it from the pinned set",
+            report.name
+        )),
+        _ => None,
     }
 }
 
@@ -272,6 +324,7 @@ pub async fn run_case(fixture: Arc<dyn Fixture>, name: &str) -> CaseReport {
         control: ctx.control().is_some(),
         pause: ctx.control().is_some_and(|c| c.can_pause()),
         links: ctx.links(),
+        counts: fixture.counts_resources(),
     };
     if let Some(reason) = (def.applies)(&env) {
         let r = report(CaseOutcome::NotApplicable(reason));
@@ -320,9 +373,19 @@ pub async fn run_case(fixture: Arc<dyn Fixture>, name: &str) -> CaseReport {
     r
 }
 
+/// Writes one line to the test process's stderr, past the test harness's
+/// output capture (which takes `print!`/`eprint!` only), so that summaries
+/// show in every `cargo test` run, not only with `--nocapture`.
+fn announce(line: &str) {
+    use std::io::Write;
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{line}");
+}
+
 /// Runs every case on one fixture, in order (store cases first), printing
-/// each as it runs, and returns the report; call
-/// [`SuiteReport::assert_passed`] on it.
+/// each as it runs and the one-line summary at the end, and returns the
+/// report; call [`SuiteReport::assert_passed_with`] on it with the store's
+/// pinned not-applicable set.
 pub async fn run_all(fixture: Arc<dyn Fixture>) -> SuiteReport {
     let mut cases = Vec::new();
     for def in CASES {
@@ -333,38 +396,115 @@ pub async fn run_all(fixture: Arc<dyn Fixture>) -> SuiteReport {
         cases,
     };
     print!("{report}");
+    announce(&report.summary());
     report
 }
 
-/// Runs one case and panics if it failed: what each test generated by
-/// [`conformance_tests!`](crate::conformance_tests) calls.
+/// The outcomes of the tests generated by one
+/// [`conformance_tests!`](crate::conformance_tests) invocation: when the last
+/// of them ends, the one-line summary of the store is written to stderr.
+#[derive(Debug)]
+pub struct Tally {
+    seen: std::sync::Mutex<Vec<CaseReport>>,
+}
+
+impl Tally {
+    /// An empty tally (a `static` in the generated tests).
+    pub const fn new() -> Self {
+        Tally {
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Records one case; returns the summary line once every case has been
+    /// recorded.
+    fn record(&self, report: CaseReport, fixture: &str) -> Option<String> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push(report);
+        (seen.len() == CASES.len()).then(|| {
+            let mut cases = seen.clone();
+            cases.sort_by_key(|c| CASES.iter().position(|d| d.name == c.name));
+            summary_line(fixture, &cases)
+        })
+    }
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Runs one case, checks it against the store's pinned not-applicable set,
+/// records it in `tally`, and panics if it failed or broke the pinning: what
+/// each test generated by [`conformance_tests!`](crate::conformance_tests)
+/// calls.
 ///
 /// # Panics
 ///
-/// When the case failed.
-pub async fn check_case(fixture: impl Fixture, name: &str) {
+/// When the case failed, did not apply without being pinned, or ran while
+/// pinned as not applicable.
+pub async fn check_case(fixture: impl Fixture, name: &str, not_applicable: &[&str], tally: &Tally) {
+    let fixture_name = fixture.name();
     let report = run_case(Arc::new(fixture), name).await;
-    if let CaseOutcome::Failed(msg) = &report.outcome {
+    let pinning = pinning_violation(&report, not_applicable);
+    let failed = match &report.outcome {
+        CaseOutcome::Failed(msg) => Some(msg.clone()),
+        _ => None,
+    };
+    if let Some(line) = tally.record(report, &fixture_name) {
+        announce(&line);
+    }
+    if let Some(problem) = pinning {
+        panic!("conformance on {fixture_name}: {problem}");
+    }
+    if let Some(msg) = failed {
         panic!("conformance case {name} failed: {msg}");
     }
 }
 
+/// Panics if the pinned not-applicable set names something that is no
+/// case (a typo would otherwise pin nothing).
+///
+/// # Panics
+///
+/// When a pinned name is unknown.
+pub fn assert_pinned_names_are_cases(not_applicable: &[&str]) {
+    let unknown = unknown_cases(not_applicable);
+    assert!(
+        unknown.is_empty(),
+        "the pinned not-applicable set names unknown cases: {unknown:?} (known: {:?})",
+        case_names()
+    );
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each building its
-/// own fixture with the given expression (which may `.await`), plus a test
-/// that the list is complete.
+/// own fixture with the given expression (which may `.await`), checked
+/// against the store's pinned set of cases that do not apply.
 ///
 /// ```no_run
 /// # use leader_testkit::suite::MemoryFixture;
 /// # async fn my_fixture() -> MemoryFixture { MemoryFixture::new() }
 /// # mod real_time {
 /// #     use super::*;
-/// leader_testkit::conformance_tests!(my_fixture().await);          // multi-thread runtime, real time
+/// // multi-thread runtime, real time
+/// leader_testkit::conformance_tests!(my_fixture().await, not_applicable = [
+///     session_loss_frees_the_resource,
+/// ]);
 /// # }
 /// # mod paused_time {
 /// #     use leader_testkit::suite::MemoryFixture;
-/// leader_testkit::conformance_tests!(paused, MemoryFixture::new()); // paused tokio time
+/// // paused tokio time
+/// leader_testkit::conformance_tests!(paused, MemoryFixture::new(), not_applicable = []);
 /// # }
 /// ```
+///
+/// A case that does not apply but is not pinned fails its test (naming the
+/// reason), and so does a pinned case that applies: a store that silently
+/// lost a capability, or a `LEADER_TEST_*_URL` that turns the server-control
+/// cases off, cannot drop cases unnoticed. When the last generated test
+/// ends, one line is written to stderr (shown without `--nocapture`):
+/// `conformance on <store>: N run (P passed, F failed: ...), M not applicable: ...`.
 ///
 /// The calling crate needs `tokio` as a dev-dependency with the `macros`
 /// and `rt-multi-thread` features (and `test-util` for `paused`). The test
@@ -372,61 +512,39 @@ pub async fn check_case(fixture: impl Fixture, name: &str) {
 /// macro in a module of its own if the file has other tests.
 #[macro_export]
 macro_rules! conformance_tests {
-    (paused, $fixture:expr) => {
-        $crate::__conformance_cases!((start_paused = true) $fixture);
+    (paused, $fixture:expr, not_applicable = [$($na:ident),* $(,)?] $(,)?) => {
+        $crate::__conformance_case_list!(
+            $crate::__conformance_cases; (start_paused = true) ($fixture) [$($na),*]
+        );
     };
-    ($fixture:expr) => {
-        $crate::__conformance_cases!((flavor = "multi_thread", worker_threads = 2) $fixture);
+    ($fixture:expr, not_applicable = [$($na:ident),* $(,)?] $(,)?) => {
+        $crate::__conformance_case_list!(
+            $crate::__conformance_cases;
+            (flavor = "multi_thread", worker_threads = 2) ($fixture) [$($na),*]
+        );
     };
 }
 
-/// The case list behind [`conformance_tests!`]; keep it in step with the
-/// registry (a generated test checks that).
+/// Emits the tests of [`conformance_tests!`] from the one case list.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {
-    ($attr:tt $fixture:expr) => {
-        $crate::__conformance_cases!(@emit $attr $fixture;
-            exclusivity,
-            same_holder_acquires_again_with_a_new_token,
-            renew_extends_the_lease,
-            non_holders_cannot_renew_or_release,
-            release_then_acquire_again,
-            expiry_frees_the_resource,
-            session_loss_frees_the_resource,
-            tokens_strictly_increase,
-            concurrent_acquirers_one_wins,
-            current_reports_holder_token_and_remaining,
-            resources_are_isolated,
-            odd_names_work_or_are_refused,
-            invalid_arguments_are_refused,
-            release_notifications_arrive,
-            watch_unsupported_is_typed,
-            force_release_frees_any_holder,
-            down_store_gives_typed_errors,
-            client_recovers_after_restart,
-            hung_store_calls_time_out,
-            election_one_leader,
-            election_crash_failover,
-            election_graceful_handover,
-            election_work_cancelled_on_loss,
-            election_partitioned_leader_steps_down,
-            election_slow_store_keeps_one_leader,
-            election_store_down_steps_down,
-            election_store_returns,
-        );
-    };
-    (@emit $attr:tt $fixture:expr; $($case:ident),* $(,)?) => {
+    ($attr:tt ($fixture:expr) [$($na:ident),*];
+     $($module:ident :: $case:ident, $level:ident, $applies:ident;)*) => {
+        const NOT_APPLICABLE: &[&str] = &[$(stringify!($na)),*];
+        static TALLY: $crate::suite::Tally = $crate::suite::Tally::new();
+
         $(
             #[tokio::test $attr]
             async fn $case() {
-                $crate::suite::check_case($fixture, stringify!($case)).await;
+                $crate::suite::check_case($fixture, stringify!($case), NOT_APPLICABLE, &TALLY)
+                    .await;
             }
         )*
 
         #[test]
-        fn conformance_case_list_is_complete() {
-            $crate::suite::assert_all_cases_listed(&[$(stringify!($case)),*]);
+        fn pinned_not_applicable_names_are_cases() {
+            $crate::suite::assert_pinned_names_are_cases(NOT_APPLICABLE);
         }
     };
 }
