@@ -629,6 +629,11 @@ impl Campaign {
             ));
             tracker.contact_failed("acquire", &e);
             self.release(&lease).await;
+            // Our own release notification must not wake us at once: a
+            // store that keeps answering late would be hammered in a loop.
+            // Poll after the retry period instead, and subscribe again then.
+            self.events = None;
+            self.next_subscribe = Instant::now() + tracker.timing.retry_period;
             return Next::Follow {
                 holder_remaining: None,
                 held_by_other: false,
