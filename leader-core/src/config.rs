@@ -104,7 +104,11 @@ pub struct ElectionConfig {
     pub resource_name: String,
     /// Prepended to the resource name to form the store key.
     pub key_prefix: String,
-    /// This instance's holder id; generated (`{machine}_{pid}_{hex}`) when unset.
+    /// A name for this instance, for people (a pod name). The holder id the
+    /// store shows starts with it and continues with a random part the
+    /// library adds (`pod-a/3f9c1a2b4d5e`), so two instances given the same
+    /// name never pass for one another: uniqueness is the library's job, not
+    /// the operator's. Unset: a generated id (`{machine}_{pid}_{hex}`).
     /// It is visible in the store and logs: put nothing secret in it.
     pub instance_id: Option<String>,
     /// How long a lease lives in the store without renewal.
@@ -252,15 +256,28 @@ impl ElectionConfig {
             .map_err(|e| field_error("ResourceName", e))
     }
 
-    /// The holder id: the configured instance id, or a generated one.
+    /// A new holder id for one elector or lock factory: the configured
+    /// instance id followed by a random part ([`HolderId::for_instance`]),
+    /// or a generated id ([`HolderId::generate`]). Every call mints a
+    /// different id; an elector keeps the one it got at start.
     ///
     /// # Errors
     ///
     /// When the configured instance id is invalid.
     pub fn holder_id(&self) -> Result<HolderId> {
         match &self.instance_id {
-            Some(id) => HolderId::new(id.clone()).map_err(|e| field_error("InstanceId", e)),
+            Some(id) => HolderId::for_instance(id).map_err(|e| field_error("InstanceId", e)),
             None => Ok(HolderId::generate()),
+        }
+    }
+
+    /// This instance's name for people (health pages, metric labels): the
+    /// configured instance id, or the machine's hostname. Unlike a holder id
+    /// it is the same for every elector of the process and need not be unique.
+    pub fn instance_name(&self) -> String {
+        match &self.instance_id {
+            Some(id) => id.clone(),
+            None => crate::names::hostname(),
         }
     }
 

@@ -20,7 +20,9 @@ pub use error::{Error, ErrorKind, Result};
 pub use health::{HealthData, HealthReport, HealthStatus};
 pub use lock::{LockGuard, Locks};
 pub use memory::MemoryStore;
-pub use names::{FencingToken, HolderId, LeaseKey, MAX_HOLDER_LEN, MAX_KEY_LEN};
+pub use names::{
+    FencingToken, HolderId, LeaseKey, MAX_HOLDER_LEN, MAX_INSTANCE_ID_LEN, MAX_KEY_LEN,
+};
 pub use store::{
     Acquire, Capabilities, FencingSource, Lease, LeaseEvent, LeaseEvents, LeaseInfo, LeaseStore,
     MAX_TTL, NotificationSupport, check_ttl,

@@ -1,8 +1,10 @@
 //! Named one-shot locks (the card's Pattern 2): try to take a named resource,
 //! do the job, release.
 //!
-//! Each acquisition gets its own holder id (`<instance>/lock-<n>`), so two
-//! callers in one process can never release each other's lock. While held,
+//! Each acquisition gets its own holder id (`<holder>/lock-<n>`, where
+//! `<holder>` is the factory's own unique id such as `pod-a/3f9c1a2b4d5e`),
+//! so no two callers, in one process or in two processes given the same
+//! `InstanceId`, can take, renew or release each other's lock. While held,
 //! the lock is renewed in the background with the same rules as an elector
 //! ([`LockGuard::lost`] fires when it cannot be kept), and it is released
 //! explicitly with [`LockGuard::release`] or, without blocking, on drop.

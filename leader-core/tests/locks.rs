@@ -121,3 +121,27 @@ async fn bad_lock_names_are_refused() {
         assert_eq!(err.kind(), ErrorKind::InvalidName);
     }
 }
+
+/// A reused pod name or a copied config file gives two lock factories the
+/// same `InstanceId`: their holder ids must still differ, or the store takes
+/// the second acquisition for a re-acquisition by the first holder.
+#[tokio::test(start_paused = true)]
+async fn two_lock_factories_sharing_an_instance_id_exclude_each_other() {
+    let store = Arc::new(MemoryStore::new());
+    let first = locks(store.clone(), "pod-a");
+    let second = locks(store.clone(), "pod-a");
+    let held = first.try_acquire("job").await.expect("ok").expect("free");
+    assert!(
+        second.try_acquire("job").await.expect("ok").is_none(),
+        "a second factory with the same InstanceId took the held lock"
+    );
+    assert!(held.is_held());
+    let key = LeaseKey::new("test:", "job").expect("key");
+    let now = store.current(&key).await.expect("ok").expect("held");
+    assert_eq!(now.holder, *held.holder());
+    assert!(
+        now.holder.as_str().starts_with("pod-a/"),
+        "the store shows {}, which does not start with the instance id",
+        now.holder
+    );
+}
