@@ -76,7 +76,7 @@ impl Cluster {
         let mut links = Vec::new();
         let mut validity = ctx.profile().lease;
         for i in 0..n {
-            let id = format!("i{i}");
+            let name = format!("i{i}");
             let client = if linked {
                 let (client, link) = ctx.linked_client().await?;
                 links.push(link);
@@ -85,9 +85,12 @@ impl Cluster {
                 ctx.client().await?
             };
             let store = Arc::new(RecordingStore::new(client, history.clone()));
-            let config = ctx.election_config(resource_name, &id);
+            let config = ctx.election_config(resource_name, &name);
             validity = config.lease_duration.mul_f64(1.0 - config.clock_drift);
             let elector = Elector::start(store, config)?;
+            // The holder id (the name plus the library's random part) is
+            // what the store shows and what the recorded history names.
+            let id = elector.instance_id().to_string();
             works.push(start_work(
                 &elector,
                 &id,

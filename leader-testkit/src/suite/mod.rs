@@ -54,6 +54,7 @@ mod ctx;
 mod election;
 mod faults;
 mod fixture;
+mod identity;
 mod memory;
 mod runner;
 mod store;
@@ -61,6 +62,7 @@ mod store;
 pub use ctx::{CaseResult, Ctx, Failure, Profile};
 pub use election::*;
 pub use faults::*;
+pub use identity::*;
 pub use fixture::{Fixture, Link, LinkedClient, ServerControl, ServerFixture};
 pub use memory::{FaultyLink, MemoryFixture};
 pub use runner::{

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use leader_core::{Capabilities, NotificationSupport};
 use tokio::time::Instant;
 
-use super::{CaseResult, Ctx, Fixture, election, faults, store};
+use super::{CaseResult, Ctx, Fixture, election, faults, identity, store};
 
 /// Whether a case talks to the store directly or through electors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +118,7 @@ registry! {
     election::election_slow_store_keeps_one_leader, Election, needs_links;
     election::election_store_down_steps_down, Election, needs_control;
     election::election_store_returns, Election, needs_control;
+    identity::identity_shared_instance_id_one_holder, Election, always;
 }
 
 /// The names of every case, in run order.
@@ -414,6 +415,7 @@ macro_rules! __conformance_cases {
             election_slow_store_keeps_one_leader,
             election_store_down_steps_down,
             election_store_returns,
+            identity_shared_instance_id_one_holder,
         );
     };
     (@emit $attr:tt $fixture:expr; $($case:ident),* $(,)?) => {
