@@ -123,6 +123,7 @@ pub struct ElectionConfig {
     #[serde(rename = "RenewDeadlineSeconds", with = "opt_duration_serde")]
     pub renew_deadline: Option<Duration>,
     /// How often a follower tries to acquire. Default: the renewal interval.
+    /// At most 7 days (as are `ReleaseTimeoutSeconds` and `UnhealthyAfterSeconds`).
     #[serde(rename = "RetryPeriodSeconds", with = "opt_duration_serde")]
     pub retry_period: Option<Duration>,
     /// Random spread added to follower retries, as a fraction of the retry
@@ -133,7 +134,9 @@ pub struct ElectionConfig {
     /// the renewal was sent.
     pub clock_drift: f64,
     /// Longest time a single store request may take before its outcome is
-    /// treated as unknown. Default: the renewal interval.
+    /// treated as unknown. Default: the renewal interval. At most the renew
+    /// deadline, so that an answered acquire is always inside its lease's
+    /// validity.
     #[serde(rename = "RequestTimeoutSeconds", with = "opt_duration_serde")]
     pub request_timeout: Option<Duration>,
     /// Longest time a graceful release may take on shutdown.
@@ -305,6 +308,21 @@ impl ElectionConfig {
         }
         crate::store::check_ttl(self.lease_duration)
             .map_err(|e| Error::invalid_config(format!("LeaseDurationSeconds: {}", e.message())))?;
+        // Deadlines are `Instant`s plus these; past any sane value the sums
+        // overflow (a huge retry period used to panic the elector task).
+        let bounded = [
+            ("RetryPeriodSeconds", self.retry_period()),
+            ("ReleaseTimeoutSeconds", self.release_timeout),
+            ("UnhealthyAfterSeconds", self.unhealthy_after()),
+        ];
+        for (field, value) in bounded {
+            if value > crate::timing::LONGEST {
+                return Err(Error::invalid_config(format!(
+                    "{field}: {value:?} is longer than the limit of {:?}",
+                    crate::timing::LONGEST
+                )));
+            }
+        }
         if self.renewal_interval >= self.lease_duration {
             return Err(Error::invalid_config(format!(
                 "RenewalIntervalSeconds: {:?} must be shorter than LeaseDurationSeconds ({:?}); \
@@ -325,6 +343,15 @@ impl ElectionConfig {
                 "RenewDeadlineSeconds: {:?} must not be shorter than RenewalIntervalSeconds ({:?})",
                 self.renew_deadline(),
                 self.renewal_interval
+            )));
+        }
+        if self.request_timeout() > self.renew_deadline() {
+            return Err(Error::invalid_config(format!(
+                "RequestTimeoutSeconds: {:?} must not be longer than RenewDeadlineSeconds ({:?}): \
+                 a renewal still unanswered at the deadline cannot keep the lease, and an acquire \
+                 answered later could arrive after the lease it took stopped being valid",
+                self.request_timeout(),
+                self.renew_deadline()
             )));
         }
         if !(0.0..=1.0).contains(&self.retry_jitter) {

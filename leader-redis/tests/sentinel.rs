@@ -32,7 +32,7 @@ fn store(set: &SentinelSet) -> RedisStore {
 async fn sentinel_store_resolves_the_master_waits_for_the_replica_and_follows_a_failover() {
     let set = SentinelSet::start().await;
     let store = RedisStore::builder(&set.connection_string())
-        .wait_replicas(1, Duration::from_secs(2))
+        .wait_replicas(1, Duration::from_secs(1))
         .build()
         .expect("store");
     let k = LeaseKey::new(&prefix(), "svc").expect("key");
