@@ -71,7 +71,11 @@ impl Locks {
     ///
     /// An invalid name, or a store that failed or did not answer within the
     /// request timeout (in that case the lock may have been taken and will
-    /// expire after the lease duration).
+    /// expire after the lease duration). An answer that arrives after the
+    /// lease it grants stopped being trustworthy (`sent + lease * (1 -
+    /// drift)`, e.g. after a stall of this process) is also
+    /// [`ErrorKind::Indeterminate`](crate::ErrorKind::Indeterminate): no
+    /// guard is handed out and the lock is released at once.
     ///
     /// # Cancel safety
     ///
@@ -115,6 +119,27 @@ impl Locks {
             telemetry,
             self.config.follower_health_status,
         ));
+        let valid_until = timing.valid_until(sent);
+        if Instant::now() >= valid_until {
+            // The answer arrived after the lease stopped being trustworthy
+            // (the process or runtime stalled after the store answered): no
+            // guard, and the seat goes back now instead of at expiry.
+            let released = keeper::release(&*self.store, &lease, &tracker).await;
+            return Err(Error::indeterminate(format!(
+                "acquire answered {:?} after it was sent, past the {:?} its lease can be \
+                 trusted; {}",
+                sent.elapsed(),
+                valid_until - sent,
+                if released {
+                    "released it"
+                } else {
+                    "it expires by itself"
+                }
+            ))
+            .with_store(self.store.kind())
+            .with_operation("acquire")
+            .with_key(lease.key.as_str()));
+        }
         tracker.begin_term(lease.token, Some(sent));
         let stop = CancellationToken::new();
         let keeper = tokio::spawn(keep_lock(
