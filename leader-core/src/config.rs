@@ -26,6 +26,10 @@ use crate::names::{HolderId, LeaseKey};
 /// The configuration section name used in files and environment variables.
 pub const SECTION: &str = "LeaderElection";
 
+/// The resource name health and metrics show in single-instance mode when
+/// `ResourceName` is not set.
+pub const UNNAMED_RESOURCE: &str = "leader";
+
 /// The card's environment presets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -100,7 +104,11 @@ impl FromStr for Preset {
 #[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct ElectionConfig {
-    /// The resource being elected for (`honua-server`).
+    /// The resource being elected for (`honua-server`). No default: two
+    /// services that both forgot it would share one lease, so an enabled
+    /// election refuses to start without it. In single-instance mode
+    /// (`Enabled: false`) it may stay unset; health and metrics then say
+    /// [`UNNAMED_RESOURCE`].
     pub resource_name: String,
     /// Prepended to the resource name to form the store key.
     pub key_prefix: String,
@@ -164,7 +172,7 @@ impl Default for ElectionConfig {
     fn default() -> Self {
         let (lease, renewal, detailed) = Preset::Production.settings();
         ElectionConfig {
-            resource_name: "leader".to_owned(),
+            resource_name: String::new(),
             key_prefix: "leader:".to_owned(),
             instance_id: None,
             lease_duration: lease,
@@ -255,8 +263,12 @@ impl ElectionConfig {
     ///
     /// When the prefix or resource name is invalid.
     pub fn lease_key(&self) -> Result<LeaseKey> {
-        LeaseKey::new(&self.key_prefix, &self.resource_name)
-            .map_err(|e| field_error("ResourceName", e))
+        let resource = if !self.enabled && self.resource_name.trim().is_empty() {
+            UNNAMED_RESOURCE
+        } else {
+            &self.resource_name
+        };
+        LeaseKey::new(&self.key_prefix, resource).map_err(|e| field_error("ResourceName", e))
     }
 
     /// A new holder id for one elector or lock factory: the configured
@@ -290,6 +302,19 @@ impl ElectionConfig {
     ///
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) with the field name first.
     pub fn validate(&self) -> Result<()> {
+        if self.enabled && self.resource_name.is_empty() {
+            return Err(Error::invalid_config(
+                "ResourceName: not set; name the resource this election is for, one per service \
+                 (\"ResourceName\" in the LeaderElection section, or \
+                 LeaderElection__ResourceName), or services that forget it share one lease",
+            ));
+        }
+        self.validate_for_locks()
+    }
+
+    /// Every rule except the resource name, which named locks do not use
+    /// (each lock names its own).
+    pub(crate) fn validate_for_locks(&self) -> Result<()> {
         let positive = [
             ("LeaseDurationSeconds", self.lease_duration),
             ("RenewalIntervalSeconds", self.renewal_interval),
@@ -376,10 +401,8 @@ impl ElectionConfig {
                 validity
             )));
         }
-        if self.resource_name.trim().is_empty() {
-            return Err(Error::invalid_config(
-                "ResourceName: must not be empty or blank",
-            ));
+        if !self.resource_name.is_empty() && self.resource_name.trim().is_empty() {
+            return Err(Error::invalid_config("ResourceName: must not be blank"));
         }
         if self.metrics_prefix.is_empty()
             || !self
@@ -395,7 +418,13 @@ impl ElectionConfig {
                 self.metrics_prefix
             )));
         }
-        self.lease_key()?;
+        if self.resource_name.is_empty() {
+            // Nothing but the prefix to check (locks name their own keys).
+            LeaseKey::new(&self.key_prefix, UNNAMED_RESOURCE)
+                .map_err(|e| field_error("KeyPrefix", e))?;
+        } else {
+            self.lease_key()?;
+        }
         if self.instance_id.is_some() {
             self.holder_id()?;
         }

@@ -14,7 +14,7 @@ pub mod testing;
 mod timing;
 mod tracker;
 
-pub use config::{ElectionConfig, Preset, SECTION, parse_duration};
+pub use config::{ElectionConfig, Preset, SECTION, UNNAMED_RESOURCE, parse_duration};
 pub use elector::{Elector, LeaderContext, WorkHandle};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{HealthData, HealthReport, HealthStatus};

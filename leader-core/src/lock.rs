@@ -29,7 +29,7 @@ use crate::tracker::LeaseTracker;
 /// A factory of named locks on one store.
 ///
 /// Uses the config's key prefix, timing, instance id and metrics prefix; its
-/// resource name is ignored (each lock names its own).
+/// resource name is ignored and need not be set (each lock names its own).
 #[derive(Clone)]
 pub struct Locks {
     store: Arc<dyn LeaseStore>,
@@ -54,7 +54,7 @@ impl Locks {
     ///
     /// Invalid configuration, naming the field.
     pub fn new(store: Arc<dyn LeaseStore>, config: ElectionConfig) -> Result<Locks> {
-        config.validate()?;
+        config.validate_for_locks()?;
         let instance = config.holder_id()?;
         Ok(Locks {
             store,

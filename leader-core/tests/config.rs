@@ -254,3 +254,16 @@ fn durations_that_break_timing_are_refused_naming_the_field() {
     c.unhealthy_after = Some(leader_core::MAX_TTL);
     c.validate().expect("bounds are inclusive");
 }
+
+#[test]
+fn an_enabled_election_needs_a_resource_name_single_instance_mode_does_not() {
+    let err = ElectionConfig::default().validate().expect_err("unnamed");
+    assert!(err.message().starts_with("ResourceName: not set"), "{err}");
+    let mut single = ElectionConfig::default();
+    single.enabled = false;
+    single.validate().expect("single-instance mode shares nothing");
+    assert_eq!(
+        single.lease_key().expect("key").resource(),
+        leader_core::UNNAMED_RESOURCE
+    );
+}
