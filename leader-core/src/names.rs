@@ -136,7 +136,11 @@ impl HolderId {
     /// different id.
     pub fn generate() -> Self {
         let random: u128 = rand::random();
-        HolderId(format!("{}_{}_{random:032x}", hostname(), std::process::id()))
+        HolderId(format!(
+            "{}_{}_{random:032x}",
+            hostname(),
+            std::process::id()
+        ))
     }
 
     /// A fresh id for the instance a person named `instance` (a pod name):

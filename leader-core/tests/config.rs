@@ -225,7 +225,9 @@ fn durations_that_break_timing_are_refused_naming_the_field() {
         ("RetryPeriodSeconds", |c| {
             c.retry_period = Some(leader_core::MAX_TTL + Duration::from_secs(1))
         }),
-        ("ReleaseTimeoutSeconds", |c| c.release_timeout = Duration::MAX),
+        ("ReleaseTimeoutSeconds", |c| {
+            c.release_timeout = Duration::MAX
+        }),
         ("UnhealthyAfterSeconds", |c| {
             c.unhealthy_after = Some(Duration::MAX)
         }),
@@ -261,7 +263,9 @@ fn an_enabled_election_needs_a_resource_name_single_instance_mode_does_not() {
     assert!(err.message().starts_with("ResourceName: not set"), "{err}");
     let mut single = ElectionConfig::default();
     single.enabled = false;
-    single.validate().expect("single-instance mode shares nothing");
+    single
+        .validate()
+        .expect("single-instance mode shares nothing");
     assert_eq!(
         single.lease_key().expect("key").resource(),
         leader_core::UNNAMED_RESOURCE

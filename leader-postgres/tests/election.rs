@@ -151,9 +151,7 @@ async fn partitioned_holder_steps_down_before_the_server_frees_its_lock() {
         .events()
         .iter()
         .filter(|e| {
-            e.process == a.id
-                && matches!(e.op, Op::Acquire | Op::Renew)
-                && e.outcome == Outcome::Ok
+            e.process == a.id && matches!(e.op, Op::Acquire | Op::Renew) && e.outcome == Outcome::Ok
         })
         .map(|e| e.invoked)
         .max()

@@ -93,7 +93,10 @@ async fn an_election_on_a_store_needs_a_resource_name() {
     let err = on_store.start_elector().expect_err("no ResourceName");
     assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
     assert!(err.message().starts_with("ResourceName"), "{err}");
-    assert!(err.message().contains("LeaderElection__ResourceName"), "{err}");
+    assert!(
+        err.message().contains("LeaderElection__ResourceName"),
+        "{err}"
+    );
     // Named locks name their own resources.
     on_store.locks().expect("locks need no ResourceName");
     let named = on_store

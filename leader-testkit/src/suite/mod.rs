@@ -62,8 +62,8 @@ mod store;
 pub use ctx::{CaseResult, Ctx, Failure, Profile};
 pub use election::*;
 pub use faults::*;
-pub use identity::*;
 pub use fixture::{Fixture, Link, LinkedClient, ServerControl, ServerFixture};
+pub use identity::*;
 pub use memory::{FaultyLink, MemoryFixture};
 pub use runner::{
     CaseOutcome, CaseReport, Level, SuiteReport, assert_all_cases_listed, case_names, check_case,
