@@ -5,6 +5,9 @@
 //! ```text
 //! LEADER_STORE=redis://127.0.0.1:6379 cargo run --example nightly
 //! ```
+//!
+//! Without a store it refuses to start: a lock private to each process
+//! would let every replica run the job.
 
 use std::time::Duration;
 

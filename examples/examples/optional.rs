@@ -1,9 +1,12 @@
 //! Pattern 3: optional election. The same code runs as a single instance
-//! (no store configured: always leader) and as a cluster (a store configured).
+//! (`LeaderElection__Enabled=false`: always leader, with a warning) and as a
+//! cluster (a store and a resource name configured). Enabled with no store
+//! is refused: every replica would lead.
 //!
 //! ```text
-//! cargo run --example optional                                  # single instance
-//! LEADER_STORE=redis://127.0.0.1:6379 cargo run --example optional  # elected
+//! LeaderElection__Enabled=false cargo run --example optional    # single instance
+//! LEADER_STORE=redis://127.0.0.1:6379 LeaderElection__ResourceName=optional-demo \
+//!     cargo run --example optional                              # elected
 //! ```
 
 use std::time::Duration;

@@ -5,7 +5,8 @@
 //! LEADER_STORE=redis://127.0.0.1:6379 LeaderElection__ResourceName=build-queue \
 //!     cargo run --example worker
 //! ```
-//! Without a store it runs in single-instance mode (always leader).
+//! Without a store it refuses to start; `LeaderElection__Enabled=false`
+//! runs it in single-instance mode (always leader).
 
 use std::time::Duration;
 

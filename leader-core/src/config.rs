@@ -26,6 +26,10 @@ use crate::names::{HolderId, LeaseKey};
 /// The configuration section name used in files and environment variables.
 pub const SECTION: &str = "LeaderElection";
 
+/// The resource name health and metrics show in single-instance mode when
+/// `ResourceName` is not set.
+pub const UNNAMED_RESOURCE: &str = "leader";
+
 /// The card's environment presets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -100,11 +104,19 @@ impl FromStr for Preset {
 #[serde(rename_all = "PascalCase", deny_unknown_fields, default)]
 #[non_exhaustive]
 pub struct ElectionConfig {
-    /// The resource being elected for (`honua-server`).
+    /// The resource being elected for (`honua-server`). No default: two
+    /// services that both forgot it would share one lease, so an enabled
+    /// election refuses to start without it. In single-instance mode
+    /// (`Enabled: false`) it may stay unset; health and metrics then say
+    /// [`UNNAMED_RESOURCE`].
     pub resource_name: String,
     /// Prepended to the resource name to form the store key.
     pub key_prefix: String,
-    /// This instance's holder id; generated (`{machine}_{pid}_{hex}`) when unset.
+    /// A name for this instance, for people (a pod name). The holder id the
+    /// store shows starts with it and continues with a random part the
+    /// library adds (`pod-a/3f9c1a2b4d5e`), so two instances given the same
+    /// name never pass for one another: uniqueness is the library's job, not
+    /// the operator's. Unset: a generated id (`{machine}_{pid}_{hex}`).
     /// It is visible in the store and logs: put nothing secret in it.
     pub instance_id: Option<String>,
     /// How long a lease lives in the store without renewal.
@@ -119,6 +131,7 @@ pub struct ElectionConfig {
     #[serde(rename = "RenewDeadlineSeconds", with = "opt_duration_serde")]
     pub renew_deadline: Option<Duration>,
     /// How often a follower tries to acquire. Default: the renewal interval.
+    /// At most 7 days (as are `ReleaseTimeoutSeconds` and `UnhealthyAfterSeconds`).
     #[serde(rename = "RetryPeriodSeconds", with = "opt_duration_serde")]
     pub retry_period: Option<Duration>,
     /// Random spread added to follower retries, as a fraction of the retry
@@ -129,7 +142,9 @@ pub struct ElectionConfig {
     /// the renewal was sent.
     pub clock_drift: f64,
     /// Longest time a single store request may take before its outcome is
-    /// treated as unknown. Default: the renewal interval.
+    /// treated as unknown. Default: the renewal interval. At most the renew
+    /// deadline, so that an answered acquire is always inside its lease's
+    /// validity.
     #[serde(rename = "RequestTimeoutSeconds", with = "opt_duration_serde")]
     pub request_timeout: Option<Duration>,
     /// Longest time a graceful release may take on shutdown.
@@ -157,7 +172,7 @@ impl Default for ElectionConfig {
     fn default() -> Self {
         let (lease, renewal, detailed) = Preset::Production.settings();
         ElectionConfig {
-            resource_name: "leader".to_owned(),
+            resource_name: String::new(),
             key_prefix: "leader:".to_owned(),
             instance_id: None,
             lease_duration: lease,
@@ -248,19 +263,36 @@ impl ElectionConfig {
     ///
     /// When the prefix or resource name is invalid.
     pub fn lease_key(&self) -> Result<LeaseKey> {
-        LeaseKey::new(&self.key_prefix, &self.resource_name)
-            .map_err(|e| field_error("ResourceName", e))
+        let resource = if !self.enabled && self.resource_name.trim().is_empty() {
+            UNNAMED_RESOURCE
+        } else {
+            &self.resource_name
+        };
+        LeaseKey::new(&self.key_prefix, resource).map_err(|e| field_error("ResourceName", e))
     }
 
-    /// The holder id: the configured instance id, or a generated one.
+    /// A new holder id for one elector or lock factory: the configured
+    /// instance id followed by a random part ([`HolderId::for_instance`]),
+    /// or a generated id ([`HolderId::generate`]). Every call mints a
+    /// different id; an elector keeps the one it got at start.
     ///
     /// # Errors
     ///
     /// When the configured instance id is invalid.
     pub fn holder_id(&self) -> Result<HolderId> {
         match &self.instance_id {
-            Some(id) => HolderId::new(id.clone()).map_err(|e| field_error("InstanceId", e)),
+            Some(id) => HolderId::for_instance(id).map_err(|e| field_error("InstanceId", e)),
             None => Ok(HolderId::generate()),
+        }
+    }
+
+    /// This instance's name for people (health pages, metric labels): the
+    /// configured instance id, or the machine's hostname. Unlike a holder id
+    /// it is the same for every elector of the process and need not be unique.
+    pub fn instance_name(&self) -> String {
+        match &self.instance_id {
+            Some(id) => id.clone(),
+            None => crate::names::hostname(),
         }
     }
 
@@ -270,6 +302,19 @@ impl ElectionConfig {
     ///
     /// [`ErrorKind::InvalidConfig`](crate::ErrorKind::InvalidConfig) with the field name first.
     pub fn validate(&self) -> Result<()> {
+        if self.enabled && self.resource_name.is_empty() {
+            return Err(Error::invalid_config(
+                "ResourceName: not set; name the resource this election is for, one per service \
+                 (\"ResourceName\" in the LeaderElection section, or \
+                 LeaderElection__ResourceName), or services that forget it share one lease",
+            ));
+        }
+        self.validate_for_locks()
+    }
+
+    /// Every rule except the resource name, which named locks do not use
+    /// (each lock names its own).
+    pub(crate) fn validate_for_locks(&self) -> Result<()> {
         let positive = [
             ("LeaseDurationSeconds", self.lease_duration),
             ("RenewalIntervalSeconds", self.renewal_interval),
@@ -288,6 +333,21 @@ impl ElectionConfig {
         }
         crate::store::check_ttl(self.lease_duration)
             .map_err(|e| Error::invalid_config(format!("LeaseDurationSeconds: {}", e.message())))?;
+        // Deadlines are `Instant`s plus these; past any sane value the sums
+        // overflow (a huge retry period used to panic the elector task).
+        let bounded = [
+            ("RetryPeriodSeconds", self.retry_period()),
+            ("ReleaseTimeoutSeconds", self.release_timeout),
+            ("UnhealthyAfterSeconds", self.unhealthy_after()),
+        ];
+        for (field, value) in bounded {
+            if value > crate::timing::LONGEST {
+                return Err(Error::invalid_config(format!(
+                    "{field}: {value:?} is longer than the limit of {:?}",
+                    crate::timing::LONGEST
+                )));
+            }
+        }
         if self.renewal_interval >= self.lease_duration {
             return Err(Error::invalid_config(format!(
                 "RenewalIntervalSeconds: {:?} must be shorter than LeaseDurationSeconds ({:?}); \
@@ -308,6 +368,15 @@ impl ElectionConfig {
                 "RenewDeadlineSeconds: {:?} must not be shorter than RenewalIntervalSeconds ({:?})",
                 self.renew_deadline(),
                 self.renewal_interval
+            )));
+        }
+        if self.request_timeout() > self.renew_deadline() {
+            return Err(Error::invalid_config(format!(
+                "RequestTimeoutSeconds: {:?} must not be longer than RenewDeadlineSeconds ({:?}): \
+                 a renewal still unanswered at the deadline cannot keep the lease, and an acquire \
+                 answered later could arrive after the lease it took stopped being valid",
+                self.request_timeout(),
+                self.renew_deadline()
             )));
         }
         if !(0.0..=1.0).contains(&self.retry_jitter) {
@@ -332,10 +401,8 @@ impl ElectionConfig {
                 validity
             )));
         }
-        if self.resource_name.trim().is_empty() {
-            return Err(Error::invalid_config(
-                "ResourceName: must not be empty or blank",
-            ));
+        if !self.resource_name.is_empty() && self.resource_name.trim().is_empty() {
+            return Err(Error::invalid_config("ResourceName: must not be blank"));
         }
         if self.metrics_prefix.is_empty()
             || !self
@@ -351,7 +418,13 @@ impl ElectionConfig {
                 self.metrics_prefix
             )));
         }
-        self.lease_key()?;
+        if self.resource_name.is_empty() {
+            // Nothing but the prefix to check (locks name their own keys).
+            LeaseKey::new(&self.key_prefix, UNNAMED_RESOURCE)
+                .map_err(|e| field_error("KeyPrefix", e))?;
+        } else {
+            self.lease_key()?;
+        }
         if self.instance_id.is_some() {
             self.holder_id()?;
         }

@@ -93,6 +93,19 @@ pub struct HealthData {
     pub consecutive_failures: u32,
     /// The store kind (`redis`, `etcd`, `postgres`, `memory`).
     pub store: &'static str,
+    /// `"election"`, or `"single-instance"` when election is disabled and
+    /// this instance leads without asking anyone: every replica so
+    /// configured does the singleton work.
+    pub mode: &'static str,
+}
+
+/// The health `mode` of an elector on `store` (`"disabled"`: no election).
+pub(crate) fn mode_of(store: &str) -> &'static str {
+    if store == "disabled" {
+        "single-instance"
+    } else {
+        "election"
+    }
 }
 
 /// One health report: the `leader_election` entry of a health document.

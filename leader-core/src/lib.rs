@@ -18,13 +18,15 @@ mod tracker;
 /// The attribute a [`LeaseStore`] implementation is written with; re-exported
 /// so a store crate needs no direct dependency on `async-trait`.
 pub use async_trait::async_trait;
-pub use config::{ElectionConfig, Preset, SECTION, parse_duration};
+pub use config::{ElectionConfig, Preset, SECTION, UNNAMED_RESOURCE, parse_duration};
 pub use elector::{Elector, LeaderContext, OnReturn, WorkHandle};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{HealthData, HealthReport, HealthStatus, Probe, Readiness};
 pub use lock::{LockGuard, Locks};
 pub use memory::MemoryStore;
-pub use names::{FencingToken, HolderId, LeaseKey, MAX_HOLDER_LEN, MAX_KEY_LEN};
+pub use names::{
+    FencingToken, HolderId, LeaseKey, MAX_HOLDER_LEN, MAX_INSTANCE_ID_LEN, MAX_KEY_LEN,
+};
 pub use store::{
     Acquire, Capabilities, FencingSource, Lease, LeaseEvent, LeaseEvents, LeaseInfo, LeaseStore,
     MAX_TTL, NotificationSupport, check_ttl,

@@ -1,8 +1,10 @@
 //! Named one-shot locks (the card's Pattern 2): try to take a named resource,
 //! do the job, release.
 //!
-//! Each acquisition gets its own holder id (`<instance>/lock-<n>`), so two
-//! callers in one process can never release each other's lock. While held,
+//! Each acquisition gets its own holder id (`<holder>/lock-<n>`, where
+//! `<holder>` is the factory's own unique id such as `pod-a/3f9c1a2b4d5e`),
+//! so no two callers, in one process or in two processes given the same
+//! `InstanceId`, can take, renew or release each other's lock. While held,
 //! the lock is renewed in the background with the same rules as an elector
 //! ([`LockGuard::lost`] fires when it cannot be kept), and it is released
 //! explicitly with [`LockGuard::release`] or, without blocking, on drop.
@@ -27,7 +29,7 @@ use crate::tracker::LeaseTracker;
 /// A factory of named locks on one store.
 ///
 /// Uses the config's key prefix, timing, instance id and metrics prefix; its
-/// resource name is ignored (each lock names its own).
+/// resource name is ignored and need not be set (each lock names its own).
 #[derive(Clone)]
 pub struct Locks {
     store: Arc<dyn LeaseStore>,
@@ -52,7 +54,7 @@ impl Locks {
     ///
     /// Invalid configuration, naming the field.
     pub fn new(store: Arc<dyn LeaseStore>, config: ElectionConfig) -> Result<Locks> {
-        config.validate()?;
+        config.validate_for_locks()?;
         let instance = config.holder_id()?;
         Ok(Locks {
             store,
@@ -69,7 +71,11 @@ impl Locks {
     ///
     /// An invalid name, or a store that failed or did not answer within the
     /// request timeout (in that case the lock may have been taken and will
-    /// expire after the lease duration).
+    /// expire after the lease duration). An answer that arrives after the
+    /// lease it grants stopped being trustworthy (`sent + lease * (1 -
+    /// drift)`, e.g. after a stall of this process) is also
+    /// [`ErrorKind::Indeterminate`](crate::ErrorKind::Indeterminate): no
+    /// guard is handed out and the lock is released at once.
     ///
     /// # Cancel safety
     ///
@@ -111,7 +117,27 @@ impl Locks {
             telemetry,
             self.config.follower_health_status,
         ));
-        tracker.begin_term(lease.token, Some(sent));
+        // `begin_term` refuses a term whose validity point has passed: the
+        // answer arrived after the lease stopped being trustworthy (the
+        // process or runtime stalled after the store answered). No guard,
+        // and the seat goes back now instead of at expiry.
+        let Some(term) = tracker.begin_term(lease.token, Some(sent)) else {
+            let released = keeper::release(&*self.store, &lease, &tracker).await;
+            return Err(Error::indeterminate(format!(
+                "acquire answered {:?} after it was sent, past the {:?} its lease can be \
+                 trusted; {}",
+                sent.elapsed(),
+                timing.valid_until(sent) - sent,
+                if released {
+                    "released it"
+                } else {
+                    "it expires by itself"
+                }
+            ))
+            .with_store(self.store.kind())
+            .with_operation("acquire")
+            .with_key(lease.key.as_str()));
+        };
         let stop = CancellationToken::new();
         let keeper = tokio::spawn(tracker.telemetry.supervise(keep_lock(
             self.store.clone(),
@@ -120,12 +146,7 @@ impl Locks {
             tracker.clone(),
             stop.clone(),
         )));
-        let lost = tracker
-            .subscribe_terms()
-            .borrow()
-            .as_ref()
-            .map(|t| t.cancel.clone())
-            .unwrap_or_default();
+        let lost = term.cancel.clone();
         Ok(Some(LockGuard {
             store: self.store.clone(),
             lease,

@@ -14,6 +14,10 @@ use crate::error::{Error, Result};
 pub const MAX_KEY_LEN: usize = 2048;
 /// The longest holder id, in bytes.
 pub const MAX_HOLDER_LEN: usize = 512;
+/// The longest configured instance id, in bytes. The rest of
+/// [`MAX_HOLDER_LEN`] is room for the random part the library adds and for
+/// a named lock's suffix.
+pub const MAX_INSTANCE_ID_LEN: usize = 256;
 
 fn check_name(what: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() {
@@ -103,8 +107,13 @@ impl fmt::Debug for LeaseKey {
     }
 }
 
-/// Who holds a lease: an instance id, or an instance id with a suffix for a
-/// named lock (so that two callers in one process never share a holder id).
+/// Who holds a lease.
+///
+/// Every holder id the library mints is unique to one elector or one lock
+/// factory ([`HolderId::for_instance`], [`HolderId::generate`]); a named lock
+/// adds a per-acquisition suffix (`pod-a/3f9c1a2b4d5e/lock-1`). Stores treat
+/// "same holder" as "the same term owner re-acquiring", so two owners must
+/// never share an id, whatever the operator configured.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct HolderId(String);
@@ -122,18 +131,36 @@ impl HolderId {
         Ok(HolderId(id))
     }
 
-    /// A fresh id for this process, in the original service's form
-    /// `{machine}_{pid}_{32 hex digits}`.
+    /// A fresh id when no instance id is configured, in the original
+    /// service's form `{machine}_{pid}_{32 hex digits}`. Each call returns a
+    /// different id.
     pub fn generate() -> Self {
-        let host = gethostname::gethostname().to_string_lossy().into_owned();
-        let host: String = host.chars().filter(|c| !c.is_control()).take(128).collect();
-        let host = if host.trim().is_empty() {
-            "host".to_owned()
-        } else {
-            host
-        };
         let random: u128 = rand::random();
-        HolderId(format!("{host}_{}_{random:032x}", std::process::id()))
+        HolderId(format!(
+            "{}_{}_{random:032x}",
+            hostname(),
+            std::process::id()
+        ))
+    }
+
+    /// A fresh id for the instance a person named `instance` (a pod name):
+    /// the name, `/`, and 12 random hex digits (`pod-a/3f9c1a2b4d5e`). Each
+    /// call returns a different id, so two electors or processes given the
+    /// same name still never pass for one another, while the store and the
+    /// logs show a holder that starts with the name.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidName`](crate::ErrorKind::InvalidName) when
+    /// `instance` is blank, has a control character or is longer than
+    /// [`MAX_INSTANCE_ID_LEN`] bytes.
+    pub fn for_instance(instance: &str) -> Result<Self> {
+        check_name("instance id", instance, MAX_INSTANCE_ID_LEN)?;
+        // 48 bits: two holders sharing a name collide once in ~2.8e14 pairs,
+        // and the id still fits Postgres's 63-byte application_name for
+        // instance names up to ~40 bytes (only a display copy there).
+        let random = rand::random::<u64>() & 0xffff_ffff_ffff;
+        HolderId::new(format!("{instance}/{random:012x}"))
     }
 
     /// The id as a string.
@@ -164,6 +191,18 @@ impl fmt::Display for HolderId {
 impl fmt::Debug for HolderId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+/// This machine's hostname without control characters (at most 128 of
+/// them), or `host` when it has none.
+pub(crate) fn hostname() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host: String = host.chars().filter(|c| !c.is_control()).take(128).collect();
+    if host.trim().is_empty() {
+        "host".to_owned()
+    } else {
+        host
     }
 }
 
@@ -244,6 +283,34 @@ mod tests {
         assert!(HolderId::new(a.as_str()).is_ok());
         let pid = format!("_{}_", std::process::id());
         assert!(a.as_str().contains(&pid));
+    }
+
+    #[test]
+    fn instance_holder_ids_start_with_the_name_and_differ_per_call() {
+        let a = HolderId::for_instance("pod-a").expect("valid");
+        let b = HolderId::for_instance("pod-a").expect("valid");
+        assert_ne!(a, b);
+        for id in [&a, &b] {
+            let random = id.as_str().strip_prefix("pod-a/").expect("name first");
+            assert_eq!(random.len(), 12, "{id}");
+            assert!(random.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        }
+    }
+
+    #[test]
+    fn instance_names_are_checked_as_instance_ids() {
+        for (name, needle) in [
+            ("", "empty"),
+            ("a\nb", "control character"),
+            (&"x".repeat(MAX_INSTANCE_ID_LEN + 1), "limit is 256"),
+        ] {
+            let err = HolderId::for_instance(name).expect_err(name);
+            assert_eq!(err.kind(), ErrorKind::InvalidName);
+            assert!(err.to_string().contains("instance id"), "{err}");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+        let longest = HolderId::for_instance(&"x".repeat(MAX_INSTANCE_ID_LEN)).expect("fits");
+        assert!(HolderId::new(format!("{longest}/lock-{}", u64::MAX)).is_ok());
     }
 
     #[test]

@@ -13,6 +13,11 @@ use tokio::time::Instant;
 
 use crate::config::ElectionConfig;
 
+/// The longest duration a config may set (the longest lease a store
+/// accepts, [`MAX_TTL`](crate::MAX_TTL)): every deadline is an `Instant` plus
+/// a few of these, which stays far from overflowing.
+pub(crate) const LONGEST: Duration = crate::store::MAX_TTL;
+
 /// The timing rules of one election or lock.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timing {

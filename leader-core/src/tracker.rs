@@ -458,6 +458,7 @@ impl LeaseTracker {
                 .map(|t| now.saturating_duration_since(t)),
             consecutive_failures: inner.consecutive_failures,
             store: self.store_kind,
+            mode: crate::health::mode_of(self.store_kind),
         };
         let exception = (status == HealthStatus::Unhealthy)
             .then(|| inner.last_error.clone())

@@ -206,3 +206,68 @@ fn debug_output_stays_short_and_readable() {
     let text = format!("{:?}", ElectionConfig::new("r"));
     assert!(text.contains("resource_name: \"r\""), "{text}");
 }
+
+#[test]
+fn durations_that_break_timing_are_refused_naming_the_field() {
+    type Edit = fn(&mut ElectionConfig);
+    // The defaults' renew deadline is 20 s.
+    let cases: Vec<(&str, Edit)> = vec![
+        ("RequestTimeoutSeconds", |c| {
+            c.request_timeout = Some(Duration::from_secs(21))
+        }),
+        ("RequestTimeoutSeconds", |c| {
+            c.renew_deadline = Some(Duration::from_secs(12));
+            c.request_timeout = Some(Duration::from_secs(13));
+        }),
+        ("RetryPeriodSeconds", |c| {
+            c.retry_period = Some(Duration::from_secs(u64::MAX / 2))
+        }),
+        ("RetryPeriodSeconds", |c| {
+            c.retry_period = Some(leader_core::MAX_TTL + Duration::from_secs(1))
+        }),
+        ("ReleaseTimeoutSeconds", |c| {
+            c.release_timeout = Duration::MAX
+        }),
+        ("UnhealthyAfterSeconds", |c| {
+            c.unhealthy_after = Some(Duration::MAX)
+        }),
+    ];
+    for (field, edit) in cases {
+        let mut c = ElectionConfig::new("r");
+        edit(&mut c);
+        let err = c.validate().expect_err(field);
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{field}: {err}");
+        assert!(
+            err.message().starts_with(field),
+            "expected {field} first: {err}"
+        );
+    }
+    // The same from the environment, as an operator would write it.
+    let c = ElectionConfig::new("r")
+        .with_env_from([("LeaderElection__RetryPeriodSeconds", "1e15")])
+        .expect("parses");
+    let err = c.validate().expect_err("absurd retry period");
+    assert!(err.message().starts_with("RetryPeriodSeconds"), "{err}");
+    // The bounds themselves are accepted.
+    let mut c = ElectionConfig::new("r");
+    c.request_timeout = Some(c.renew_deadline());
+    c.retry_period = Some(leader_core::MAX_TTL);
+    c.release_timeout = leader_core::MAX_TTL;
+    c.unhealthy_after = Some(leader_core::MAX_TTL);
+    c.validate().expect("bounds are inclusive");
+}
+
+#[test]
+fn an_enabled_election_needs_a_resource_name_single_instance_mode_does_not() {
+    let err = ElectionConfig::default().validate().expect_err("unnamed");
+    assert!(err.message().starts_with("ResourceName: not set"), "{err}");
+    let mut single = ElectionConfig::default();
+    single.enabled = false;
+    single
+        .validate()
+        .expect("single-instance mode shares nothing");
+    assert_eq!(
+        single.lease_key().expect("key").resource(),
+        leader_core::UNNAMED_RESOURCE
+    );
+}

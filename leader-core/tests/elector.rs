@@ -149,7 +149,7 @@ async fn a_transient_error_does_not_lock_the_instance_out_of_its_own_key() {
         .await
         .expect("current")
         .expect("held");
-    assert_eq!(held.holder.as_str(), "a", "the old key is still a's");
+    assert_eq!(held.holder, *a.instance_id(), "the old key is still a's");
     let expires_at = Instant::now() + held.remaining.expect("ttl");
     store.clear();
     state.wait_for(|s| s.is_leader).await.expect("alive");
@@ -286,4 +286,32 @@ async fn work_that_returns_is_restarted_only_in_a_new_term() {
     let runs = runs.lock().expect("lock").clone();
     assert_eq!(runs.len(), 2, "{runs:?}");
     assert!(runs[1] > runs[0]);
+}
+
+/// Two electors (or processes) configured with the same `InstanceId`: one
+/// leads, the other follows, and they never take the lease from each other.
+#[tokio::test(start_paused = true)]
+async fn two_electors_sharing_an_instance_id_never_lead_together() {
+    let store = Arc::new(MemoryStore::new());
+    let electors = [
+        start(store.clone(), "shared-id", "pod-a"),
+        start(store.clone(), "shared-id", "pod-a"),
+    ];
+    let leader = one_leader(&electors, LEASE).await;
+    let token = electors[leader].token();
+    let until = Instant::now() + LEASE * 10;
+    while Instant::now() < until {
+        let leading: Vec<usize> = (0..2).filter(|i| electors[*i].is_leader()).collect();
+        assert_eq!(leading, vec![leader], "leadership moved or was shared");
+        assert_eq!(electors[leader].token(), token, "the term changed hands");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(electors[0].instance_id(), electors[1].instance_id());
+    let held = store
+        .current(&key("shared-id"))
+        .await
+        .expect("current")
+        .expect("held");
+    assert_eq!(held.holder, *electors[leader].instance_id());
+    assert!(held.holder.as_str().starts_with("pod-a/"));
 }

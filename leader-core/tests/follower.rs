@@ -75,3 +75,14 @@ async fn with_expiry_notifications_a_follower_hardly_polls() {
         "crash failover took {took:?}"
     );
 }
+
+/// A huge retry period used to pass validation and then panic the elector
+/// task on `Instant` arithmetic, leaving a follower that never competes.
+#[tokio::test(start_paused = true)]
+async fn an_absurd_retry_period_is_refused_at_start() {
+    let mut config = production("b");
+    config.retry_period = Some(Duration::from_secs(u64::MAX / 2));
+    let err = Elector::start(Arc::new(MemoryStore::new()), config).expect_err("refused");
+    assert_eq!(err.kind(), leader_core::ErrorKind::InvalidConfig);
+    assert!(err.message().starts_with("RetryPeriodSeconds"), "{err}");
+}

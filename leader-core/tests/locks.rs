@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use common::*;
 use leader_core::testing::{Fault, Op};
-use leader_core::{ErrorKind, LeaseKey, LeaseStore, Locks, MemoryStore};
+use leader_core::{
+    Acquire, Capabilities, ErrorKind, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
+    LeaseStore, Locks, MemoryStore, Result,
+};
 
 fn locks(store: Arc<dyn LeaseStore>, instance: &str) -> Locks {
     Locks::new(store, config("unused", instance)).expect("valid config")
@@ -120,4 +123,94 @@ async fn bad_lock_names_are_refused() {
         let err = locks.try_acquire(name).await.expect_err(name);
         assert_eq!(err.kind(), ErrorKind::InvalidName);
     }
+}
+
+/// A reused pod name or a copied config file gives two lock factories the
+/// same `InstanceId`: their holder ids must still differ, or the store takes
+/// the second acquisition for a re-acquisition by the first holder.
+#[tokio::test(start_paused = true)]
+async fn two_lock_factories_sharing_an_instance_id_exclude_each_other() {
+    let store = Arc::new(MemoryStore::new());
+    let first = locks(store.clone(), "pod-a");
+    let second = locks(store.clone(), "pod-a");
+    let held = first.try_acquire("job").await.expect("ok").expect("free");
+    assert!(
+        second.try_acquire("job").await.expect("ok").is_none(),
+        "a second factory with the same InstanceId took the held lock"
+    );
+    assert!(held.is_held());
+    let key = LeaseKey::new("test:", "job").expect("key");
+    let now = store.current(&key).await.expect("ok").expect("held");
+    assert_eq!(now.holder, *held.holder());
+    assert!(
+        now.holder.as_str().starts_with("pod-a/"),
+        "the store shows {}, which does not start with the instance id",
+        now.holder
+    );
+}
+
+/// A memory store whose acquire answers, after which the caller stalls (a
+/// GC pause, a stopped process, a starved runtime) for `stall` before it
+/// sees the answer: the request timeout cannot catch this.
+#[derive(Debug)]
+struct StallAfterAcquire {
+    inner: MemoryStore,
+    stall: Duration,
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for StallAfterAcquire {
+    fn kind(&self) -> &'static str {
+        "stalling"
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
+        let answer = self.inner.acquire(key, holder, ttl).await;
+        tokio::time::advance(self.stall).await;
+        answer
+    }
+    async fn renew(&self, lease: &Lease) -> Result<()> {
+        self.inner.renew(lease).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<bool> {
+        self.inner.release(lease).await
+    }
+    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.inner.current(key).await
+    }
+    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
+        self.inner.force_release(key).await
+    }
+    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
+        self.inner.watch(key).await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquire_answered_after_its_validity_gives_no_guard_and_frees_the_lock() {
+    let memory = MemoryStore::new();
+    // Validity is LEASE * (1 - 0.01); the store's TTL runs 30 ms longer.
+    let stall = LEASE - Duration::from_millis(20);
+    let late = locks(
+        Arc::new(StallAfterAcquire {
+            inner: memory.clone(),
+            stall,
+        }),
+        "late",
+    );
+    let err = late
+        .try_acquire("job")
+        .await
+        .expect_err("a late answer must not give a usable guard");
+    assert_eq!(err.kind(), ErrorKind::Indeterminate, "{err}");
+    let key = LeaseKey::new("test:", "job").expect("key");
+    assert_eq!(
+        memory.current(&key).await.expect("ok"),
+        None,
+        "the late lock was not released (its TTL had not run out yet)"
+    );
+    let other = locks(Arc::new(memory.clone()), "other");
+    assert!(other.try_acquire("job").await.expect("ok").is_some());
 }

@@ -27,7 +27,8 @@ async fn leader_is_healthy_follower_degraded_broken_store_unhealthy() {
     let h = a.health();
     assert_eq!(h.status, HealthStatus::Healthy);
     assert!(h.data.is_leader);
-    assert_eq!(h.data.instance_id.as_str(), "a");
+    assert_eq!(&h.data.instance_id, a.instance_id());
+    assert!(h.data.instance_id.as_str().starts_with("a/"));
     assert_eq!(h.data.resource, "health");
     assert!(h.data.fencing_token.is_some());
     assert!(h.data.lease_remaining.is_some());
@@ -42,7 +43,7 @@ async fn leader_is_healthy_follower_degraded_broken_store_unhealthy() {
         HealthStatus::Degraded,
         "followers are Degraded (normal)"
     );
-    assert_eq!(h.data.leader_id.as_ref().map(|l| l.as_str()), Some("a"));
+    assert_eq!(h.data.leader_id.as_ref(), Some(a.instance_id()));
     assert_eq!(h.status.http_status(), 200);
 
     // a's store goes away: a steps down and, past the bound, is Unhealthy.

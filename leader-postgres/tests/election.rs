@@ -67,8 +67,9 @@ async fn terminated_holder_session_steps_down_without_overlap() {
 
     let mut admin = admin(pg.url()).await;
     let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE application_name = 'term-a'",
+        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE application_name = $1",
     )
+    .bind(a.elector.instance_id().as_str())
     .fetch_one(&mut admin)
     .await
     .expect("terminate the holder's backend");
@@ -150,9 +151,7 @@ async fn partitioned_holder_steps_down_before_the_server_frees_its_lock() {
         .events()
         .iter()
         .filter(|e| {
-            e.process == "part-a"
-                && matches!(e.op, Op::Acquire | Op::Renew)
-                && e.outcome == Outcome::Ok
+            e.process == a.id && matches!(e.op, Op::Acquire | Op::Renew) && e.outcome == Outcome::Ok
         })
         .map(|e| e.invoked)
         .max()

@@ -104,6 +104,10 @@ impl RedisStoreBuilder {
     /// keeps accepting writes. Use fencing tokens for safety; this only
     /// narrows the window. `WAIT` also holds the shared connection for up to
     /// `timeout`, delaying other operations of this store.
+    ///
+    /// `timeout` must be below the response timeout (the request timeout the
+    /// elector bounds each acquire by); [`RedisStoreBuilder::build`] refuses
+    /// it otherwise.
     pub fn wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait_replicas = Some(WaitReplicas { replicas, timeout });
         self
@@ -135,8 +139,9 @@ impl RedisStoreBuilder {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
-    /// for a malformed connection string, zero timeouts or an unreadable CA
-    /// file. Never an error because Redis is down.
+    /// for a malformed connection string, zero timeouts, a `WAIT` timeout not
+    /// below the response timeout or an unreadable CA file. Never an error
+    /// because Redis is down.
     pub fn build(self) -> Result<RedisStore> {
         let mut config = self.config?;
         if let Some(path) = self.ca_file {
@@ -169,6 +174,19 @@ impl RedisStoreBuilder {
             return Err(Error::invalid_config(
                 "wait_replicas needs at least one replica and a non-zero timeout",
             )
+            .with_store("redis"));
+        }
+        // The caller bounds the whole acquire (script and WAIT) by its
+        // request timeout, which the response timeout is set to: a WAIT as
+        // long would be cut off before it could answer or release.
+        if let Some(w) = self.wait_replicas
+            && w.timeout >= response_timeout
+        {
+            return Err(Error::invalid_config(format!(
+                "wait_replicas: the WAIT timeout ({:?}) must be below the response timeout \
+                 ({response_timeout:?}; RequestTimeoutSeconds when built through the facade)",
+                w.timeout
+            ))
             .with_store("redis"));
         }
         let connector = Arc::new(Connector::new(

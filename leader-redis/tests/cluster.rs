@@ -368,7 +368,7 @@ async fn killing_the_masters_node_while_an_elector_leads_recovers_the_election()
             };
             if owner(&cluster, slot).await.1 != old_port
                 && let Ok(Some(info)) = observer.current(&key).await
-                && info.holder.as_str() == id
+                && info.holder.as_str().starts_with(&format!("{id}/"))
                 && Some(info.token) == tok
             {
                 break (id, info.token);

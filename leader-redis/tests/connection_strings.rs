@@ -271,3 +271,29 @@ fn the_password_never_shows_in_errors_debug_or_display() {
         }
     }
 }
+
+#[test]
+fn a_wait_timeout_not_below_the_response_timeout_is_refused() {
+    let response = Duration::from_millis(500);
+    for wait in [response, Duration::from_secs(2)] {
+        let err = RedisStore::builder("redis://h:6379")
+            .response_timeout(response)
+            .wait_replicas(1, wait)
+            .build()
+            .expect_err("WAIT as long as the request timeout");
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+        assert!(err.message().starts_with("wait_replicas"), "{err}");
+        assert!(err.message().contains("response timeout"), "{err}");
+    }
+    // The string's syncTimeout is the response timeout too.
+    let err = RedisStore::builder("h:6379,syncTimeout=300")
+        .wait_replicas(1, Duration::from_millis(300))
+        .build()
+        .expect_err("WAIT as long as syncTimeout");
+    assert!(err.message().starts_with("wait_replicas"), "{err}");
+    RedisStore::builder("redis://h:6379")
+        .response_timeout(response)
+        .wait_replicas(1, Duration::from_millis(499))
+        .build()
+        .expect("a WAIT below the response timeout");
+}

@@ -46,7 +46,7 @@ async fn graceful_handover_is_pushed_not_polled() {
     // Wait until b has seen a as leader and subscribed to the channel.
     eventually(Duration::from_secs(10), "b to follow", || async {
         let leader = b.health().data.leader_id;
-        (leader.as_ref().map(|h| h.as_str()) == Some("a")).then_some(())
+        (leader.as_ref() == Some(a.instance_id())).then_some(())
     })
     .await;
     let channel = RedisStore::new(redis.url())

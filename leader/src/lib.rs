@@ -23,8 +23,10 @@
 //! # async fn run() -> leader::Result<()> {
 //! // LeaderElection section + store connection string, from a file and/or
 //! // LeaderElection__* / Store__ConnectionString / Redis__ConnectionString.
+//! // Needs a store and LeaderElection__ResourceName; LeaderElection__Enabled=false
+//! // asks for single-instance mode (always leader) instead.
 //! let settings = leader::Settings::from_env()?;
-//! let elector = settings.start_elector()?; // no store configured: single-instance mode
+//! let elector = settings.start_elector()?;
 //! if elector.is_leader() { /* work */ }
 //! elector.shutdown().await;
 //! # Ok(()) }

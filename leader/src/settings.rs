@@ -21,8 +21,12 @@ const STORE_SECTIONS: [&str; 2] = ["Store", "Redis"];
 /// (`LeaderElection__*`, `Store__ConnectionString`, `Redis__ConnectionString`,
 /// or `LEADER_STORE`).
 ///
-/// With no store configured, electors run in single-instance mode (always
-/// leader): the same code works with and without a store.
+/// Election is on by default and needs a store and a `ResourceName`;
+/// without a store, [`Settings::start_elector`] and [`Settings::locks`]
+/// refuse to start, naming the keys to set. Single-instance mode (this
+/// instance always leads, locks only exclude callers in this process) must be
+/// asked for with `LeaderElection:Enabled = false`; it logs a warning and
+/// health data says `"mode": "single-instance"`.
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct Settings {
@@ -132,35 +136,66 @@ impl Settings {
             .transpose()
     }
 
-    /// Starts an elector on the configured store; without a store (or with
-    /// `Enabled: false`) an elector in single-instance mode that always leads.
+    /// Starts an elector on the configured store; with `Enabled: false`,
+    /// an elector in single-instance mode that always leads (a warning is
+    /// logged).
     ///
     /// # Errors
     ///
-    /// Invalid settings or store URL; must be called inside a tokio runtime.
+    /// No store configured while election is enabled (the message names the
+    /// keys to set), a missing `ResourceName`, invalid settings or store URL;
+    /// must be called inside a tokio runtime.
     pub fn start_elector(&self) -> Result<Elector> {
-        match self.connect()? {
-            Some(store) => Elector::start(store, self.election.clone()),
-            None => {
-                let mut config = self.election.clone();
-                config.enabled = false;
-                Elector::start(Arc::new(MemoryStore::new()), config)
-            }
+        if !self.election.enabled {
+            warn_single_instance("elector");
+            return Elector::start(Arc::new(MemoryStore::new()), self.election.clone());
         }
+        Elector::start(self.require_store()?, self.election.clone())
     }
 
-    /// Named locks on the configured store; without a store, on a private
-    /// in-memory store (locks then only exclude callers in this process).
+    /// Named locks on the configured store. With `Enabled: false` and no
+    /// store, on a store private to this process (locks then only exclude
+    /// callers in this process; a warning is logged).
     ///
     /// # Errors
     ///
-    /// Invalid settings or store URL.
+    /// No store configured while election is enabled (the message names the
+    /// keys to set), invalid settings or store URL.
     pub fn locks(&self) -> Result<Locks> {
-        let store = self
-            .connect()?
-            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let store = match self.connect()? {
+            Some(store) => store,
+            None if !self.election.enabled => {
+                warn_single_instance("named locks");
+                Arc::new(MemoryStore::new())
+            }
+            None => return Err(no_store()),
+        };
         Locks::new(store, self.election.clone())
     }
+
+    fn require_store(&self) -> Result<Arc<dyn LeaseStore>> {
+        self.connect()?.ok_or_else(no_store)
+    }
+}
+
+/// Every replica would silently lead without a store: refuse, naming the
+/// keys that fix it either way.
+fn no_store() -> Error {
+    Error::invalid_config(
+        "Store: no store configured while LeaderElection:Enabled is true (the default), so \
+         replicas cannot agree on a leader. Set Store:ConnectionString (or \
+         Store__ConnectionString, LEADER_STORE, Redis__ConnectionString), or set \
+         LeaderElection:Enabled to false (LeaderElection__Enabled=false) to run as a single \
+         instance that always leads",
+    )
+}
+
+fn warn_single_instance(what: &str) {
+    tracing::warn!(
+        what,
+        "single-instance mode (LeaderElection:Enabled is false): this instance always leads \
+         and excludes no other replica; run exactly one replica"
+    );
 }
 
 fn lookup<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {

@@ -77,13 +77,13 @@ async fn status_watch_and_forced_release() {
         .expect("the elector leads")
         .expect("alive");
     let token = elector.token().expect("token");
-    let seen = format!("leader ctl-elector (token {token}");
+    let seen = format!("leader {} (token {token}", elector.instance_id());
     next_line(&mut lines, "the new leader", |l| l.contains(&seen)).await;
 
     let out = leaderctl(&[&["status", "--json"][..], &common].concat());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-    assert_eq!(doc["leader"]["holder"], "ctl-elector");
+    assert_eq!(doc["leader"]["holder"], elector.instance_id().as_str());
     assert_eq!(doc["leader"]["token"], token.get());
 
     let out = leaderctl(&[&["release", "--force"][..], &common].concat());

@@ -127,12 +127,11 @@ impl Drop for Recorded {
 }
 
 pub fn recorded(store: Arc<dyn LeaseStore>, config: ElectionConfig, history: &History) -> Recorded {
-    let id = config
-        .instance_id
-        .clone()
-        .expect("tests name their instances");
     let store = Arc::new(RecordingStore::new(store, history.clone()));
     let elector = Elector::start(store, config).expect("valid election config");
+    // The holder id (the instance name plus the library's random part):
+    // what RecordingStore names this instance in the history.
+    let id = elector.instance_id().to_string();
     let mut rx = elector.subscribe();
     let (who, history) = (id.clone(), history.clone());
     let watcher = tokio::spawn(async move {

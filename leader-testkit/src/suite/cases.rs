@@ -55,6 +55,7 @@ macro_rules! __conformance_case_list {
             lifecycle::election_renewals_stop_after_shutdown, Election, always;
             lifecycle::election_started_while_down_stopped_leaves_nothing, Election, needs_control;
             lifecycle::election_started_while_down_leads_once_up, Election, needs_control;
+            identity::identity_shared_instance_id_one_holder, Election, always;
         }
     };
 }

@@ -97,11 +97,14 @@ impl Cluster {
         let mut works = Vec::new();
         let mut validity = ctx.profile().lease;
         for (i, client) in clients.into_iter().enumerate() {
-            let id = format!("i{i}");
+            let name = format!("i{i}");
             let store = Arc::new(RecordingStore::new(client, history.clone()));
-            let config = ctx.election_config(resource_name, &id);
+            let config = ctx.election_config(resource_name, &name);
             validity = config.lease_duration.mul_f64(1.0 - config.clock_drift);
             let elector = Elector::start(store, config)?;
+            // The holder id (the name plus the library's random part) is
+            // what the store shows and what the recorded history names.
+            let id = elector.instance_id().to_string();
             works.push(start_work(
                 &elector,
                 &id,
