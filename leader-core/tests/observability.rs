@@ -288,14 +288,9 @@ async fn follower_store_errors_and_leader_changes_are_counted() {
             start(Arc::new(memory.clone()), "changes", "c"),
         )
     });
-    let knows_a = |e: &Elector| {
-        e.subscribe()
-            .borrow()
-            .leader_id
-            .as_ref()
-            .map(|h| h.as_str())
-            == Some("a")
-    };
+    // Leader ids are holder ids: the instance name plus the library's
+    // random part.
+    let knows_a = |e: &Elector| e.subscribe().borrow().leader_id.as_ref() == Some(a.instance_id());
     wait_until("b and c know a", LEASE, || knows_a(&b) && knows_a(&c)).await;
     let _ = snapshotter.snapshot(); // counters report deltas from here
 
@@ -327,15 +322,12 @@ async fn follower_store_errors_and_leader_changes_are_counted() {
     b_store.clear();
     a.shutdown().await;
     wait_until("a new leader", LEASE, || b.is_leader() || c.is_leader()).await;
-    let new_leader = if b.is_leader() { "b" } else { "c" };
-    let knows_new = |e: &Elector| {
-        e.subscribe()
-            .borrow()
-            .leader_id
-            .as_ref()
-            .map(|h| h.as_str())
-            == Some(new_leader)
+    let (new_leader, new_id) = if b.is_leader() {
+        ("b", b.instance_id().clone())
+    } else {
+        ("c", c.instance_id().clone())
     };
+    let knows_new = |e: &Elector| e.subscribe().borrow().leader_id.as_ref() == Some(&new_id);
     wait_until("both know the new leader", LEASE, || {
         knows_new(&b) && knows_new(&c)
     })

@@ -133,6 +133,9 @@ fn log_lines(log: &Path) -> Vec<(u64, String)> {
         .lines()
         .filter_map(|l| {
             let (token, who) = l.split_once(' ')?;
+            // LEADER_INSTANCE_ID is the holder id, `<instance>/<random>`:
+            // keep the instance part the test named.
+            let who = who.split('/').next().unwrap_or(who);
             Some((token.parse().ok()?, who.to_owned()))
         })
         .collect()
