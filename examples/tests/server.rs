@@ -6,7 +6,6 @@
 //! * one compiled binary runs against Redis, etcd and Postgres by changing
 //!   only `Store__ConnectionString`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -33,10 +32,8 @@ fn server_binary() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    // Below the ephemeral range: see `leader_testkit::servers::free_port`.
+    leader_testkit::servers::free_port().expect("a free loopback port")
 }
 
 struct Instance {

@@ -353,8 +353,7 @@ async fn follower_store_errors_and_leader_changes_are_counted() {
 async fn named_locks_have_their_own_metric_family_and_log_messages() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let logs = Captured::default();
-    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    let logs = Captured::global();
     let (store, _) = faulty();
     let locks = metrics::with_local_recorder(&recorder, || {
         Locks::new(store.clone(), config("unused", "proc")).expect("valid")
@@ -410,7 +409,7 @@ async fn named_locks_have_their_own_metric_family_and_log_messages() {
     assert_eq!(value(&snap, "leader_election_lock_lost_total", &lost), 1.0);
     drop(guard);
 
-    let text = logs.text();
+    let text = logs.lines_with("lock=nightly-report");
     for message in ["Lock acquired", "Lock released", "Lock lost"] {
         assert!(text.contains(message), "{message:?} missing in:\n{text}");
     }
@@ -434,8 +433,30 @@ impl Captured {
             .finish()
     }
 
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned()
+    /// The capture behind this test binary's global subscriber. Global, not
+    /// a thread's default: tests run on parallel threads, and a callsite first
+    /// hit on a thread without a subscriber can keep its "not interested"
+    /// verdict from a scoped subscriber, so events went missing at random.
+    /// Each test reads only the lines of its own resource or lock.
+    fn global() -> Captured {
+        static GLOBAL: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        GLOBAL
+            .get_or_init(|| {
+                let logs = Captured::default();
+                tracing::subscriber::set_global_default(logs.subscriber())
+                    .expect("no other global subscriber in this test binary");
+                logs
+            })
+            .clone()
+    }
+
+    /// The captured lines that contain `needle`, joined by newlines.
+    fn lines_with(&self, needle: &str) -> String {
+        let all = String::from_utf8_lossy(&self.0.lock().expect("not poisoned")).into_owned();
+        all.lines()
+            .filter(|l| l.contains(needle))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -492,8 +513,7 @@ impl LeaseStore for LoggingStore {
 
 #[tokio::test(start_paused = true)]
 async fn follower_store_errors_are_warned_rate_limited_within_the_elector_span() {
-    let logs = Captured::default();
-    let _subscriber = tracing::subscriber::set_default(logs.subscriber());
+    let logs = Captured::global();
     let memory = MemoryStore::new();
     let a = start(Arc::new(memory.clone()), "logs", "a");
     wait_until("a leads", LEASE, || a.is_leader()).await;
@@ -504,7 +524,7 @@ async fn follower_store_errors_are_warned_rate_limited_within_the_elector_span()
     // 95 s of failures, one per retry period: warnings at about 0, 30, 60
     // and 90 s, each later one counting the errors it stood for.
     tokio::time::sleep(Duration::from_secs(95)).await;
-    let text = logs.text();
+    let text = logs.lines_with("resource=logs");
     let warnings: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("WARN") && l.contains("Store call failed"))

@@ -2,7 +2,6 @@
 //! the store must notice and refuse with a clear error, and leave no lock
 //! behind on the pooled server connections.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -22,10 +21,8 @@ impl Drop for Bouncer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    // Below the ephemeral range: see `leader_testkit::servers::free_port`.
+    leader_testkit::servers::free_port().expect("a free loopback port")
 }
 
 /// PgBouncer in transaction mode in front of `pg_port`, handing out server

@@ -53,8 +53,6 @@ pub async fn raw_client(server: &Server) -> etcd_client::Client {
 
 /// A loopback port nobody listens on (bound then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free port")
-        .port()
+    // Below the ephemeral range: see `leader_testkit::servers::free_port`.
+    leader_testkit::servers::free_port().expect("a free loopback port")
 }

@@ -9,7 +9,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -39,10 +38,8 @@ where
 
 /// A free loopback port (the listener is closed before the server binds it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free loopback port")
+    // Below the ephemeral range: see `leader_testkit::servers::free_port`.
+    leader_testkit::servers::free_port().expect("a free loopback port")
 }
 
 fn binary(name: &str) -> PathBuf {

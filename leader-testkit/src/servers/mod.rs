@@ -133,16 +133,53 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 /// Distinct free loopback ports (the listeners are held until all are chosen).
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Error::io("binding a free loopback port", e))?;
-    listeners
-        .iter()
+/// A free loopback port for a test server, chosen BELOW the kernel's
+/// ephemeral range (`net.ipv4.ip_local_port_range`). Servers that tests stop
+/// and start again on the same port would otherwise race every outgoing
+/// connection on the machine: the kernel may hand the freed port to a
+/// client socket as its local port, and the restarted server's bind then
+/// fails with "Address already in use" (seen on Redis over TLS).
+///
+/// # Errors
+///
+/// No free port found after many attempts.
+pub fn free_port() -> std::io::Result<u16> {
+    free_ports(1).map(|ports| ports[0])
+}
+
+/// `n` distinct free ports, as [`free_port`].
+fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Well above the registered ports most daemons use, below the
+    // ephemeral range; a kernel configured without room falls back to it.
+    let (low, high) = if below > 20_000 {
+        (10_000, below)
+    } else {
+        (below, u16::MAX)
+    };
+    let mut held = Vec::with_capacity(n);
+    for _ in 0..1000 {
+        if held.len() == n {
+            break;
+        }
+        let port = rand::random_range(low..high);
+        // Held until all are chosen, so the n ports are distinct.
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(listener);
+        }
+    }
+    if held.len() < n {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("no {n} free loopback ports in {low}..{high}"),
+        ));
+    }
+    held.iter()
         .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| Error::io("reading a bound port", e))
+        .collect()
 }
 
 impl Server {
@@ -151,7 +188,8 @@ impl Server {
     pub(crate) async fn launch(recipe: Recipe, mut dir: TempDir) -> Result<Server> {
         let mut attempt = 0;
         loop {
-            let ports = free_ports(recipe.ports)?;
+            let ports = free_ports(recipe.ports)
+                .map_err(|e| Error::io("choosing free loopback ports", e))?;
             let spec = (recipe.spec)(dir.path(), &ports, attempt)?;
             let child = ChildProcess::spawn(&spec, recipe.env_var)?;
             let mut server = Server {
