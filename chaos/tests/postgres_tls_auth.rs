@@ -255,7 +255,6 @@ async fn verify_full_with_the_right_ca_and_password_works_a_wrong_ca_or_password
 
 /// Set by [`verify_full_trusts_a_ca_in_the_system_store_without_sslrootcert`]
 /// for the child process it starts: the URL that child connects to.
-const SYSTEM_ROOTS_URL: &str = "LEADER_POSTGRES_TEST_SYSTEM_ROOTS_URL";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_full_trusts_a_ca_in_the_system_store_without_sslrootcert() {
@@ -271,45 +270,22 @@ async fn verify_full_trusts_a_ca_in_the_system_store_without_sslrootcert() {
         .expect_err("the test CA is not in this process's system store");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 
-    // rustls-native-certs reads SSL_CERT_FILE when it loads the system store.
-    // The variable is process-wide, so a child process gets it: this test
-    // binary again, running only `system_roots_child`.
-    let exe = std::env::current_exe().expect("test binary path");
-    let child = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "system_roots_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SSL_CERT_FILE", &pg.ca_file)
-        .env_remove("SSL_CERT_DIR")
-        .env_remove("PGSSLROOTCERT")
-        .env(SYSTEM_ROOTS_URL, &url)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .expect("the child process finishes")
-        .expect("run the child process");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("SYSTEM ROOTS OK"),
-        "the child did not connect through the system store ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    leader_testkit::system_roots::run_child(
+        "system_roots_child",
+        &pg.ca_file,
+        &url,
+        &["PGSSLROOTCERT"],
+    )
+    .await;
 }
 
 /// Not a check on its own: the child process of
 /// `verify_full_trusts_a_ca_in_the_system_store_without_sslrootcert`, started
-/// with [`SYSTEM_ROOTS_URL`] and `SSL_CERT_FILE` set. Without them it returns
-/// at once.
+/// by `leader_testkit::system_roots::run_child`.
 #[tokio::test]
+#[ignore = "run by the system-roots test in a child process with SSL_CERT_FILE set"]
 async fn system_roots_child() {
-    let Ok(url) = std::env::var(SYSTEM_ROOTS_URL) else {
-        return;
-    };
+    let url = leader_testkit::system_roots::child_url();
     let good = store(&url);
     let outcome = good
         .acquire(&key(), &holder(), Duration::from_secs(5))
@@ -319,5 +295,5 @@ async fn system_roots_child() {
         panic!("the key is free: {outcome:?}");
     };
     assert!(good.release(&lease).await.expect("release over TLS"));
-    println!("SYSTEM ROOTS OK");
+    println!("{}", leader_testkit::system_roots::CHILD_OK);
 }

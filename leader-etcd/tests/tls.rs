@@ -95,7 +95,6 @@ async fn a_client_certificate_is_presented_when_configured() {
 
 /// Set by [`a_ca_in_the_system_store_is_trusted_without_a_ca_option`] for
 /// the child process it starts: the URL that child connects to.
-const SYSTEM_ROOTS_URL: &str = "LEADER_ETCD_TEST_SYSTEM_ROOTS_URL";
 
 #[tokio::test]
 async fn a_ca_in_the_system_store_is_trusted_without_a_ca_option() {
@@ -119,43 +118,16 @@ async fn a_ca_in_the_system_store_is_trusted_without_a_ca_option() {
         .expect_err("the test CA is not in this process's system store");
     assert!(err.to_string().contains("TLS handshake"), "{err}");
 
-    // rustls-native-certs reads SSL_CERT_FILE when it loads the system store.
-    // The variable is process-wide, so a child process gets it: this test
-    // binary again, running only `system_roots_child`.
-    let exe = std::env::current_exe().expect("test binary path");
-    let child = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "system_roots_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SSL_CERT_FILE", &server.ca_file)
-        .env_remove("SSL_CERT_DIR")
-        .env(SYSTEM_ROOTS_URL, &url)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(support::PATIENCE * 2, child)
-        .await
-        .expect("the child process finishes")
-        .expect("run the child process");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("SYSTEM ROOTS OK"),
-        "the child did not connect through the system store ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    leader_testkit::system_roots::run_child("system_roots_child", &server.ca_file, &url, &[]).await;
 }
 
 /// Not a check on its own: the child process of
 /// `a_ca_in_the_system_store_is_trusted_without_a_ca_option`, started with
-/// [`SYSTEM_ROOTS_URL`] and `SSL_CERT_FILE` set. Without them it returns at once.
+/// `leader_testkit::system_roots::run_child`.
 #[tokio::test]
+#[ignore = "run by the system-roots test in a child process with SSL_CERT_FILE set"]
 async fn system_roots_child() {
-    let Ok(url) = std::env::var(SYSTEM_ROOTS_URL) else {
-        return;
-    };
+    let url = leader_testkit::system_roots::child_url();
     assert_works(&EtcdStore::from_url(&url).expect("store")).await;
-    println!("SYSTEM ROOTS OK");
+    println!("{}", leader_testkit::system_roots::CHILD_OK);
 }

@@ -87,51 +87,22 @@ fn a_missing_or_empty_ca_file_is_a_configuration_error() {
 
 /// Set by [`a_ca_in_the_system_store_is_trusted_without_a_ca_file`] for the
 /// child process it starts: the URL that child connects to.
-const SYSTEM_ROOTS_URL: &str = "LEADER_REDIS_TEST_SYSTEM_ROOTS_URL";
 
 #[tokio::test]
 async fn a_ca_in_the_system_store_is_trusted_without_a_ca_file() {
     let server = TlsRedis::start().await;
     let url = format!("rediss://127.0.0.1:{}", server.tls_port());
-    // The control (this process's system store lacks the test CA) is
-    // `an_untrusted_server_certificate_is_unavailable_not_a_panic`.
-    // rustls-native-certs reads SSL_CERT_FILE when it loads the system store.
-    // The variable is process-wide, so a child process gets it: this test
-    // binary again, running only `system_roots_child`.
-    let exe = std::env::current_exe().expect("test binary path");
-    let child = tokio::process::Command::new(exe)
-        .args([
-            "--exact",
-            "system_roots_child",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SSL_CERT_FILE", &server.files.ca)
-        .env_remove("SSL_CERT_DIR")
-        .env(SYSTEM_ROOTS_URL, &url)
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), child)
-        .await
-        .expect("the child process finishes")
-        .expect("run the child process");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.contains("SYSTEM ROOTS OK"),
-        "the child did not connect through the system store ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    leader_testkit::system_roots::run_child("system_roots_child", &server.files.ca, &url, &[])
+        .await;
 }
 
 /// Not a check on its own: the child process of
 /// `a_ca_in_the_system_store_is_trusted_without_a_ca_file`, started with
-/// [`SYSTEM_ROOTS_URL`] and `SSL_CERT_FILE` set. Without them it returns at once.
+/// `leader_testkit::system_roots::run_child`.
 #[tokio::test]
+#[ignore = "run by the system-roots test in a child process with SSL_CERT_FILE set"]
 async fn system_roots_child() {
-    let Ok(url) = std::env::var(SYSTEM_ROOTS_URL) else {
-        return;
-    };
+    let url = leader_testkit::system_roots::child_url();
     let store = RedisStore::builder(&url)
         .connect_timeout(Duration::from_secs(5))
         .build()
@@ -143,5 +114,5 @@ async fn system_roots_child() {
     };
     store.renew(&lease).await.expect("renew over TLS");
     assert!(store.release(&lease).await.expect("release over TLS"));
-    println!("SYSTEM ROOTS OK");
+    println!("{}", leader_testkit::system_roots::CHILD_OK);
 }

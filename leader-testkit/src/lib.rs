@@ -5,5 +5,6 @@ pub mod history;
 pub mod proxy;
 pub mod servers;
 pub mod suite;
+pub mod system_roots;
 
 pub use error::{Error, Result};
