@@ -68,7 +68,7 @@ impl Store {
             StoreKind::Redis => Store::Redis(RedisServer::start().await.map_err(text)?),
             StoreKind::Etcd => Store::Etcd(EtcdServer::start().await.map_err(text)?),
             StoreKind::Postgres => Store::Postgres(PostgresServer::start().await.map_err(text)?),
-            StoreKind::EtcdCluster => Store::EtcdCluster(EtcdCluster::start().await?),
+            StoreKind::EtcdCluster => Store::EtcdCluster(EtcdCluster::start().await.map_err(text)?),
         })
     }
 
@@ -304,10 +304,10 @@ impl Run {
         match &mut self.store {
             Store::EtcdCluster(c) => {
                 let leader = c
-                    .wait_leader(Duration::from_secs(10))
+                    .wait_for_leader(Duration::from_secs(10))
                     .await
-                    .ok_or("the etcd cluster has no leader")?;
-                c.pause(leader)?;
+                    .map_err(|e| e.to_string())?;
+                c.member(leader).pause().map_err(|e| e.to_string())?;
                 self.paused_member = Some(leader);
                 Ok(format!("store leader {}", c.name(leader)))
             }
@@ -322,7 +322,7 @@ impl Run {
     fn resume_store(&mut self) -> Result<(), String> {
         match &self.store {
             Store::EtcdCluster(c) => match self.paused_member.take() {
-                Some(member) => c.resume(member),
+                Some(member) => c.member(member).resume().map_err(|e| e.to_string()),
                 None => Ok(()),
             },
             other => {
@@ -337,10 +337,9 @@ impl Run {
         match &mut self.store {
             Store::EtcdCluster(c) => {
                 let leader = c
-                    .wait_leader(Duration::from_secs(10))
+                    .kill_leader(Duration::from_secs(10))
                     .await
-                    .ok_or("the etcd cluster has no leader")?;
-                c.kill(leader);
+                    .map_err(|e| e.to_string())?;
                 self.killed_member = Some(leader);
                 Ok(format!("store leader {}", c.name(leader)))
             }
@@ -355,7 +354,7 @@ impl Run {
     async fn restart_store(&mut self) -> Result<(), String> {
         match &mut self.store {
             Store::EtcdCluster(c) => match self.killed_member.take() {
-                Some(member) => c.restart(member),
+                Some(member) => c.member(member).restart().await.map_err(|e| e.to_string()),
                 None => Ok(()),
             },
             other => {

@@ -9,9 +9,9 @@ use std::time::Duration;
 use leader_core::{Acquire, ElectionConfig, Elector, HolderId, LeaseStore};
 use leader_etcd::EtcdStore;
 use leader_testkit::history::{CheckOptions, History, Op, Outcome, RecordingStore};
-use support::cluster::EtcdCluster;
+use leader_testkit::servers::EtcdCluster;
 use support::history::Sampler;
-use support::{eventually, unique_key};
+use support::{PATIENCE, eventually, unique_key};
 use tokio::time::Instant;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -27,7 +27,7 @@ fn store(cluster: &EtcdCluster) -> EtcdStore {
 
 #[tokio::test]
 async fn store_operations_survive_losing_the_etcd_leader() {
-    let cluster = EtcdCluster::start().await;
+    let cluster = EtcdCluster::start().await.expect("etcd cluster");
     let store = store(&cluster);
     let key = unique_key("cluster-ops");
     let me = HolderId::new("me").expect("holder");
@@ -37,8 +37,14 @@ async fn store_operations_survive_losing_the_etcd_leader() {
     store.renew(&lease).await.expect("renew before the failure");
     let mut events = store.watch(&key).await.expect("watch");
 
-    cluster.kill_leader().await;
-    cluster.wait_for_leader().await;
+    cluster
+        .kill_leader(PATIENCE)
+        .await
+        .expect("kill the etcd leader");
+    cluster
+        .wait_for_leader(PATIENCE)
+        .await
+        .expect("a new etcd leader");
     // The lease survives an etcd leader change; renewals go through a
     // surviving member (retried: the first may hit the dead one).
     eventually("renew works through the new etcd leader", || async {
@@ -47,7 +53,7 @@ async fn store_operations_survive_losing_the_etcd_leader() {
     .await;
     assert!(store.release(&lease).await.expect("release"));
     // The watch resumed on a surviving member and saw the release.
-    let event = tokio::time::timeout(support::PATIENCE, events.recv())
+    let event = tokio::time::timeout(PATIENCE, events.recv())
         .await
         .expect("an event");
     assert_eq!(event, Some(leader_core::LeaseEvent::Vacated));
@@ -55,7 +61,7 @@ async fn store_operations_survive_losing_the_etcd_leader() {
 
 #[tokio::test]
 async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
-    let cluster = EtcdCluster::start().await;
+    let cluster = EtcdCluster::start().await.expect("etcd cluster");
     let prefix = format!("leader-etcd-cluster:{}:", std::process::id());
     let history = History::new();
     let mut validity = LEASE;
@@ -86,9 +92,15 @@ async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
             >= 2
     })
     .await;
-    let victim = cluster.kill_leader().await;
+    let victim = cluster
+        .kill_leader(PATIENCE)
+        .await
+        .expect("kill the etcd leader");
     let killed = Instant::now();
-    cluster.wait_for_leader().await;
+    cluster
+        .wait_for_leader(PATIENCE)
+        .await
+        .expect("a new etcd leader");
 
     // A leader after one full lease since the kill must have renewed (or
     // acquired) through the surviving members: its validity cannot outlast

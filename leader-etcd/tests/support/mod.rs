@@ -2,7 +2,6 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-pub mod cluster;
 pub mod history;
 pub mod tls;
 

@@ -8,7 +8,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use super::free_port;
+use leader_testkit::servers::free_port;
 
 /// A CA that can sign server and client certificates.
 pub struct TestCa {
@@ -90,7 +90,8 @@ impl TlsEtcd {
         let ca_file = write(dir.path(), "ca.pem", ca.pem());
         let cert = write(dir.path(), "server.pem", &server.cert);
         let key = write(dir.path(), "server.key", &server.key);
-        let (port, peer) = (free_port(), free_port());
+        let port = free_port().expect("a free port");
+        let peer = free_port().expect("a free port");
         let client_url = format!("https://127.0.0.1:{port}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");

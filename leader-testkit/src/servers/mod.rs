@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdCluster, EtcdServer};
 pub use postgres::PostgresServer;
 pub use redis::RedisServer;
 
@@ -132,7 +132,6 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-/// Distinct free loopback ports (the listeners are held until all are chosen).
 /// A free loopback port for a test server, chosen BELOW the kernel's
 /// ephemeral range (`net.ipv4.ip_local_port_range`). Servers that tests stop
 /// and start again on the same port would otherwise race every outgoing
@@ -148,7 +147,7 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 /// `n` distinct free ports, as [`free_port`].
-fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
     let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -190,37 +189,52 @@ impl Server {
         loop {
             let ports = free_ports(recipe.ports)
                 .map_err(|e| Error::io("choosing free loopback ports", e))?;
-            let spec = (recipe.spec)(dir.path(), &ports, attempt)?;
-            let child = ChildProcess::spawn(&spec, recipe.env_var)?;
-            let mut server = Server {
-                name: recipe.name,
-                env_var: recipe.env_var,
-                url: (recipe.url)(ports[0]),
-                addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
-                owned: Some(Owned {
-                    spec,
-                    probe: recipe.probe,
-                    ready_within: recipe.ready_within,
-                    child: Mutex::new(Some(child)),
-                    dir,
-                }),
-            };
+            let server = Server::spawn(&recipe, dir, &ports, attempt)?;
             match server.wait_ready().await {
                 Ok(()) => return Ok(server),
                 Err(e) if attempt + 1 < START_ATTEMPTS && server.exited() => {
                     tracing::debug!(server = recipe.name, attempt, error = %e, "server exited while starting; retrying");
-                    let Some(owned) = server.owned.take() else {
-                        return Err(e);
-                    };
-                    if let Some(mut child) = owned.child.into_inner().ok().flatten() {
-                        child.kill_blocking();
-                    }
-                    dir = owned.dir;
+                    dir = server.into_dir().ok_or(e)?;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Starts the process of `recipe` on `ports` without waiting for it to
+    /// answer (members of a cluster only answer once enough of them run).
+    pub(crate) fn spawn(
+        recipe: &Recipe,
+        dir: TempDir,
+        ports: &[u16],
+        attempt: usize,
+    ) -> Result<Server> {
+        let spec = (recipe.spec)(dir.path(), ports, attempt)?;
+        let child = ChildProcess::spawn(&spec, recipe.env_var)?;
+        Ok(Server {
+            name: recipe.name,
+            env_var: recipe.env_var,
+            url: (recipe.url)(ports[0]),
+            addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
+            owned: Some(Owned {
+                spec,
+                probe: recipe.probe,
+                ready_within: recipe.ready_within,
+                child: Mutex::new(Some(child)),
+                dir,
+            }),
+        })
+    }
+
+    /// Kills the process (if it runs) and hands back the server's folder,
+    /// for a new attempt in the same place.
+    fn into_dir(mut self) -> Option<TempDir> {
+        let owned = self.owned.take()?;
+        if let Some(mut child) = owned.child.into_inner().ok().flatten() {
+            child.kill_blocking();
+        }
+        Some(owned.dir)
     }
 
     /// A handle on an external server at `url` (from `env_var`).
@@ -355,7 +369,7 @@ impl Server {
         })
     }
 
-    fn exited(&self) -> bool {
+    pub(crate) fn exited(&self) -> bool {
         self.owned.as_ref().is_some_and(|o| {
             lock(&o.child)
                 .as_mut()
@@ -444,7 +458,7 @@ impl Server {
 
     /// Waits until the server answers its protocol, or fails with the log
     /// tail once it exited or `ready_within` passed.
-    async fn wait_ready(&self) -> Result<()> {
+    pub(crate) async fn wait_ready(&self) -> Result<()> {
         let owned = self.owned("wait for")?;
         // Real time, not tokio time: a test with paused time must not make
         // the deadline pass instantly.

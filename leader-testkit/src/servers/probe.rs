@@ -61,14 +61,54 @@ impl Probe {
                 Ok(ok)
             }
             Probe::EtcdHealth => {
-                let request =
-                    format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-                stream.write_all(request.as_bytes()).await?;
-                let mut body = Vec::new();
-                stream.take(64 * 1024).read_to_end(&mut body).await?;
-                let text = String::from_utf8_lossy(&body);
-                Ok(text.contains("\"health\":\"true\""))
+                let body = http_exchange(stream, addr, "GET", "/health").await?;
+                Ok(body.contains("\"health\":\"true\""))
             }
         }
     }
+}
+
+/// Sends one HTTP/1.0 request with an empty JSON body (HTTP/1.0: the answer
+/// is never chunked) and returns the answer's text, headers included.
+async fn http_exchange(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> std::io::Result<String> {
+    let request =
+        format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 2\r\n\r\n{{}}");
+    stream.write_all(request.as_bytes()).await?;
+    let mut body = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut body).await?;
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// What an etcd member says of itself and its cluster's leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct EtcdStatus {
+    /// This member's id.
+    pub(crate) member: u64,
+    /// The leader's member id as this member knows it (0: none).
+    pub(crate) leader: u64,
+}
+
+/// Asks the etcd member at `addr` for its status through the v3 JSON
+/// gateway (`POST /v3/maintenance/status`), within [`ATTEMPT`].
+pub(crate) async fn etcd_status(addr: SocketAddr) -> Option<EtcdStatus> {
+    let ask = async {
+        let stream = TcpStream::connect(addr).await.ok()?;
+        let answer = http_exchange(stream, addr, "POST", "/v3/maintenance/status")
+            .await
+            .ok()?;
+        let (_, body) = answer.split_once("\r\n\r\n")?;
+        let json: serde_json::Value = serde_json::from_str(body).ok()?;
+        // The gateway writes 64-bit ids as decimal strings.
+        let id = |v: &serde_json::Value| v.as_str()?.parse::<u64>().ok();
+        Some(EtcdStatus {
+            member: id(&json["header"]["member_id"])?,
+            leader: json.get("leader").map_or(Some(0), id)?,
+        })
+    };
+    tokio::time::timeout(ATTEMPT, ask).await.ok().flatten()
 }
