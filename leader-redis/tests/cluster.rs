@@ -1,19 +1,21 @@
 //! RedisStore on a 3-master Redis Cluster: keys spread over every node,
-//! hash-tagged keys, notifications across nodes, and a slot migrated under a
-//! held lease (ASK while migrating, MOVED afterwards).
+//! hash-tagged keys, notifications across nodes, a slot migrated under a
+//! held lease (ASK while migrating, MOVED afterwards), and the failover of
+//! the lease's master under two electors (checked by the history checker).
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use leader_core::{
-    Acquire, ElectionConfig, Elector, ErrorKind, HolderId, Lease, LeaseEvent, LeaseKey, LeaseStore,
+    Acquire, ElectionConfig, ErrorKind, HolderId, Lease, LeaseEvent, LeaseKey, LeaseStore,
 };
 use leader_redis::RedisStore;
+use leader_testkit::servers::{RedisCluster, TlsFiles};
 use redis::cluster_routing::Slot;
-use support::{Cluster, eventually, raw};
+use support::election::RecordedElection;
+use support::{eventually, raw};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -30,12 +32,12 @@ async fn acquired(store: &RedisStore, key: &LeaseKey, who: &HolderId) -> Lease {
 }
 
 /// CLUSTER SLOTS from the first node that answers.
-async fn cluster_slots(cluster: &Cluster) -> Vec<redis::Value> {
+async fn cluster_slots(cluster: &RedisCluster) -> Vec<redis::Value> {
     for node in &cluster.nodes {
-        if node.pid().is_none() {
+        if !node.is_running() {
             continue;
         }
-        let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{}", node.port)) else {
+        let Ok(client) = redis::Client::open(node.url()) else {
             continue;
         };
         let attempt = async {
@@ -54,7 +56,7 @@ async fn cluster_slots(cluster: &Cluster) -> Vec<redis::Value> {
 }
 
 /// The node id and port that own `slot`.
-async fn owner(cluster: &Cluster, slot: u16) -> (String, u16) {
+async fn owner(cluster: &RedisCluster, slot: u16) -> (String, u16) {
     let slots = cluster_slots(cluster).await;
     for range in slots {
         let redis::Value::Array(items) = range else {
@@ -93,7 +95,7 @@ fn slot_of(key: &str) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_work_on_every_node_and_with_hash_tags() {
-    let cluster = Cluster::start().await;
+    let cluster = RedisCluster::start(0, None).await.expect("redis cluster");
     let store = RedisStore::new(&cluster.connection_string()).expect("store");
     let prefix = prefix();
     let a = HolderId::new("a").expect("holder");
@@ -133,12 +135,12 @@ async fn leases_work_on_every_node_and_with_hash_tags() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_reach_watchers_connected_to_other_nodes() {
-    let cluster = Cluster::start().await;
+    let cluster = RedisCluster::start(0, None).await.expect("redis cluster");
     let store = RedisStore::new(&cluster.connection_string()).expect("store");
     let prefix = prefix();
     // Find a key whose slot is not on the first seed node (where the
     // subscription connects), so the PUBLISH has to cross nodes.
-    let first_seed = cluster.nodes[0].port;
+    let first_seed = cluster.nodes[0].addr().port();
     let mut k = None;
     for i in 0..64 {
         let candidate = LeaseKey::new(&prefix, &format!("svc-{i}")).expect("key");
@@ -157,7 +159,7 @@ async fn releases_reach_watchers_connected_to_other_nodes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_survives_its_slot_moving_to_another_node() {
-    let cluster = Cluster::start().await;
+    let cluster = RedisCluster::start(0, None).await.expect("redis cluster");
     let store = RedisStore::new(&cluster.connection_string()).expect("store");
     let k = LeaseKey::new(&prefix(), "migrating").expect("key");
     let a = HolderId::new("a").expect("holder");
@@ -167,10 +169,10 @@ async fn a_lease_survives_its_slot_moving_to_another_node() {
     let dst = cluster
         .nodes
         .iter()
-        .find(|n| n.port != src_port)
+        .find(|n| n.addr().port() != src_port)
         .expect("another node");
     let mut src = raw(&format!("redis://127.0.0.1:{src_port}")).await;
-    let mut dstc = raw(&format!("redis://127.0.0.1:{}", dst.port)).await;
+    let mut dstc = raw(dst.url()).await;
     let dst_id: String = redis::cmd("CLUSTER")
         .arg("MYID")
         .query_async(&mut dstc)
@@ -208,7 +210,7 @@ async fn a_lease_survives_its_slot_moving_to_another_node() {
     );
     let _: () = redis::cmd("MIGRATE")
         .arg("127.0.0.1")
-        .arg(dst.port)
+        .arg(dst.addr().port())
         .arg("")
         .arg(0)
         .arg(5000)
@@ -228,7 +230,7 @@ async fn a_lease_survives_its_slot_moving_to_another_node() {
 
     // Finish: every node learns the new owner; stale routes get MOVED.
     for n in &cluster.nodes {
-        let mut c = raw(&format!("redis://127.0.0.1:{}", n.port)).await;
+        let mut c = raw(n.url()).await;
         let _: () = redis::cmd("CLUSTER")
             .arg("SETSLOT")
             .arg(slot)
@@ -242,7 +244,7 @@ async fn a_lease_survives_its_slot_moving_to_another_node() {
         .renew(&lease)
         .await
         .expect("renew after the move (MOVED)");
-    assert_eq!(owner(&cluster, slot).await.1, dst.port);
+    assert_eq!(owner(&cluster, slot).await.1, dst.addr().port());
     let next = match store
         .acquire(&k, &HolderId::new("b").expect("holder"), TTL)
         .await
@@ -267,8 +269,10 @@ async fn a_lease_survives_its_slot_moving_to_another_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_and_notifications_work_on_a_tls_cluster() {
-    let files = support::tls_files();
-    let cluster = Cluster::start_with(Some(&files)).await;
+    let files = TlsFiles::generate().expect("TLS files");
+    let cluster = RedisCluster::start(0, Some(&files))
+        .await
+        .expect("redis cluster over TLS");
     let store = RedisStore::builder(&cluster.connection_string())
         .ca_file(&files.ca)
         .build()
@@ -289,12 +293,33 @@ async fn leases_and_notifications_work_on_a_tls_cluster() {
     assert_eq!(event.expect("event in time"), Some(LeaseEvent::Vacated));
 }
 
+/// Whether a replica of the slot's master already holds `key` with
+/// `holder`: asked of every node but the master with READONLY (a node that
+/// does not replicate the slot answers MOVED).
+async fn replicated(cluster: &RedisCluster, master_port: u16, key: &str, holder: &str) -> bool {
+    for node in cluster
+        .nodes
+        .iter()
+        .filter(|n| n.addr().port() != master_port)
+    {
+        let mut c = raw(node.url()).await;
+        let _: Result<(), _> = redis::cmd("READONLY").query_async(&mut c).await;
+        let seen: Result<Option<String>, _> = redis::cmd("GET").arg(key).query_async(&mut c).await;
+        if seen.ok().flatten().as_deref() == Some(holder) {
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_masters_node_while_an_elector_leads_recovers_the_election() {
-    let mut cluster = Cluster::start_with_replicas().await;
+async fn killing_the_lease_masters_node_keeps_one_leader_and_increasing_tokens() {
+    let cluster = RedisCluster::start(1, None)
+        .await
+        .expect("redis cluster with replicas");
     // Every replica must be in sync before a failover can promote it.
     for node in &cluster.nodes {
-        let url = format!("redis://127.0.0.1:{}", node.port);
+        let url = node.url().to_owned();
         eventually(Duration::from_secs(20), "replicas in sync", || {
             let url = url.clone();
             async move {
@@ -330,64 +355,89 @@ async fn killing_the_masters_node_while_an_elector_leads_recovers_the_election()
                 .expect("store"),
         )
     };
-    let a = Elector::start(store(), config("instance-a")).expect("elector a");
-    let b = Elector::start(store(), config("instance-b")).expect("elector b");
+    let election = RecordedElection::start(vec![
+        (config("instance-a"), store()),
+        (config("instance-b"), store()),
+    ]);
     let observer = store();
     let key = LeaseKey::new(&prefix, "svc").expect("key");
     let (first, first_token) = eventually(Duration::from_secs(15), "a first leader", || async {
-        match (a.is_leader(), b.is_leader()) {
-            (true, false) => Some(("instance-a", a.token()?)),
-            (false, true) => Some(("instance-b", b.token()?)),
-            _ => None,
-        }
+        election.sole_leader()
     })
     .await;
-
+    let holder = election.electors[first].instance_id().clone();
     let slot = slot_of(key.as_str());
     let (_, old_port) = owner(&cluster, slot).await;
+    // README: the lease survives a failover when the promoted replica had
+    // received it. Make that the case, then check what it promises.
+    eventually(
+        Duration::from_secs(10),
+        "the lease on a replica",
+        || async {
+            replicated(&cluster, old_port, key.as_str(), holder.as_str())
+                .await
+                .then_some(())
+        },
+    )
+    .await;
+
     let killed_at = Instant::now();
     cluster
         .nodes
-        .iter_mut()
-        .find(|n| n.port == old_port)
+        .iter()
+        .find(|n| n.addr().port() == old_port)
         .expect("the owner is one of ours")
-        .kill();
-    let mut overlap_samples = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let (after_holder, after_token) = loop {
-        assert!(Instant::now() < deadline, "the election did not recover");
-        let (la, lb) = (a.is_leader(), b.is_leader());
-        if la && lb {
-            overlap_samples += 1;
+        .kill()
+        .await
+        .expect("kill the slot's master");
+    let agreed = |exclude: Option<usize>| {
+        let (election, observer, key) = (&election, &observer, &key);
+        async move {
+            let (i, token) = election
+                .sole_leader()
+                .filter(|(i, _)| Some(*i) != exclude)?;
+            let info = observer.current(key).await.ok()??;
+            (&info.holder == election.electors[i].instance_id() && info.token == token)
+                .then_some((i, token))
         }
-        if la ^ lb {
-            let (id, tok) = if la {
-                ("instance-a", a.token())
-            } else {
-                ("instance-b", b.token())
-            };
-            if owner(&cluster, slot).await.1 != old_port
-                && let Ok(Some(info)) = observer.current(&key).await
-                && info.holder.as_str().starts_with(&format!("{id}/"))
-                && Some(info.token) == tok
-            {
-                break (id, info.token);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    println!(
-        "cluster failover record: leader before = {first} (token {first_token}); leader after = \
-         {after_holder} (token {after_token}, {}); recovered {:?} after killing the slot's \
-         master; samples with two believed leaders = {overlap_samples}",
-        if after_token == first_token {
-            "same term"
-        } else {
-            "new term"
+    let (after, _) = eventually(
+        Duration::from_secs(40),
+        "the election to recover on the promoted replica",
+        || async {
+            if owner(&cluster, slot).await.1 == old_port {
+                return None;
+            }
+            agreed(None).await
         },
-        killed_at.elapsed(),
+    )
+    .await;
+    let recovered_after = killed_at.elapsed();
+    // A term minted on the promoted master: hand over to the other elector.
+    election.electors[after].shutdown().await;
+    eventually(
+        Duration::from_secs(15),
+        "a handover on the promoted replica",
+        || agreed(Some(after)),
+    )
+    .await;
+    election.shutdown().await;
+
+    let tokens = election.minted_tokens();
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]) && tokens.last() > Some(&first_token),
+        "fencing tokens must strictly increase across the failover: {tokens:?}"
     );
-    assert!(after_token >= first_token);
-    a.shutdown().await;
-    b.shutdown().await;
+    // With the lease replicated, no two instances believed they led at once
+    // (what the README promises for this case).
+    let checked = election.history.check_with(&election.check_options());
+    assert!(
+        checked.is_ok(),
+        "{}\n{}",
+        checked.unwrap_err(),
+        election.history.timeline(60)
+    );
+    eprintln!(
+        "cluster failover: election recovered {recovered_after:?} after killing the slot's master; tokens {tokens:?}"
+    );
 }

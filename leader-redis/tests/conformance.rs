@@ -6,8 +6,6 @@
 //! server); Sentinel and Cluster run every case on one topology (starting a
 //! topology takes seconds), reporting all failures at the end.
 
-mod support;
-
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,6 +13,7 @@ use async_trait::async_trait;
 use leader_core::LeaseStore;
 use leader_redis::RedisStore;
 use leader_testkit::proxy::FaultProxy;
+use leader_testkit::servers::{RedisCluster, RedisSentinelSet, RedisServer};
 use leader_testkit::suite::{Fixture, LinkedClient, Profile, ResourceCounts, ServerControl};
 
 /// A store client as the suite's electors use it: the response timeout is
@@ -140,37 +139,37 @@ impl<T: Send + Sync + 'static> Fixture for Topology<T> {
 }
 
 /// Kill / restart of a TLS server (same ports, same certificates).
-struct TlsControl(tokio::sync::Mutex<support::RedisProc>);
+struct TlsControl(RedisServer);
 
 #[async_trait]
 impl ServerControl for TlsControl {
     async fn stop(&self) -> leader_testkit::Result<()> {
-        self.0.lock().await.kill();
-        Ok(())
+        self.0.kill().await
     }
 
     async fn start(&self) -> leader_testkit::Result<()> {
-        let mut proc = self.0.lock().await;
-        proc.respawn();
-        proc.wait_ready(None).await;
-        Ok(())
+        self.0.restart().await
     }
 }
 
 mod tls {
-    use super::{Topology, support};
+    use super::Topology;
+    use leader_testkit::servers::{RedisServer, TlsFiles};
 
-    async fn fixture() -> Topology<support::TlsFiles> {
-        let server = support::TlsRedis::start().await;
-        let connection = format!("rediss://127.0.0.1:{}", server.tls_port());
-        let linkable = Some(([127, 0, 0, 1], server.tls_port()).into());
-        let support::TlsRedis { proc, files } = server;
+    async fn fixture() -> Topology<TlsFiles> {
+        let files = TlsFiles::generate().expect("TLS files");
+        let server = RedisServer::start_tls(&files, &[])
+            .await
+            .expect("redis over TLS");
+        let tls_port = server.tls_port().expect("a TLS port");
+        let connection = format!("rediss://127.0.0.1:{tls_port}");
+        let linkable = Some(([127, 0, 0, 1], tls_port).into());
         Topology {
             name: "redis over TLS",
             connection,
             ca: Some(files.ca.clone()),
             linkable,
-            control: Some(Box::new(super::TlsControl(tokio::sync::Mutex::new(proc)))),
+            control: Some(Box::new(super::TlsControl(server))),
             _servers: files,
         }
     }
@@ -190,14 +189,14 @@ mod tls {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_passes_the_conformance_suite() {
-    let set = support::SentinelSet::start().await;
+    let set = RedisSentinelSet::start(None).await.expect("sentinel set");
     let fixture = Topology {
         name: "redis sentinel",
         connection: set.connection_string(),
         ca: None,
         // Stopping crashes the whole set (master, replica, sentinels);
         // a failover is covered in tests/sentinel.rs.
-        control: Some(Box::new(SentinelControl(tokio::sync::Mutex::new(set)))),
+        control: Some(Box::new(SentinelControl(set))),
         linkable: None,
         _servers: (),
     };
@@ -207,45 +206,41 @@ async fn sentinel_passes_the_conformance_suite() {
 }
 
 /// Crash / restart of a whole Sentinel set.
-struct SentinelControl(tokio::sync::Mutex<support::SentinelSet>);
+struct SentinelControl(RedisSentinelSet);
 
 #[async_trait]
 impl ServerControl for SentinelControl {
     async fn stop(&self) -> leader_testkit::Result<()> {
-        self.0.lock().await.kill_all();
-        Ok(())
+        self.0.kill_all().await
     }
 
     async fn start(&self) -> leader_testkit::Result<()> {
-        self.0.lock().await.restart_all().await;
-        Ok(())
+        self.0.restart_all().await
     }
 }
 
 /// Crash / restart of every node of a cluster.
-struct ClusterControl(tokio::sync::Mutex<support::Cluster>);
+struct ClusterControl(RedisCluster);
 
 #[async_trait]
 impl ServerControl for ClusterControl {
     async fn stop(&self) -> leader_testkit::Result<()> {
-        self.0.lock().await.kill_all();
-        Ok(())
+        self.0.kill_all().await
     }
 
     async fn start(&self) -> leader_testkit::Result<()> {
-        self.0.lock().await.restart_all().await;
-        Ok(())
+        self.0.restart_all().await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_passes_the_conformance_suite() {
-    let cluster = support::Cluster::start().await;
+    let cluster = RedisCluster::start(0, None).await.expect("redis cluster");
     let fixture = Topology {
         name: "redis cluster",
         connection: cluster.connection_string(),
         ca: None,
-        control: Some(Box::new(ClusterControl(tokio::sync::Mutex::new(cluster)))),
+        control: Some(Box::new(ClusterControl(cluster))),
         linkable: None,
         _servers: (),
     };

@@ -1,17 +1,22 @@
 //! RedisStore through Sentinel (master + replica + 3 sentinels): master
-//! resolution, WAIT with a real replica, following a manual failover, and an
-//! election that recovers when the master is killed. The last test records
-//! what happened to the lease (Sentinel failover can lose it).
+//! resolution, WAIT with a real replica, following a manual failover, an
+//! election that recovers when the master is killed, and what a failover to
+//! a replica that missed the acquisition does with and without WAIT (what
+//! leader-redis/README.md documents under "Replication and failover"),
+//! checked by the testkit's history checker.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::{Acquire, ElectionConfig, Elector, HolderId, LeaseKey, LeaseStore};
+use leader_core::{Acquire, ElectionConfig, ErrorKind, HolderId, LeaseKey, LeaseStore};
 use leader_redis::RedisStore;
+use leader_testkit::history::{CheckOptions, History, RecordingStore, Violation};
+use leader_testkit::servers::{RedisSentinelSet, RedisServer};
 use redis::AsyncCommands;
-use support::{RedisProc, SentinelSet, eventually, free_port, raw};
+use support::election::RecordedElection;
+use support::{eventually, raw};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -20,7 +25,7 @@ fn prefix() -> String {
     format!("sentinel:{:016x}:", rand::random::<u64>())
 }
 
-fn store(set: &SentinelSet) -> RedisStore {
+fn store(set: &RedisSentinelSet) -> RedisStore {
     RedisStore::builder(&set.connection_string())
         .response_timeout(Duration::from_millis(500))
         .connect_timeout(Duration::from_secs(1))
@@ -30,7 +35,7 @@ fn store(set: &SentinelSet) -> RedisStore {
 
 #[tokio::test]
 async fn sentinel_store_resolves_the_master_waits_for_the_replica_and_follows_a_failover() {
-    let set = SentinelSet::start().await;
+    let set = RedisSentinelSet::start(None).await.expect("sentinel set");
     let store = RedisStore::builder(&set.connection_string())
         .wait_replicas(1, Duration::from_secs(1))
         .build()
@@ -46,17 +51,17 @@ async fn sentinel_store_resolves_the_master_waits_for_the_replica_and_follows_a_
         other => panic!("{other:?}"),
     };
     // The write reached the master and (WAIT 1) the replica.
-    for port in [set.master.port, set.replica.port] {
-        let mut c = raw(&format!("redis://127.0.0.1:{port}")).await;
+    for node in [&set.master, &set.replica] {
+        let mut c = raw(node.url()).await;
         let seen: Option<String> = c.get(k.as_str()).await.expect("GET");
-        assert_eq!(seen.as_deref(), Some("a"), "on port {port}");
+        assert_eq!(seen.as_deref(), Some("a"), "on {}", node.url());
     }
 
     // A manual failover demotes the master while our connection stays open:
     // the store must notice (READONLY or a dropped connection) and ask the
     // sentinels again.
-    let old = set.master.port;
-    let mut s = raw(&format!("redis://127.0.0.1:{}", set.sentinels[0].port)).await;
+    let old = set.master.addr().port();
+    let mut s = raw(set.sentinels[0].url()).await;
     let _: () = redis::cmd("SENTINEL")
         .arg("FAILOVER")
         .arg("mymaster")
@@ -75,7 +80,7 @@ async fn sentinel_store_resolves_the_master_waits_for_the_replica_and_follows_a_
         || async { store.renew(&lease).await.ok() },
     )
     .await;
-    let mut c = raw(&format!("redis://127.0.0.1:{}", set.replica.port)).await;
+    let mut c = raw(set.replica.url()).await;
     let seen: Option<String> = c.get(k.as_str()).await.expect("GET on the new master");
     assert_eq!(seen.as_deref(), Some("a"));
     assert!(
@@ -86,107 +91,255 @@ async fn sentinel_store_resolves_the_master_waits_for_the_replica_and_follows_a_
     );
 }
 
+fn election_config(prefix: &str, id: &str) -> ElectionConfig {
+    let mut c = ElectionConfig::new("svc");
+    c.key_prefix = prefix.to_owned();
+    c.instance_id = Some(id.to_owned());
+    c.lease_duration = Duration::from_secs(3);
+    c.renewal_interval = Duration::from_millis(500);
+    c.retry_period = Some(Duration::from_millis(250));
+    c
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_master_while_an_elector_leads_recovers_the_election() {
-    let mut set = SentinelSet::start().await;
+async fn killing_the_master_while_an_elector_leads_keeps_one_leader_and_increasing_tokens() {
+    let set = RedisSentinelSet::start(None).await.expect("sentinel set");
     let prefix = prefix();
-    let config = |id: &str| {
-        let mut c = ElectionConfig::new("svc");
-        c.key_prefix = prefix.clone();
-        c.instance_id = Some(id.to_owned());
-        c.lease_duration = Duration::from_secs(3);
-        c.renewal_interval = Duration::from_millis(500);
-        c.retry_period = Some(Duration::from_millis(250));
-        c
-    };
     // Two instances, each with its own store (separate connections), as two
     // processes would have.
-    let a = Elector::start(Arc::new(store(&set)), config("instance-a")).expect("elector a");
-    let b = Elector::start(Arc::new(store(&set)), config("instance-b")).expect("elector b");
+    let election = RecordedElection::start(vec![
+        (
+            election_config(&prefix, "instance-a"),
+            Arc::new(store(&set)),
+        ),
+        (
+            election_config(&prefix, "instance-b"),
+            Arc::new(store(&set)),
+        ),
+    ]);
     let observer = store(&set);
     let key = LeaseKey::new(&prefix, "svc").expect("key");
-
     let (first, first_token) = eventually(Duration::from_secs(15), "a first leader", || async {
-        match (a.is_leader(), b.is_leader()) {
-            (true, false) => Some(("instance-a", a.token()?)),
-            (false, true) => Some(("instance-b", b.token()?)),
-            _ => None,
+        election.sole_leader()
+    })
+    .await;
+    // README: the lease survives a failover when the replica had received
+    // it. Make that the case, then check what it promises.
+    let holder = election.electors[first].instance_id().clone();
+    let mut replica = raw(set.replica.url()).await;
+    eventually(Duration::from_secs(10), "the lease on the replica", || {
+        let mut replica = replica.clone();
+        let (key, holder) = (key.as_str().to_owned(), holder.as_str().to_owned());
+        async move {
+            let seen: Option<String> = replica.get(&key).await.ok()?;
+            (seen.as_deref() == Some(holder.as_str())).then_some(())
         }
     })
     .await;
-    let before = observer
-        .current(&key)
-        .await
-        .expect("current")
-        .expect("held");
-    assert!(
-        before.holder.as_str().starts_with(&format!("{first}/")),
-        "{} is not {first}'s holder id",
-        before.holder
-    );
+    let _: Option<String> = replica.get(key.as_str()).await.expect("replica answers");
 
-    let mut replica = raw(&format!("redis://127.0.0.1:{}", set.replica.port)).await;
-    let on_replica: Option<String> = replica.get(key.as_str()).await.expect("GET on replica");
-    let old = set.master.port;
+    let old = set.master.addr().port();
     let killed_at = Instant::now();
-    set.master.kill();
-    let mut on_new_master = None;
-    // Sample who believes it leads until the election has recovered on the
-    // new master: (both believed at once, the leader after recovery).
-    let mut overlap_samples = 0u32;
-    let mut leaderless_since_kill = Duration::ZERO;
-    let mut last = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let (after_holder, after_token) = loop {
-        assert!(Instant::now() < deadline, "the election did not recover");
-        let (la, lb) = (a.is_leader(), b.is_leader());
-        if la && lb {
-            overlap_samples += 1;
+    set.master.kill().await.expect("kill the master");
+    let agreed = |exclude: Option<usize>| {
+        let (election, observer, key) = (&election, &observer, &key);
+        async move {
+            let (i, token) = election
+                .sole_leader()
+                .filter(|(i, _)| Some(*i) != exclude)?;
+            let info = observer.current(key).await.ok()??;
+            (&info.holder == election.electors[i].instance_id() && info.token == token)
+                .then_some((i, token))
         }
-        if !la && !lb {
-            leaderless_since_kill += last.elapsed();
-        }
-        last = Instant::now();
-        let moved = set.master_port().await.is_some_and(|p| p != old);
-        if moved
-            && on_new_master.is_none()
-            && let Ok(seen) = observer.current(&key).await
-        {
-            on_new_master = Some(seen.map(|i| format!("{} token {}", i.holder, i.token)));
-        }
-        if moved && (la ^ lb) {
-            let (id, tok) = if la {
-                ("instance-a", a.token())
-            } else {
-                ("instance-b", b.token())
-            };
-            if let Ok(Some(info)) = observer.current(&key).await
-                && info.holder.as_str().starts_with(&format!("{id}/"))
-                && Some(info.token) == tok
-            {
-                break (id, info.token);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    let (after, _) = eventually(
+        Duration::from_secs(40),
+        "the election to recover on the promoted replica",
+        || async {
+            set.master_port().await.filter(|p| *p != old)?;
+            agreed(None).await
+        },
+    )
+    .await;
     let recovered_after = killed_at.elapsed();
-    let kept = after_holder == first && after_token == first_token;
-    // The record the issue asks for (run with --nocapture to see it).
-    println!(
-        "sentinel failover record: leader before = {first} (token {first_token}); \
-         lease key on the replica at the kill = {on_replica:?}; first read on the \
-         promoted master = {on_new_master:?}; leader after = {after_holder} (token \
-         {after_token}, {}); recovered {recovered_after:?} after the kill; leaderless \
-         for about {leaderless_since_kill:?}; samples with two believed leaders = \
-         {overlap_samples}",
-        if kept { "same term" } else { "new term" },
+    // A term minted on the promoted replica: hand over to the other elector.
+    election.electors[after].shutdown().await;
+    eventually(
+        Duration::from_secs(15),
+        "a handover on the promoted replica",
+        || agreed(Some(after)),
+    )
+    .await;
+    election.shutdown().await;
+
+    let tokens = election.minted_tokens();
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]) && tokens.last() > Some(&first_token),
+        "fencing tokens must strictly increase across the failover: {tokens:?}"
     );
-    // Tokens minted after the failover come from the promoted replica's
-    // counter; if the acquisition's INCR had not replicated they could
-    // repeat (documented). Here the replica was in sync, so they increase.
-    assert!(after_token >= first_token);
-    a.shutdown().await;
-    b.shutdown().await;
+    // With the lease replicated, no two instances believed they led at once.
+    let checked = election.history.check_with(&election.check_options());
+    assert!(
+        checked.is_ok(),
+        "{}\n{}",
+        checked.unwrap_err(),
+        election.history.timeline(60)
+    );
+    eprintln!(
+        "sentinel failover: election recovered {recovered_after:?} after the master's kill; tokens {tokens:?}"
+    );
+}
+
+/// The lease TTL of the lagging-replica scenario: far longer than a
+/// failover takes on a loaded machine, so the first holder's belief
+/// (`is_leader()` until its acquisition was sent + TTL less drift) is still
+/// on when the second one acquires.
+const LAG_TTL: Duration = Duration::from_secs(30);
+
+/// What happened when instance `a` acquired while the replica could not
+/// replicate, the master died and the replica was promoted.
+struct LagOutcome {
+    history: History,
+    /// `a`'s acquire result (an error only with WAIT).
+    first: leader_core::Result<Acquire>,
+    /// The token `b` got from the promoted replica.
+    second_token: leader_core::FencingToken,
+}
+
+/// `a` acquires while the replica's link to the master is down (it no
+/// longer knows the master's password, so it cannot resync), then the
+/// master is SIGKILLed, the sentinels promote the replica (which never saw
+/// the lease) and `b` acquires on it. `wait` configures `wait_replicas(1)`
+/// on `a`'s store.
+async fn acquire_then_fail_over_to_a_lagging_replica(wait: bool) -> LagOutcome {
+    let password = "lag-pass";
+    let set = RedisSentinelSet::start(Some(password))
+        .await
+        .expect("sentinel set with a password");
+    let mut master = raw(&set.data_url(&set.master)).await;
+    let mut replica = raw(&set.data_url(&set.replica)).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("masterauth")
+        .arg("not-the-password")
+        .query_async(&mut replica)
+        .await
+        .expect("CONFIG SET masterauth on the replica");
+    let _: () = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .query_async(&mut master)
+        .await
+        .expect("drop the replication link");
+    eventually(Duration::from_secs(10), "the replica's link down", || {
+        let mut replica = replica.clone();
+        async move {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query_async(&mut replica)
+                .await
+                .ok()?;
+            info.contains("master_link_status:down").then_some(())
+        }
+    })
+    .await;
+
+    let history = History::new();
+    let recorded = |store: RedisStore| RecordingStore::new(Arc::new(store), history.clone());
+    let connection = format!("{},password={password}", set.connection_string());
+    let builder = || {
+        RedisStore::builder(&connection)
+            .response_timeout(Duration::from_millis(500))
+            .connect_timeout(Duration::from_secs(1))
+    };
+    let a_store = if wait {
+        builder().wait_replicas(1, Duration::from_millis(300))
+    } else {
+        builder()
+    };
+    let a = recorded(a_store.build().expect("store a"));
+    let b = recorded(builder().build().expect("store b"));
+    let key = LeaseKey::new(&prefix(), "svc").expect("key");
+    let first = a.acquire(&key, &HolderId::generate(), LAG_TTL).await;
+    let on_replica: Option<String> = replica.get(key.as_str()).await.expect("GET on the replica");
+    assert_eq!(on_replica, None, "the replica must not have the lease");
+
+    let old = set.master.addr().port();
+    set.master.kill().await.expect("kill the master");
+    eventually(
+        Duration::from_secs(40),
+        "the sentinels to promote the replica",
+        || async { set.master_port().await.filter(|p| *p != old) },
+    )
+    .await;
+    let b_holder = HolderId::generate();
+    let second = eventually(
+        Duration::from_secs(20),
+        "b to acquire on the promoted replica",
+        || async {
+            match b.acquire(&key, &b_holder, LAG_TTL).await {
+                Ok(Acquire::Acquired(lease)) => Some(lease),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    LagOutcome {
+        history,
+        first,
+        second_token: second.token,
+    }
+}
+
+fn validity() -> CheckOptions {
+    let drift = ElectionConfig::default().clock_drift;
+    CheckOptions::with_validity(LAG_TTL.mul_f64(1.0 - drift))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_wait_a_failover_to_a_replica_that_missed_the_acquisition_overlaps_two_holders() {
+    let outcome = acquire_then_fail_over_to_a_lagging_replica(false).await;
+    let Ok(Acquire::Acquired(first)) = outcome.first else {
+        panic!(
+            "without WAIT the acquire succeeds on the master alone: {:?}",
+            outcome.first
+        );
+    };
+    // README: the lease is lost with the master, a second candidate
+    // acquires while the first still believes it leads, and the clock floor
+    // keeps the new token above the lost one.
+    let violations = outcome
+        .history
+        .check_with(&validity())
+        .expect_err("the history checker must report the two believed holders");
+    assert!(
+        !violations.list.is_empty()
+            && violations
+                .list
+                .iter()
+                .all(|v| matches!(v, Violation::Overlap { .. })),
+        "expected only an overlap: {violations}"
+    );
+    assert!(
+        outcome.second_token > first.token,
+        "the promoted replica minted {} after {}",
+        outcome.second_token,
+        first.token
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_an_acquisition_the_replica_missed_fails_so_no_two_holders_overlap() {
+    let outcome = acquire_then_fail_over_to_a_lagging_replica(true).await;
+    // README: WAIT finds too few replicas, the lease is released and the
+    // acquire fails Unavailable: nobody believes it leads on the lost lease.
+    let err = outcome.first.expect_err("WAIT 1 with no replica in sync");
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    outcome
+        .history
+        .check_with(&validity())
+        .expect("only the second holder ever believed it led");
 }
 
 #[tokio::test]
@@ -194,10 +347,12 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
     // Two independent servers and a sentinel pointing at the first. Re-pointing
     // the sentinel at the second leaves the first fully writable: no error
     // tells the store, only asking the sentinels does.
-    let x = RedisProc::start(free_port(), &[]).await;
-    let y = RedisProc::start(free_port(), &[]).await;
-    let sentinel = RedisProc::sentinel(free_port(), x.port).await;
-    let store = RedisStore::builder(&format!("127.0.0.1:{},serviceName=mymaster", sentinel.port))
+    let x = RedisServer::start().await.expect("redis x");
+    let y = RedisServer::start().await.expect("redis y");
+    let sentinel = RedisSentinelSet::start_sentinel(x.addr().port(), None)
+        .await
+        .expect("sentinel");
+    let store = RedisStore::builder(&format!("{},serviceName=mymaster", sentinel.addr()))
         .sentinel_check_interval(Duration::from_millis(100))
         .build()
         .expect("store");
@@ -209,12 +364,12 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
         Ok(Acquire::Acquired(lease)) => lease,
         other => panic!("{other:?}"),
     };
-    let mut xc = raw(&format!("redis://127.0.0.1:{}", x.port)).await;
+    let mut xc = raw(x.url()).await;
     let on_x: Option<String> = xc.get(k.as_str()).await.expect("GET on x");
     assert_eq!(on_x.as_deref(), Some("a"));
 
     let mut events = store.watch(&k).await.expect("watch on x");
-    let mut s = raw(&format!("redis://127.0.0.1:{}", sentinel.port)).await;
+    let mut s = raw(sentinel.url()).await;
     let _: () = redis::cmd("SENTINEL")
         .arg("REMOVE")
         .arg("mymaster")
@@ -225,7 +380,7 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
         .arg("MONITOR")
         .arg("mymaster")
         .arg("127.0.0.1")
-        .arg(y.port)
+        .arg(y.addr().port())
         .arg(1)
         .query_async(&mut s)
         .await
@@ -251,14 +406,16 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
         store.acquire(&k, &b, TTL).await,
         Ok(Acquire::Acquired(_))
     ));
-    let mut yc = raw(&format!("redis://127.0.0.1:{}", y.port)).await;
+    let mut yc = raw(y.url()).await;
     let on_y: Option<String> = yc.get(k.as_str()).await.expect("GET on y");
     assert_eq!(on_y.as_deref(), Some("b"));
 }
 
 #[tokio::test]
 async fn the_cards_sentinel_string_with_a_password_works() {
-    let set = SentinelSet::start_with_password(Some("s3cret")).await;
+    let set = RedisSentinelSet::start(Some("s3cret"))
+        .await
+        .expect("sentinel set with a password");
     let connection = format!("{},password=s3cret", set.connection_string());
     let store = RedisStore::new(&connection).expect("store");
     assert!(!format!("{store:?}").contains("s3cret"));

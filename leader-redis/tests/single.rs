@@ -12,7 +12,7 @@ use leader_core::{
 use leader_redis::RedisStore;
 use leader_testkit::servers::RedisServer;
 use redis::AsyncCommands;
-use support::{RedisProc, eventually, free_port, raw};
+use support::{eventually, raw};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -325,10 +325,15 @@ async fn release_and_force_release_notify_watchers_and_a_dead_subscription_ends(
 
 #[tokio::test]
 async fn wrong_credentials_are_auth_errors_without_the_password() {
-    let server = RedisProc::start(free_port(), &["--requirepass", "right-pass"]).await;
+    let server = RedisServer::start_with(&["--requirepass", "right-pass"])
+        .await
+        .expect("redis with a password");
     let k = key("auth");
-    let wrong =
-        RedisStore::new(&format!("127.0.0.1:{},password=wrong-pass", server.port)).expect("store");
+    let wrong = RedisStore::new(&format!(
+        "127.0.0.1:{},password=wrong-pass",
+        server.addr().port()
+    ))
+    .expect("store");
     let err = wrong
         .acquire(&k, &holder("a"), TTL)
         .await
@@ -336,8 +341,11 @@ async fn wrong_credentials_are_auth_errors_without_the_password() {
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("wrong-pass"), "{shown}");
-    let right =
-        RedisStore::new(&format!("redis://:right-pass@127.0.0.1:{}", server.port)).expect("store");
+    let right = RedisStore::new(&format!(
+        "redis://:right-pass@127.0.0.1:{}",
+        server.addr().port()
+    ))
+    .expect("store");
     acquired(&right, &k, &holder("a"), TTL).await;
 }
 
@@ -515,8 +523,8 @@ async fn network_faults_map_to_unavailable_or_indeterminate() {
 
 #[tokio::test]
 async fn acl_users_and_databases_from_the_url_are_used() {
-    let server = RedisProc::start(free_port(), &[]).await;
-    let admin = format!("redis://127.0.0.1:{}", server.port);
+    let server = owned_server().await;
+    let admin = format!("redis://127.0.0.1:{}", server.addr().port());
     let mut c = raw(&admin).await;
     let _: () = redis::cmd("ACL")
         .arg("SETUSER")
@@ -545,8 +553,11 @@ async fn acl_users_and_databases_from_the_url_are_used() {
         .expect("ACL SETUSER reader");
 
     let k = key("acl");
-    let store = RedisStore::new(&format!("redis://app:app-pass@127.0.0.1:{}/3", server.port))
-        .expect("store");
+    let store = RedisStore::new(&format!(
+        "redis://app:app-pass@127.0.0.1:{}/3",
+        server.addr().port()
+    ))
+    .expect("store");
     acquired(&store, &k, &holder("a"), TTL).await;
     let mut db3 = raw(&format!("{admin}/3")).await;
     let seen: Option<String> = db3.get(k.as_str()).await.expect("GET in db 3");
@@ -556,7 +567,7 @@ async fn acl_users_and_databases_from_the_url_are_used() {
 
     let reader = RedisStore::new(&format!(
         "127.0.0.1:{},user=reader,password=reader-pass",
-        server.port
+        server.addr().port()
     ))
     .expect("store");
     let err = reader
@@ -564,8 +575,11 @@ async fn acl_users_and_databases_from_the_url_are_used() {
         .await
         .expect_err("no EVALSHA");
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
-    let wrong =
-        RedisStore::new(&format!("redis://app:nope@127.0.0.1:{}", server.port)).expect("store");
+    let wrong = RedisStore::new(&format!(
+        "redis://app:nope@127.0.0.1:{}",
+        server.addr().port()
+    ))
+    .expect("store");
     let err = wrong.current(&k).await.expect_err("wrong password");
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
     assert!(!format!("{err} {err:?}").contains("nope"));

@@ -1,15 +1,23 @@
 //! RedisStore over TLS, with a CA and a server certificate generated at test
 //! time (rcgen) and a TLS-only client port.
 
-mod support;
-
 use std::time::Duration;
 
 use leader_core::{Acquire, ErrorKind, HolderId, LeaseEvent, LeaseKey, LeaseStore};
 use leader_redis::RedisStore;
-use support::TlsRedis;
+use leader_testkit::servers::{RedisServer, TlsFiles};
 
 const TTL: Duration = Duration::from_secs(30);
+
+/// A TLS redis-server, its certificate files and its TLS port.
+async fn tls_server() -> (RedisServer, TlsFiles, u16) {
+    let files = TlsFiles::generate().expect("TLS files");
+    let server = RedisServer::start_tls(&files, &[])
+        .await
+        .expect("redis over TLS");
+    let port = server.tls_port().expect("a TLS port");
+    (server, files, port)
+}
 
 fn key(resource: &str) -> LeaseKey {
     LeaseKey::new(&format!("tls:{:016x}:", rand::random::<u64>()), resource).expect("valid key")
@@ -17,15 +25,14 @@ fn key(resource: &str) -> LeaseKey {
 
 #[tokio::test]
 async fn leases_and_notifications_work_over_tls_with_a_custom_ca() {
-    let server = TlsRedis::start().await;
-    let port = server.tls_port();
-    let ca = server.files.ca.display().to_string();
+    let (_server, files, port) = tls_server().await;
+    let ca = files.ca.display().to_string();
     for connection in [
         format!("rediss://127.0.0.1:{port}"),
         format!("127.0.0.1:{port},ssl=true,sslCaFile={ca},abortConnect=false"),
     ] {
         let store = RedisStore::builder(&connection)
-            .ca_file(&server.files.ca)
+            .ca_file(&files.ca)
             .build()
             .expect("store");
         let k = key("svc");
@@ -50,9 +57,9 @@ async fn leases_and_notifications_work_over_tls_with_a_custom_ca() {
 
 #[tokio::test]
 async fn an_untrusted_server_certificate_is_unavailable_not_a_panic() {
-    let server = TlsRedis::start().await;
+    let (_server, _files, port) = tls_server().await;
     // Without the test CA the server's certificate is not trusted.
-    let store = RedisStore::builder(&format!("rediss://127.0.0.1:{}", server.tls_port()))
+    let store = RedisStore::builder(&format!("rediss://127.0.0.1:{port}"))
         .connect_timeout(Duration::from_secs(2))
         .build()
         .expect("store");
@@ -90,10 +97,9 @@ fn a_missing_or_empty_ca_file_is_a_configuration_error() {
 
 #[tokio::test]
 async fn a_ca_in_the_system_store_is_trusted_without_a_ca_file() {
-    let server = TlsRedis::start().await;
-    let url = format!("rediss://127.0.0.1:{}", server.tls_port());
-    leader_testkit::system_roots::run_child("system_roots_child", &server.files.ca, &url, &[])
-        .await;
+    let (_server, files, port) = tls_server().await;
+    let url = format!("rediss://127.0.0.1:{port}");
+    leader_testkit::system_roots::run_child("system_roots_child", &files.ca, &url, &[]).await;
 }
 
 /// Not a check on its own: the child process of

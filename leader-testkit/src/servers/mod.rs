@@ -42,6 +42,9 @@ mod postgres;
 mod probe;
 mod process;
 mod redis;
+mod redis_cluster;
+mod sentinel;
+mod tls;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
@@ -55,6 +58,9 @@ use tempfile::TempDir;
 pub use etcd::{EtcdCluster, EtcdServer};
 pub use postgres::PostgresServer;
 pub use redis::RedisServer;
+pub use redis_cluster::RedisCluster;
+pub use sentinel::RedisSentinelSet;
+pub use tls::TlsFiles;
 
 use crate::error::{Error, Result};
 use probe::Probe;
@@ -104,6 +110,7 @@ pub struct Server {
     env_var: &'static str,
     url: String,
     addr: SocketAddr,
+    ports: Vec<u16>,
     owned: Option<Owned>,
 }
 
@@ -217,6 +224,7 @@ impl Server {
             env_var: recipe.env_var,
             url: (recipe.url)(ports[0]),
             addr: SocketAddr::from(([127, 0, 0, 1], ports[0])),
+            ports: ports.to_vec(),
             owned: Some(Owned {
                 spec,
                 probe: recipe.probe,
@@ -278,6 +286,7 @@ impl Server {
             env_var,
             url,
             addr,
+            ports: vec![addr.port()],
             owned: None,
         })
     }
@@ -312,6 +321,12 @@ impl Server {
     /// The client address (for an external server, its first resolved address).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Every loopback port of the server, the client port first (then, for
+    /// etcd, the peer port; for Redis over TLS, the TLS port).
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// `"redis"`, `"postgres"` or `"etcd"`.

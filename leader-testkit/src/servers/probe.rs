@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 /// How each server kind proves it is ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Probe {
-    /// RESP `PING` answered with `+PONG`.
+    /// RESP `PING` answered with `+PONG` (or `-NOAUTH` when a password is
+    /// required).
     RedisPing,
     /// A startup message for user and database `postgres` answered with
     /// AuthenticationOk (trust auth), not "the database system is starting up".
@@ -40,7 +41,8 @@ impl Probe {
                 stream.write_all(b"PING\r\n").await?;
                 let mut buf = [0u8; 7];
                 stream.read_exact(&mut buf).await?;
-                Ok(&buf == b"+PONG\r\n")
+                // A server with a password answers NOAUTH: it is serving.
+                Ok(&buf == b"+PONG\r\n" || &buf == b"-NOAUTH")
             }
             Probe::PostgresStartup => {
                 let mut body = Vec::new();
