@@ -271,3 +271,45 @@ impl EtcdCluster {
         Ok(leader)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WITHIN: Duration = Duration::from_secs(20);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_elects_replaces_a_killed_leader_and_takes_it_back() {
+        let cluster = EtcdCluster::start().await.expect("etcd cluster");
+        assert!(cluster.members().iter().all(Server::is_running));
+        let killed = cluster.kill_leader(WITHIN).await.expect("kill the leader");
+        assert!(!cluster.member(killed).is_running());
+        let next = cluster.wait_for_leader(WITHIN).await.expect("a new leader");
+        assert_ne!(next, killed, "a killed member cannot lead");
+        cluster.member(killed).restart().await.expect("restart");
+        assert!(
+            cluster.member(killed).answers().await,
+            "the restarted member rejoined the cluster"
+        );
+        let url = cluster.url();
+        for addr in cluster.addrs() {
+            assert!(url.contains(&addr.to_string()), "{url} names {addr}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_without_a_majority_has_no_leader() {
+        let cluster = EtcdCluster::start().await.expect("etcd cluster");
+        let leader = cluster.kill_leader(WITHIN).await.expect("kill the leader");
+        cluster
+            .member((leader + 1) % EtcdCluster::SIZE)
+            .kill()
+            .await
+            .expect("kill a second member");
+        let err = cluster
+            .wait_for_leader(Duration::from_secs(1))
+            .await
+            .expect_err("one member of three cannot lead");
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    }
+}
