@@ -3,14 +3,13 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::{Acquire, ElectionConfig, Elector, HolderId, LeaseStore};
+use leader_core::{Acquire, ElectionConfig, HolderId, LeaseStore};
 use leader_etcd::EtcdStore;
-use leader_testkit::history::{CheckOptions, History, Op, Outcome, RecordingStore};
+use leader_testkit::history::{CheckOptions, History, Op, Outcome};
 use leader_testkit::servers::EtcdCluster;
-use support::history::Sampler;
+use support::history::start_recorded;
 use support::{PATIENCE, eventually, unique_key};
 use tokio::time::Instant;
 
@@ -64,22 +63,16 @@ async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
     let cluster = EtcdCluster::start().await.expect("etcd cluster");
     let prefix = format!("leader-etcd-cluster:{}:", std::process::id());
     let history = History::new();
-    let mut validity = LEASE;
-    let electors: Vec<Elector> = (0..3)
+    let configs: Vec<ElectionConfig> = (0..3)
         .map(|i| {
             let mut config = ElectionConfig::new("failover").with_timing(LEASE, RENEWAL);
             config.key_prefix = prefix.clone();
             config.instance_id = Some(format!("elector-{i}"));
-            validity = LEASE.mul_f64(1.0 - config.clock_drift);
-            let recorded = RecordingStore::new(Arc::new(store(&cluster)), history.clone());
-            Elector::start(Arc::new(recorded), config).expect("elector")
+            config
         })
         .collect();
-    let sampler = Sampler::start(electors.clone());
-    eventually("one elector leads", || async {
-        electors.iter().filter(|e| e.is_leader()).count() == 1
-    })
-    .await;
+    let validity = LEASE.mul_f64(1.0 - configs[0].clock_drift);
+    let (electors, sampler) = start_recorded(configs, &history, || store(&cluster)).await;
 
     // Kill the etcd leader once the elected leader is in its steady renewal
     // rhythm (two successful renewals).

@@ -5,16 +5,15 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use leader_core::{
     Acquire, ElectionConfig, Elector, ErrorKind, FencingToken, HolderId, LeaseStore,
 };
 use leader_etcd::EtcdStore;
-use leader_testkit::history::{CheckOptions, History, Op, Outcome, RecordingStore};
+use leader_testkit::history::{CheckOptions, History, Op, Outcome};
 use leader_testkit::servers::EtcdCluster;
-use support::history::Sampler;
+use support::history::start_recorded;
 use support::{PATIENCE, SLACK, eventually};
 use tokio::time::Instant;
 
@@ -78,18 +77,7 @@ async fn losing_the_majority_steps_the_leader_down_in_time_and_one_leader_follow
     let configs: Vec<ElectionConfig> = (0..3).map(|i| config(&prefix, i)).collect();
     let validity = LEASE.mul_f64(1.0 - configs[0].clock_drift);
     let renew_deadline = configs[0].renew_deadline();
-    let electors: Vec<Elector> = configs
-        .into_iter()
-        .map(|config| {
-            let recorded = RecordingStore::new(Arc::new(store(&cluster)), history.clone());
-            Elector::start(Arc::new(recorded), config).expect("elector")
-        })
-        .collect();
-    let sampler = Sampler::start(electors.clone());
-    eventually("one elector leads", || async {
-        electors.iter().filter(|e| e.is_leader()).count() == 1
-    })
-    .await;
+    let (electors, sampler) = start_recorded(configs, &history, || store(&cluster)).await;
     let leader = electors
         .iter()
         .find(|e| e.is_leader())

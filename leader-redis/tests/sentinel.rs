@@ -15,7 +15,7 @@ use leader_redis::RedisStore;
 use leader_testkit::history::{CheckOptions, History, RecordingStore, Violation};
 use leader_testkit::servers::{RedisSentinelSet, RedisServer};
 use redis::AsyncCommands;
-use support::election::RecordedElection;
+use support::election::{RecordedElection, failover_config};
 use support::{eventually, raw};
 use tokio::time::Instant;
 
@@ -91,16 +91,6 @@ async fn sentinel_store_resolves_the_master_waits_for_the_replica_and_follows_a_
     );
 }
 
-fn election_config(prefix: &str, id: &str) -> ElectionConfig {
-    let mut c = ElectionConfig::new("svc");
-    c.key_prefix = prefix.to_owned();
-    c.instance_id = Some(id.to_owned());
-    c.lease_duration = Duration::from_secs(3);
-    c.renewal_interval = Duration::from_millis(500);
-    c.retry_period = Some(Duration::from_millis(250));
-    c
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_master_while_an_elector_leads_keeps_one_leader_and_increasing_tokens() {
     let set = RedisSentinelSet::start(None).await.expect("sentinel set");
@@ -109,11 +99,11 @@ async fn killing_the_master_while_an_elector_leads_keeps_one_leader_and_increasi
     // processes would have.
     let election = RecordedElection::start(vec![
         (
-            election_config(&prefix, "instance-a"),
+            failover_config(&prefix, "instance-a"),
             Arc::new(store(&set)),
         ),
         (
-            election_config(&prefix, "instance-b"),
+            failover_config(&prefix, "instance-b"),
             Arc::new(store(&set)),
         ),
     ]);
@@ -141,50 +131,20 @@ async fn killing_the_master_while_an_elector_leads_keeps_one_leader_and_increasi
     let old = set.master.addr().port();
     let killed_at = Instant::now();
     set.master.kill().await.expect("kill the master");
-    let agreed = |exclude: Option<usize>| {
-        let (election, observer, key) = (&election, &observer, &key);
-        async move {
-            let (i, token) = election
-                .sole_leader()
-                .filter(|(i, _)| Some(*i) != exclude)?;
-            let info = observer.current(key).await.ok()??;
-            (&info.holder == election.electors[i].instance_id() && info.token == token)
-                .then_some((i, token))
-        }
-    };
     let (after, _) = eventually(
         Duration::from_secs(40),
         "the election to recover on the promoted replica",
         || async {
             set.master_port().await.filter(|p| *p != old)?;
-            agreed(None).await
+            election.agreed_leader(&observer, &key, None).await
         },
     )
     .await;
     let recovered_after = killed_at.elapsed();
-    // A term minted on the promoted replica: hand over to the other elector.
-    election.electors[after].shutdown().await;
-    eventually(
-        Duration::from_secs(15),
-        "a handover on the promoted replica",
-        || agreed(Some(after)),
-    )
-    .await;
-    election.shutdown().await;
-
-    let tokens = election.minted_tokens();
-    assert!(
-        tokens.windows(2).all(|w| w[0] < w[1]) && tokens.last() > Some(&first_token),
-        "fencing tokens must strictly increase across the failover: {tokens:?}"
-    );
-    // With the lease replicated, no two instances believed they led at once.
-    let checked = election.history.check_with(&election.check_options());
-    assert!(
-        checked.is_ok(),
-        "{}\n{}",
-        checked.unwrap_err(),
-        election.history.timeline(60)
-    );
+    // With the lease replicated, the README promises no overlap.
+    let tokens = election
+        .hand_over_and_check(&observer, &key, after, first_token)
+        .await;
     eprintln!(
         "sentinel failover: election recovered {recovered_after:?} after the master's kill; tokens {tokens:?}"
     );

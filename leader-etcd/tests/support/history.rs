@@ -1,13 +1,38 @@
 //! A leadership sampler: reads `is_leader()` of every elector at once, many
-//! times a second, and records overlaps and the order of fencing tokens.
-//! (A stand-in until the testkit's history checker is available.)
+//! times a second, and records overlaps and the order of fencing tokens;
+//! and recorded electors for the cluster tests (every store call in the
+//! testkit's history, checked by its history checker).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use leader_core::Elector;
+use leader_core::{ElectionConfig, Elector, LeaseStore};
+use leader_testkit::history::{History, RecordingStore};
 use tokio::task::JoinHandle;
+
+/// Starts one elector per config, each on its own store from `store` with
+/// every call recorded in `history`, and a sampler over them; returns once
+/// exactly one leads.
+pub async fn start_recorded<S: LeaseStore + 'static>(
+    configs: Vec<ElectionConfig>,
+    history: &History,
+    store: impl Fn() -> S,
+) -> (Vec<Elector>, Sampler) {
+    let electors: Vec<Elector> = configs
+        .into_iter()
+        .map(|config| {
+            let recorded = RecordingStore::new(Arc::new(store()), history.clone());
+            Elector::start(Arc::new(recorded), config).expect("elector")
+        })
+        .collect();
+    let sampler = Sampler::start(electors.clone());
+    super::eventually("one elector leads", || async {
+        electors.iter().filter(|e| e.is_leader()).count() == 1
+    })
+    .await;
+    (electors, sampler)
+}
 
 /// What the sampler saw.
 #[derive(Debug, Default, Clone)]

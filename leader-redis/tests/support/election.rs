@@ -5,9 +5,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::{ElectionConfig, Elector, FencingToken, LeaseStore};
+use leader_core::{ElectionConfig, Elector, FencingToken, LeaseKey, LeaseStore};
 use leader_testkit::history::{CheckOptions, History, Op, Outcome, RecordingStore};
 use tokio::task::JoinHandle;
+
+use super::eventually;
+
+/// The election of the failover tests: resource `svc` under `prefix`, a
+/// 3 s lease renewed every 500 ms, followers retrying every 250 ms.
+pub fn failover_config(prefix: &str, id: &str) -> ElectionConfig {
+    let mut c = ElectionConfig::new("svc");
+    c.key_prefix = prefix.to_owned();
+    c.instance_id = Some(id.to_owned());
+    c.lease_duration = Duration::from_secs(3);
+    c.renewal_interval = Duration::from_millis(500);
+    c.retry_period = Some(Duration::from_millis(250));
+    c
+}
 
 /// Electors on one resource, each on its own store (own connections, as
 /// separate processes would have), recorded in one [`History`].
@@ -58,6 +72,55 @@ impl RecordedElection {
             [i] => Some((i, self.electors[i].token()?)),
             _ => None,
         }
+    }
+
+    /// The one elector (other than `exclude`) that leads now, when
+    /// `observer` reads the same holder id and token from the store.
+    pub async fn agreed_leader(
+        &self,
+        observer: &dyn LeaseStore,
+        key: &LeaseKey,
+        exclude: Option<usize>,
+    ) -> Option<(usize, FencingToken)> {
+        let (i, token) = self.sole_leader().filter(|(i, _)| Some(*i) != exclude)?;
+        let info = observer.current(key).await.ok()??;
+        (&info.holder == self.electors[i].instance_id() && info.token == token)
+            .then_some((i, token))
+    }
+
+    /// After a failover recovered with elector `leader` leading: shuts it
+    /// down so that another takes over (a term minted on the promoted node),
+    /// shuts everything down, and asserts that every token minted strictly
+    /// increased, past `first`, and that the history checker finds no two
+    /// instances believing they led at once. Returns the minted tokens.
+    pub async fn hand_over_and_check(
+        &self,
+        observer: &dyn LeaseStore,
+        key: &LeaseKey,
+        leader: usize,
+        first: FencingToken,
+    ) -> Vec<FencingToken> {
+        self.electors[leader].shutdown().await;
+        eventually(
+            Duration::from_secs(15),
+            "a handover on the promoted node",
+            || self.agreed_leader(observer, key, Some(leader)),
+        )
+        .await;
+        self.shutdown().await;
+        let tokens = self.minted_tokens();
+        assert!(
+            tokens.windows(2).all(|w| w[0] < w[1]) && tokens.last() > Some(&first),
+            "fencing tokens must strictly increase across the failover: {tokens:?}"
+        );
+        let checked = self.history.check_with(&self.check_options());
+        assert!(
+            checked.is_ok(),
+            "{}\n{}",
+            checked.unwrap_err(),
+            self.history.timeline(60)
+        );
+        tokens
     }
 
     /// Tokens of successful acquisitions, in the order they were invoked.
