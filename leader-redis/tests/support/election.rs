@@ -113,13 +113,9 @@ impl RecordedElection {
             tokens.windows(2).all(|w| w[0] < w[1]) && tokens.last() > Some(&first),
             "fencing tokens must strictly increase across the failover: {tokens:?}"
         );
-        let checked = self.history.check_with(&self.check_options());
-        assert!(
-            checked.is_ok(),
-            "{}\n{}",
-            checked.unwrap_err(),
-            self.history.timeline(60)
-        );
+        if let Err(violations) = self.history.check_with(&self.check_options()) {
+            panic!("{violations}\n{}", self.history.timeline(60));
+        }
         tokens
     }
 
