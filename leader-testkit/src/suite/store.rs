@@ -420,7 +420,12 @@ pub async fn concurrent_acquirers_one_wins(ctx: &Ctx) -> CaseResult {
     let key = ctx.key("contended")?;
     let mut clients = Vec::with_capacity(N);
     for _ in 0..N {
-        clients.push(ctx.client().await?);
+        let client = ctx.client().await?;
+        // Connect before the race (stores connect lazily): the case is about
+        // contended acquires, and 32 simultaneous TLS handshakes on a loaded
+        // machine can outlast one request's timeout.
+        client.current(&key).await?;
+        clients.push(client);
     }
     let barrier = Arc::new(tokio::sync::Barrier::new(N));
     let tasks: Vec<_> = clients
