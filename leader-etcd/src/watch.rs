@@ -285,6 +285,11 @@ impl Stream {
     ) -> Result<(i64, u64, watch::Receiver<Option<bool>>)> {
         let (id, subscriber, created, new) = {
             let mut routes = self.routes();
+            // `close` marks the stream down before it empties the routes:
+            // checked under the lock, no route is added to a dead stream.
+            if *self.down.borrow() {
+                return Err(unavailable(key, "the shared watch stream just broke"));
+            }
             let (id, new) = match routes.by_key.get(key) {
                 Some(id) => (*id, false),
                 None => (routes.add_route(key), true),

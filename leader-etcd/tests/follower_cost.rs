@@ -134,3 +134,58 @@ async fn a_follower_does_not_spin_on_a_holder_etcd_reports_at_0_s_left() {
     );
     assert!(!follower.is_leader());
 }
+
+#[tokio::test]
+async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let outside = EtcdStore::from_url(server.url()).expect("holder store");
+    let shared = Arc::new(FaultyStore::new(Arc::new(
+        EtcdStore::from_url(server.url()).expect("followers' store"),
+    )));
+    let mut config = ElectionConfig::new("herd");
+    config.key_prefix = format!("leader-etcd-test:herd-{}:", std::process::id());
+    let key = config.lease_key().expect("key");
+    let held = match outside
+        .acquire(&key, &holder("outside"), Duration::from_secs(60))
+        .await
+        .expect("acquire")
+    {
+        Acquire::Acquired(lease) => lease,
+        Acquire::Held(info) => panic!("free key held by {info:?}"),
+    };
+    const FOLLOWERS: usize = 20;
+    let electors: Vec<Elector> = (0..FOLLOWERS)
+        .map(|_| Elector::start(shared.clone(), config.clone()).expect("elector"))
+        .collect();
+    for e in &electors {
+        let mut state = e.subscribe();
+        tokio::time::timeout(
+            support::PATIENCE,
+            state.wait_for(|s| s.leader_id.is_some()),
+        )
+        .await
+        .expect("every follower saw the holder")
+        .expect("elector running");
+    }
+    let before = grants_and_revokes(&server).await;
+    let calls = shared.calls(Op::Acquire);
+
+    assert!(outside.release(&held).await.expect("release"));
+    support::eventually("a follower leads and every follower tried", || async {
+        electors.iter().filter(|e| e.is_leader()).count() == 1
+            && shared.calls(Op::Acquire) - calls >= FOLLOWERS as u64
+            && electors
+                .iter()
+                .all(|e| e.is_leader() || e.subscribe().borrow().leader_id.is_some())
+    })
+    .await;
+    let (grants, revokes) = grants_and_revokes(&server).await;
+    // The winner's grant, and the revoke of the released lease.
+    assert!(
+        grants - before.0 <= 1.0 && revokes - before.1 <= 1.0,
+        "{FOLLOWERS} woken followers cost {} grants and {} revokes",
+        grants - before.0,
+        revokes - before.1
+    );
+    futures::future::join_all(electors.iter().map(Elector::shutdown)).await;
+}

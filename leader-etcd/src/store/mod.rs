@@ -4,6 +4,7 @@ mod acquire;
 mod client;
 mod records;
 mod renewals;
+mod turns;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -21,6 +22,7 @@ use tokio::sync::OnceCell;
 use self::acquire::{Put, RevokeGuard};
 use self::records::{lease, lease_id_of, not_holder, token_of, ttl_seconds};
 use self::renewals::Renewals;
+use self::turns::Turns;
 use crate::config::EtcdConfig;
 use crate::watch::WatchHub;
 
@@ -33,7 +35,9 @@ const MAX_ATTEMPTS: usize = 3;
 /// * **acquire** by a candidate whose last attempt found the key held by
 ///   someone else first reads the key (linearizable): still held, it returns
 ///   [`Acquire::Held`] without granting anything, so a follower's poll costs
-///   two reads and no write. Otherwise it
+///   two reads and no write. Acquisitions of one key on one store take
+///   turns, so followers woken together by a release do not all grant a
+///   lease: the first takes the seat, the others read it taken. Otherwise it
 ///   grants an etcd lease of the TTL rounded up to whole seconds,
 ///   then one transaction puts the key (value = holder id) under that lease
 ///   if the key does not exist (`create_revision == 0`), else reads it. If the
@@ -105,6 +109,8 @@ struct Inner {
     /// someone else: their next `acquire` reads the key before granting a
     /// lease.
     seen_held: Mutex<HashSet<(String, String)>>,
+    /// One acquisition per key at a time (see [`turns`]).
+    turns: Turns,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -132,6 +138,7 @@ impl EtcdStore {
                 renewals: Renewals::default(),
                 watches: WatchHub::default(),
                 seen_held: Mutex::new(HashSet::new()),
+                turns: Turns::default(),
             }),
         })
     }
@@ -189,6 +196,9 @@ impl LeaseStore for EtcdStore {
         const OP: &str = "acquire";
         let k = key.as_str();
         let client = self.client(OP, k).await?;
+        // Followers woken together by a release take turns: the first takes
+        // the seat, the others read it taken and grant nothing.
+        let _turn = self.inner.turns.take(k).await;
         for _ in 0..MAX_ATTEMPTS {
             // A seat last seen taken is read before a lease is granted for
             // it: a follower's poll is then a read, not a grant + revoke.
