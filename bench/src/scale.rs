@@ -443,8 +443,15 @@ fn handover_rows(handovers: &Samples, herd: &[Counts], planned: usize) {
 pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Result<()> {
     section("d. Scale");
     for kind in plan.stores.iter().copied().filter(|k| *k != Kind::Memory) {
-        held_leases(plan, servers, kind, verdicts).await?;
-        contention(plan, servers, kind, verdicts).await?;
+        // One store failing a test does not hide the other stores' figures.
+        if let Err(e) = held_leases(plan, servers, kind, verdicts).await {
+            println!("\n{} held leases: FAILED: {e}", kind.name());
+            verdicts.add(format!("held leases on {}", kind.name()), e.to_string(), false);
+        }
+        if let Err(e) = contention(plan, servers, kind, verdicts).await {
+            println!("\n{} contention: FAILED: {e}", kind.name());
+            verdicts.add(format!("candidates on {}", kind.name()), e.to_string(), false);
+        }
     }
     Ok(())
 }
