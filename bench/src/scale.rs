@@ -56,8 +56,7 @@ impl Load {
             length,
             cpu: core_percent(cpu, length),
             server_cpu,
-            server_ops: end.ops.saturating_sub(self.at_start.ops) as f64
-                / length.as_secs_f64(),
+            server_ops: end.ops.saturating_sub(self.at_start.ops) as f64 / length.as_secs_f64(),
             end,
         })
     }
@@ -198,9 +197,7 @@ pub async fn held_leases(
         "| server connections used (during the window) | {} |",
         connections(kind, &w.end, &baseline)
     );
-    println!(
-        "| renewals/s (expected held / renewal interval = {expected:.0}) | {renew_rate:.0} |"
-    );
+    println!("| renewals/s (expected held / renewal interval = {expected:.0}) | {renew_rate:.0} |");
     println!(
         "| server {}/s | {:.0} ({} per renewal) |",
         ops_unit(kind),
@@ -446,11 +443,19 @@ pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Res
         // One store failing a test does not hide the other stores' figures.
         if let Err(e) = held_leases(plan, servers, kind, verdicts).await {
             println!("\n{} held leases: FAILED: {e}", kind.name());
-            verdicts.add(format!("held leases on {}", kind.name()), e.to_string(), false);
+            verdicts.add(
+                format!("held leases on {}", kind.name()),
+                e.to_string(),
+                false,
+            );
         }
         if let Err(e) = contention(plan, servers, kind, verdicts).await {
             println!("\n{} contention: FAILED: {e}", kind.name());
-            verdicts.add(format!("candidates on {}", kind.name()), e.to_string(), false);
+            verdicts.add(
+                format!("candidates on {}", kind.name()),
+                e.to_string(),
+                false,
+            );
         }
     }
     Ok(())

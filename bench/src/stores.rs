@@ -274,7 +274,11 @@ impl ServerProbe {
 fn process_tree_cpu(pid: u32) -> Option<Duration> {
     let mut total = crate::sys::process_cpu(pid)?;
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let parent = std::fs::read_to_string(format!("/proc/{child}/stat"))
@@ -310,13 +314,7 @@ pub fn tcp_connections_to(port: u16) -> usize {
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|path| std::fs::read_to_string(path).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
         .filter(|line| {
             let f: Vec<&str> = line.split_whitespace().collect();
             // remote address, state 01 = ESTABLISHED, inode.

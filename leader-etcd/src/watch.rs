@@ -22,7 +22,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream};
+use etcd_client::{
+    EventType, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
+};
 use leader_core::{Error, FencingToken, HolderId, LeaseEvent, LeaseEvents, LeaseKey, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -338,8 +340,11 @@ impl Stream {
         if resp.canceled() {
             let route = self.routes().remove_route(id);
             if let Some(route) = route {
-                tracing::debug!(key = route.key, reason = resp.cancel_reason(),
-                    "etcd cancelled a watch; its subscriptions end");
+                tracing::debug!(
+                    key = route.key,
+                    reason = resp.cancel_reason(),
+                    "etcd cancelled a watch; its subscriptions end"
+                );
                 route.created.send_replace(Some(false));
             }
             return;

@@ -159,13 +159,10 @@ async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them(
         .collect();
     for e in &electors {
         let mut state = e.subscribe();
-        tokio::time::timeout(
-            support::PATIENCE,
-            state.wait_for(|s| s.leader_id.is_some()),
-        )
-        .await
-        .expect("every follower saw the holder")
-        .expect("elector running");
+        tokio::time::timeout(support::PATIENCE, state.wait_for(|s| s.leader_id.is_some()))
+            .await
+            .expect("every follower saw the holder")
+            .expect("elector running");
     }
     let before = grants_and_revokes(&server).await;
     let calls = shared.calls(Op::Acquire);

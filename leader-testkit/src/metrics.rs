@@ -75,8 +75,8 @@ async fn fetch(addr: SocketAddr) -> std::io::Result<Metrics> {
     conn.read_to_end(&mut body).await?;
     let text = String::from_utf8_lossy(&body).into_owned();
     let (head, samples) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200")
-    {
+    let status = head.split_whitespace().nth(1);
+    if !head.starts_with("HTTP/1.") || status != Some("200") {
         return Err(std::io::Error::other(format!(
             "{addr}/metrics answered: {}",
             head.lines().next().unwrap_or("nothing")

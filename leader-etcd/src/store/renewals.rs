@@ -236,7 +236,11 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The state was not dropped early: the lease's TTL had passed.
-        assert!(abandoned.elapsed() >= ttl, "dropped after {:?}", abandoned.elapsed());
+        assert!(
+            abandoned.elapsed() >= ttl,
+            "dropped after {:?}",
+            abandoned.elapsed()
+        );
         assert!(
             store.renew(&lease).await.is_err(),
             "the expired lease cannot be renewed"
