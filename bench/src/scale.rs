@@ -432,6 +432,15 @@ fn handover_rows(handovers: &Samples, herd: &[Counts], planned: usize) {
     );
 }
 
+/// Prints and records a test that failed, so that one store failing does
+/// not hide the other stores' figures.
+fn note_failure(kind: Kind, test: &str, outcome: Result<()>, verdicts: &mut Verdicts) {
+    if let Err(e) = outcome {
+        println!("\n{} {test}: FAILED: {e}", kind.name());
+        verdicts.add(format!("{test} on {}", kind.name()), e.to_string(), false);
+    }
+}
+
 /// Runs section d on every network store of the plan.
 ///
 /// # Errors
@@ -440,23 +449,10 @@ fn handover_rows(handovers: &Samples, herd: &[Counts], planned: usize) {
 pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Result<()> {
     section("d. Scale");
     for kind in plan.stores.iter().copied().filter(|k| *k != Kind::Memory) {
-        // One store failing a test does not hide the other stores' figures.
-        if let Err(e) = held_leases(plan, servers, kind, verdicts).await {
-            println!("\n{} held leases: FAILED: {e}", kind.name());
-            verdicts.add(
-                format!("held leases on {}", kind.name()),
-                e.to_string(),
-                false,
-            );
-        }
-        if let Err(e) = contention(plan, servers, kind, verdicts).await {
-            println!("\n{} contention: FAILED: {e}", kind.name());
-            verdicts.add(
-                format!("candidates on {}", kind.name()),
-                e.to_string(),
-                false,
-            );
-        }
+        let held = held_leases(plan, servers, kind, verdicts).await;
+        note_failure(kind, "held leases", held, verdicts);
+        let contended = contention(plan, servers, kind, verdicts).await;
+        note_failure(kind, "candidates", contended, verdicts);
     }
     Ok(())
 }

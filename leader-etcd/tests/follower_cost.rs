@@ -27,6 +27,17 @@ async fn grants_and_revokes(server: &EtcdServer) -> (f64, f64) {
     (count("LeaseGrant"), count("LeaseRevoke"))
 }
 
+/// Asserts that etcd received at most one grant and one revoke since `before`.
+async fn at_most_one_grant_and_revoke(server: &EtcdServer, before: (f64, f64), what: &str) {
+    let (grants, revokes) = grants_and_revokes(server).await;
+    assert!(
+        grants - before.0 <= 1.0 && revokes - before.1 <= 1.0,
+        "{what} cost {} grants and {} revokes",
+        grants - before.0,
+        revokes - before.1
+    );
+}
+
 #[tokio::test]
 async fn a_follower_polls_by_reading_not_by_granting_and_revoking() {
     let server = EtcdServer::start().await.expect("etcd");
@@ -56,15 +67,9 @@ async fn a_follower_polls_by_reading_not_by_granting_and_revoking() {
             Acquire::Acquired(lease) => panic!("took a held seat: {lease:?}"),
         }
     }
-    let (grants, revokes) = grants_and_revokes(&server).await;
     // The first poll does not know the seat is taken yet: one grant and its
     // revoke at most; every later poll is a read.
-    assert!(
-        grants - before.0 <= 1.0 && revokes - before.1 <= 1.0,
-        "{POLLS} polls cost {} grants and {} revokes",
-        grants - before.0,
-        revokes - before.1
-    );
+    at_most_one_grant_and_revoke(&server, before, &format!("{POLLS} polls")).await;
 
     // Once the seat is free, the follower's next attempt wins it.
     assert!(leader.release(&held).await.expect("release"));
@@ -176,13 +181,8 @@ async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them(
                 .all(|e| e.is_leader() || e.subscribe().borrow().leader_id.is_some())
     })
     .await;
-    let (grants, revokes) = grants_and_revokes(&server).await;
     // The winner's grant, and the revoke of the released lease.
-    assert!(
-        grants - before.0 <= 1.0 && revokes - before.1 <= 1.0,
-        "{FOLLOWERS} woken followers cost {} grants and {} revokes",
-        grants - before.0,
-        revokes - before.1
-    );
+    let what = format!("{FOLLOWERS} woken followers");
+    at_most_one_grant_and_revoke(&server, before, &what).await;
     futures::future::join_all(electors.iter().map(Elector::shutdown)).await;
 }
