@@ -67,7 +67,7 @@ async fn spawn(kind: Kind, url: &str, role: &'static str, window: Duration) -> R
 /// A probe that does not reach its role.
 pub async fn start(plan: &Plan, servers: &Servers) -> Result<IdleRun> {
     let mut probes = Vec::new();
-    for kind in Kind::ALL {
+    for kind in plan.stores.iter().copied() {
         let url = servers.url(kind);
         if kind == Kind::Memory {
             probes.push(spawn(kind, &url, "pair", plan.idle_window).await?);

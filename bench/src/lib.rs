@@ -56,6 +56,10 @@ pub struct Plan {
     pub contention_window: Duration,
     /// Acquire/release cycles of the peer comparison.
     pub peer_iters: usize,
+    /// Graceful handovers in the contention test (one candidate fewer each).
+    pub handovers: usize,
+    /// The stores the scale and idle sections run on (`--stores`).
+    pub stores: Vec<stores::Kind>,
 }
 
 impl Plan {
@@ -75,6 +79,8 @@ impl Plan {
             candidates: 1000,
             contention_window: Duration::from_secs(30),
             peer_iters: 3000,
+            handovers: 20,
+            stores: stores::Kind::ALL.to_vec(),
         }
     }
 
@@ -94,6 +100,8 @@ impl Plan {
             candidates: 100,
             contention_window: Duration::from_secs(4),
             peer_iters: 300,
+            handovers: 3,
+            stores: stores::Kind::ALL.to_vec(),
         }
     }
 }

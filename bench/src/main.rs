@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! leader-bench [--quick] [--only latency,failover,peers,scale,idle]
+//!              [--stores memory,redis,etcd,postgres] [--idle-window SECONDS]
 //! ```
 //!
 //! Starts private Redis, etcd and Postgres servers on free loopback ports and
@@ -9,9 +10,9 @@
 //! times, idle cost, scale, and peer crates; then a summary of the targets.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use leader_bench::stores::Servers;
+use leader_bench::stores::{Kind, Servers};
 use leader_bench::{Plan, Result, Verdicts, child, failover, idle, latency, peers, scale, sys};
 use sqlx::Connection;
 
@@ -19,7 +20,7 @@ const SECTIONS: [&str; 5] = ["latency", "failover", "peers", "scale", "idle"];
 
 fn usage() -> String {
     format!(
-        "usage: leader-bench [--quick] [--only SECTION,...]   (sections: {})",
+        "usage: leader-bench [--quick] [--only SECTION,...] [--stores STORE,...] [--idle-window SECONDS]   (sections: {}; --stores and --idle-window apply to scale and idle)",
         SECTIONS.join(", ")
     )
 }
@@ -64,6 +65,8 @@ fn loadavg() -> String {
 async fn run(args: &[String]) -> Result<()> {
     let mut plan = Plan::full();
     let mut only: Option<Vec<String>> = None;
+    let mut stores: Option<Vec<Kind>> = None;
+    let mut idle_window: Option<Duration> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -72,12 +75,30 @@ async fn run(args: &[String]) -> Result<()> {
                 let list = it.next().ok_or_else(usage)?;
                 only = Some(list.split(',').map(str::to_owned).collect());
             }
+            "--stores" => {
+                let list = it.next().ok_or_else(usage)?;
+                stores = Some(list.split(',').map(Kind::parse).collect::<Result<_>>()?);
+            }
+            "--idle-window" => {
+                let secs: u64 = it
+                    .next()
+                    .ok_or_else(usage)?
+                    .parse()
+                    .map_err(|_| format!("--idle-window takes whole seconds\n{}", usage()))?;
+                idle_window = Some(Duration::from_secs(secs.max(1)));
+            }
             "-h" | "--help" => {
                 println!("{}", usage());
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other:?}\n{}", usage()).into()),
         }
+    }
+    if let Some(stores) = stores {
+        plan.stores = stores;
+    }
+    if let Some(window) = idle_window {
+        plan.idle_window = window;
     }
     if let Some(list) = &only
         && let Some(bad) = list.iter().find(|s| !SECTIONS.contains(&s.as_str()))

@@ -1,16 +1,22 @@
-//! EtcdStore::watch: events for acquisitions, releases and expiry, resuming
-//! after a broken connection without losing events, and ending when it
-//! cannot resume.
+//! EtcdStore::watch: events for acquisitions, releases and expiry, one
+//! shared stream routing each key's events to its own subscribers, and every
+//! subscription ending when that stream breaks (the electors then poll).
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::{Acquire, HolderId, Lease, LeaseEvent, LeaseEvents, LeaseKey, LeaseStore};
+use leader_core::testing::{Fault, FaultyStore, Op};
+use leader_core::{
+    Acquire, ElectionConfig, Elector, ErrorKind, HolderId, Lease, LeaseEvent, LeaseEvents,
+    LeaseKey, LeaseStore,
+};
 use leader_etcd::EtcdStore;
+use leader_testkit::metrics::Metrics;
 use leader_testkit::proxy::{FaultProxy, Mode};
 use leader_testkit::servers::EtcdServer;
-use support::{PATIENCE, unique_key};
+use support::{PATIENCE, SLACK, unique_key};
 
 const TTL: Duration = Duration::from_secs(5);
 
@@ -56,60 +62,120 @@ async fn watch_reports_acquire_release_and_expiry() {
     assert_eq!(next(&mut events).await, Some(LeaseEvent::Vacated));
 }
 
+/// etcd's live watch streams and watchers, as the server counts them.
+async fn server_watches(server: &EtcdServer) -> (f64, f64) {
+    let m = Metrics::scrape(server.addr()).await.expect("etcd metrics");
+    (
+        m.sum("etcd_debugging_mvcc_watch_stream_total", &[]),
+        m.sum("etcd_debugging_mvcc_watcher_total", &[]),
+    )
+}
+
+/// Watch streams etcd has seen opened so far.
+async fn watch_streams_started(server: &EtcdServer) -> f64 {
+    Metrics::scrape(server.addr())
+        .await
+        .expect("etcd metrics")
+        .sum(
+            "grpc_server_started_total",
+            &[
+                ("grpc_method", "Watch"),
+                ("grpc_service", "etcdserverpb.Watch"),
+            ],
+        )
+}
+
 #[tokio::test]
-async fn watch_resumes_after_a_broken_connection_without_losing_events() {
+async fn subscriptions_share_one_stream_and_each_sees_only_its_own_key() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let store = EtcdStore::from_url(server.url()).expect("store");
+    let (a, b) = (unique_key("route-a"), unique_key("route-b"));
+    let mut on_a = store.watch(&a).await.expect("watch a");
+    let mut on_b = store.watch(&b).await.expect("watch b");
+    let mut on_a_too = store.watch(&a).await.expect("watch a again");
+    // One gRPC stream, one etcd watcher per key however many subscribers.
+    assert_eq!(server_watches(&server).await, (1.0, 2.0));
+
+    let la = acquired(&store, &a, &holder("a"), TTL).await;
+    let lb = acquired(&store, &b, &holder("b"), TTL).await;
+    // Events arrive in etcd's order on each key: had b's subscription been
+    // given a's event, it would come first.
+    assert_eq!(next(&mut on_b).await, Some(acquired_event(&lb)));
+    assert_eq!(next(&mut on_a).await, Some(acquired_event(&la)));
+    assert_eq!(next(&mut on_a_too).await, Some(acquired_event(&la)));
+    assert!(store.release(&lb).await.expect("release b"));
+    assert_eq!(next(&mut on_b).await, Some(LeaseEvent::Vacated));
+    assert!(store.release(&la).await.expect("release a"));
+    assert_eq!(next(&mut on_a).await, Some(LeaseEvent::Vacated));
+    assert_eq!(next(&mut on_a_too).await, Some(LeaseEvent::Vacated));
+
+    // The last subscriber of a key gone, its etcd watcher is cancelled; the
+    // stream stays for the others.
+    drop(on_b);
+    support::eventually("b's watcher is cancelled", || async {
+        server_watches(&server).await == (1.0, 1.0)
+    })
+    .await;
+    drop(on_a);
+    let again = acquired(&store, &a, &holder("c"), TTL).await;
+    assert_eq!(next(&mut on_a_too).await, Some(acquired_event(&again)));
+}
+
+#[tokio::test]
+async fn a_broken_shared_stream_ends_every_subscription_and_is_reopened_once_for_all() {
     let server = EtcdServer::start().await.expect("etcd");
     let proxy = FaultProxy::start(server.addr()).await.expect("proxy");
     let watched = EtcdStore::from_url(&format!(
-        "{}?request_timeout=5s&connect_timeout=500ms",
+        "{}?request_timeout=2s&connect_timeout=500ms",
         server.url_via(proxy.addr())
     ))
     .expect("store via proxy");
     let direct = EtcdStore::from_url(server.url()).expect("direct store");
-    let key = unique_key("resume");
-    let mut events = watched.watch(&key).await.expect("watch");
+    let keys: Vec<LeaseKey> = (0..3).map(|i| unique_key(&format!("break-{i}"))).collect();
+    let mut subs = Vec::new();
+    for key in keys.iter().chain(&keys) {
+        subs.push(watched.watch(key).await.expect("watch"));
+    }
+    assert_eq!(server_watches(&server).await, (1.0, 3.0));
 
-    let first = acquired(&direct, &key, &holder("a"), TTL).await;
-    assert_eq!(next(&mut events).await, Some(acquired_event(&first)));
-
-    // Break every connection through the proxy and refuse new ones, then
-    // change the key three times while the watch is cut off.
     proxy.set_mode(Mode::Reset);
-    assert!(direct.release(&first).await.expect("release"));
-    let second = acquired(&direct, &key, &holder("b"), TTL).await;
-    let third = acquired(&direct, &key, &holder("b"), TTL).await;
-    proxy.set_mode(Mode::PassThrough);
-
-    // The resumed watch starts after the last event seen: nothing is lost,
-    // nothing is repeated.
-    assert_eq!(next(&mut events).await, Some(LeaseEvent::Vacated));
-    assert_eq!(next(&mut events).await, Some(acquired_event(&second)));
-    assert_eq!(next(&mut events).await, Some(acquired_event(&third)));
-    assert!(third.token > second.token);
-}
-
-#[tokio::test]
-async fn watch_ends_when_it_cannot_resume() {
-    let server = EtcdServer::start().await.expect("etcd");
-    let proxy = FaultProxy::start(server.addr()).await.expect("proxy");
-    let store = EtcdStore::from_url(&format!(
-        "{}?request_timeout=1s&connect_timeout=200ms",
-        server.url_via(proxy.addr())
-    ))
-    .expect("store via proxy");
-    let key = unique_key("ends");
-    let mut events = store.watch(&key).await.expect("watch");
-    proxy.set_mode(Mode::Reset);
-    // Reset stays on: every attempt to resume fails, so the subscription
-    // ends and the elector falls back to polling.
-    assert_eq!(next(&mut events).await, None);
-    proxy.set_mode(Mode::PassThrough);
-    let mut again = store
-        .watch(&key)
+    // Every subscription ends: the electors fall back to polling.
+    for sub in &mut subs {
+        assert_eq!(next(sub).await, None);
+    }
+    let refused = watched
+        .watch(&keys[0])
         .await
-        .expect("subscribe again once etcd is reachable");
-    let lease = acquired(&store, &key, &holder("a"), TTL).await;
-    assert_eq!(next(&mut again).await, Some(acquired_event(&lease)));
+        .expect_err("no stream while the connection is reset");
+    assert!(refused.is_retryable(), "{refused}");
+    let started = watch_streams_started(&server).await;
+    proxy.set_mode(Mode::PassThrough);
+
+    // Everyone subscribes again at once: one new stream serves them all.
+    let again = futures::future::join_all(keys.iter().chain(&keys).map(|k| {
+        let watched = watched.clone();
+        async move {
+            // Resubscribing follows the elector's rule: retry later.
+            let deadline = tokio::time::Instant::now() + PATIENCE;
+            loop {
+                match watched.watch(k).await {
+                    Ok(events) => return events,
+                    Err(e) if tokio::time::Instant::now() < deadline => {
+                        assert!(e.is_retryable(), "{e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("could not subscribe again: {e}"),
+                }
+            }
+        }
+    }))
+    .await;
+    assert_eq!(watch_streams_started(&server).await - started, 1.0);
+    assert_eq!(server_watches(&server).await, (1.0, 3.0));
+    let mut again = again;
+    let lease = acquired(&direct, &keys[1], &holder("a"), TTL).await;
+    assert_eq!(next(&mut again[1]).await, Some(acquired_event(&lease)));
+    assert_eq!(next(&mut again[4]).await, Some(acquired_event(&lease)));
 }
 
 #[tokio::test]
@@ -140,8 +206,7 @@ async fn a_silent_partition_ends_the_subscription_within_bounded_time() {
     let key = unique_key("partition");
     let mut events = store.watch(&key).await.expect("watch");
     // Nothing fails, nothing flows: only HTTP/2 pings (every request timeout,
-    // answered within one) reveal the dead stream, then resuming fails for
-    // one request timeout.
+    // answered within one) reveal the dead stream.
     proxy.set_mode(Mode::Blackhole);
     let started = tokio::time::Instant::now();
     assert_eq!(next(&mut events).await, None);
@@ -153,35 +218,78 @@ async fn a_silent_partition_ends_the_subscription_within_bounded_time() {
     );
 }
 
+/// Two electors on one store, each following its own key held by someone
+/// else: a release wakes only the elector of that key, at once; with the
+/// shared stream broken (and kept from coming back), they poll.
 #[tokio::test]
-async fn a_watch_that_would_resume_into_compacted_history_ends() {
+async fn electors_on_one_store_are_woken_by_their_own_key_and_poll_while_the_stream_is_down() {
     let server = EtcdServer::start().await.expect("etcd");
     let proxy = FaultProxy::start(server.addr()).await.expect("proxy");
-    let watched = EtcdStore::from_url(&format!(
-        "{}?request_timeout=5s&connect_timeout=500ms",
+    let shared = EtcdStore::from_url(&format!(
+        "{}?request_timeout=1s&connect_timeout=300ms",
         server.url_via(proxy.addr())
     ))
     .expect("store via proxy");
+    let faulty = Arc::new(FaultyStore::new(Arc::new(shared)));
     let direct = EtcdStore::from_url(server.url()).expect("direct store");
-    let key = unique_key("compacted");
-    let mut events = watched.watch(&key).await.expect("watch");
+    let prefix = format!("leader-etcd-test:electors-{}:", std::process::id());
+    let lease = Duration::from_secs(5);
+    let config = |resource: &str| {
+        let mut c = ElectionConfig::new(resource).with_timing(lease, Duration::from_secs(1));
+        c.key_prefix = prefix.clone();
+        c.retry_period = Some(Duration::from_secs(2));
+        c
+    };
+    let (c1, c2) = (config("one"), config("two"));
+    let (k1, k2) = (c1.lease_key().expect("key"), c2.lease_key().expect("key"));
+    let outside = holder("outside");
+    let h1 = acquired(&direct, &k1, &outside, Duration::from_secs(60)).await;
+    let h2 = acquired(&direct, &k2, &outside, Duration::from_secs(60)).await;
+    let e1 = Elector::start(faulty.clone(), c1).expect("elector one");
+    let e2 = Elector::start(faulty.clone(), c2).expect("elector two");
+    support::eventually("both electors subscribed on one stream", || async {
+        server_watches(&server).await == (1.0, 2.0)
+    })
+    .await;
+    // Notified followers poll only every four leases; a bound well below
+    // that shows the wake-up came from the event.
+    let notified = RETRY_WITH_JITTER + SLACK;
+    assert!(notified < lease * 4);
 
+    let polls = faulty.calls(Op::Acquire);
+    assert!(direct.release(&h1).await.expect("release one"));
+    wait_leading(&e1, notified).await;
+    // Only elector one was woken: one acquire call, its own.
+    assert_eq!(faulty.calls(Op::Acquire) - polls, 1);
+    assert!(!e2.is_leader());
+
+    // Break the shared stream and keep it from being re-established.
+    faulty.set(Op::Watch, Some(Fault::Fail(ErrorKind::Unavailable)));
     proxy.set_mode(Mode::Reset);
-    // Missed events, then their history is compacted away.
-    let lease = acquired(&direct, &key, &holder("a"), TTL).await;
-    assert!(direct.release(&lease).await.expect("release"));
-    let mut raw = support::raw_client(&server).await;
-    let revision = raw
-        .put("bump", "x", None)
-        .await
-        .expect("raw put")
-        .header()
-        .expect("header")
-        .revision();
-    raw.compact(revision, None).await.expect("compact");
+    support::eventually("the broken stream is gone on the server", || async {
+        server_watches(&server).await.0 == 0.0
+    })
+    .await;
     proxy.set_mode(Mode::PassThrough);
+    assert!(direct.release(&h2).await.expect("release two"));
+    // Without a subscription the follower polls every retry period.
+    wait_leading(&e2, notified).await;
+    e1.shutdown().await;
+    e2.shutdown().await;
+}
 
-    // Resuming would skip events: the subscription ends instead, and the
-    // elector polls (which sees the current state).
-    assert_eq!(next(&mut events).await, None);
+/// The longest a follower of that test waits between polls: the retry
+/// period (2 s) plus up to 20 % jitter.
+const RETRY_WITH_JITTER: Duration = Duration::from_millis(2400);
+
+async fn wait_leading(elector: &Elector, within: Duration) {
+    let started = tokio::time::Instant::now();
+    while !elector.is_leader() {
+        assert!(
+            started.elapsed() < within,
+            "{} did not lead within {within:?}",
+            elector.key()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -2,6 +2,7 @@
 
 mod error;
 pub mod history;
+pub mod metrics;
 pub mod proxy;
 pub mod servers;
 pub mod suite;

@@ -14,7 +14,39 @@ pub(super) enum Put {
     Existing(KeyValue),
 }
 
+/// How many candidates [`EtcdStore::note_held_by_other`] remembers before
+/// it forgets them all (a forgotten candidate costs one lease grant and
+/// revoke on its next attempt, nothing else).
+const SEEN_HELD_LIMIT: usize = 4096;
+
 impl EtcdStore {
+    /// Whether `holder`'s last attempt on `k` found it held by someone else.
+    pub(super) fn last_seen_held(&self, k: &str, holder: &HolderId) -> bool {
+        self.seen_held()
+            .contains(&(k.to_owned(), holder.as_str().to_owned()))
+    }
+
+    /// Records what `holder`'s attempt on `k` found.
+    pub(super) fn note_held_by_other(&self, k: &str, holder: &HolderId, held: bool) {
+        let mut seen = self.seen_held();
+        let entry = (k.to_owned(), holder.as_str().to_owned());
+        if !held {
+            seen.remove(&entry);
+            return;
+        }
+        if seen.len() >= SEEN_HELD_LIMIT {
+            seen.clear();
+        }
+        seen.insert(entry);
+    }
+
+    fn seen_held(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<(String, String)>> {
+        self.inner
+            .seen_held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The acquisition transaction: create the key under lease `id` if it
     /// does not exist, else read it.
     pub(super) async fn put_if_absent(

@@ -38,22 +38,6 @@ impl EtcdStore {
         }
     }
 
-    /// Runs one etcd request under the request timeout, without retries (for
-    /// reads from an open stream).
-    pub(crate) async fn call<T>(
-        &self,
-        op: &'static str,
-        key: &str,
-        fut: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        let t = self.request_timeout();
-        match tokio::time::timeout(t, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(from_etcd(op, key, e)),
-            Err(_) => Err(timed_out(op, key, t)),
-        }
-    }
-
     /// Runs an etcd request under the request timeout, sending it again while
     /// it was certainly not processed ([`ErrorKind::Unavailable`]: a refused
     /// connection or a member without a leader), a few times per endpoint.
@@ -145,10 +129,13 @@ impl EtcdStore {
                 c.lease_time_to_live(id, None).await
             })
             .await?;
-        // -1: the lease just expired and its key is being deleted.
-        Ok(Some(Duration::from_secs(
-            u64::try_from(resp.ttl()).unwrap_or(0),
-        )))
+        // etcd truncates the remaining TTL to whole seconds, so the lease
+        // ends within one second after what it reports: report that upper
+        // bound, so that a follower waiting for the expiry wakes after it,
+        // not once a millisecond while etcd says 0. -1: the lease expired and
+        // its key is being deleted, which etcd does within a second too.
+        let whole = u64::try_from(resp.ttl()).unwrap_or(0);
+        Ok(Some(Duration::from_secs(whole + 1)))
     }
 
     pub(super) async fn info(

@@ -4,8 +4,9 @@ mod acquire;
 mod client;
 mod records;
 mod renewals;
+mod turns;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,8 +21,10 @@ use tokio::sync::OnceCell;
 
 use self::acquire::{Put, RevokeGuard};
 use self::records::{lease, lease_id_of, not_holder, token_of, ttl_seconds};
-use self::renewals::RenewState;
+use self::renewals::Renewals;
+use self::turns::Turns;
 use crate::config::EtcdConfig;
+use crate::watch::WatchHub;
 
 /// How often `acquire` and `force_release` retry when the key changed
 /// between their read and their conditional write.
@@ -29,7 +32,13 @@ const MAX_ATTEMPTS: usize = 3;
 
 /// A lease store on etcd v3.
 ///
-/// * **acquire** grants an etcd lease of the TTL rounded up to whole seconds,
+/// * **acquire** by a candidate whose last attempt found the key held by
+///   someone else first reads the key (linearizable): still held, it returns
+///   [`Acquire::Held`] without granting anything, so a follower's poll costs
+///   two reads and no write. Acquisitions of one key on one store take
+///   turns, so followers woken together by a release do not all grant a
+///   lease: the first takes the seat, the others read it taken. Otherwise it
+///   grants an etcd lease of the TTL rounded up to whole seconds,
 ///   then one transaction puts the key (value = holder id) under that lease
 ///   if the key does not exist (`create_revision == 0`), else reads it. If the
 ///   key holds the caller's own holder id (a re-acquire after a transient
@@ -59,12 +68,16 @@ const MAX_ATTEMPTS: usize = 3;
 /// * **release** deletes the key in a transaction that checks its revision
 ///   (our token), lease and holder id are still ours, then revokes the lease
 ///   in the background (a lease without keys is harmless and expires anyway).
-/// * **current** reads the key and the remaining TTL of its lease (whole
-///   seconds, as etcd reports it; the real expiry is within one second after).
+/// * **current** reads the key and the remaining TTL of its lease. etcd
+///   truncates it to whole seconds; the store reports it plus one second, the
+///   latest the lease can end, so a follower waiting for the expiry does not
+///   poll in a loop while etcd says 0.
 /// * **force_release** deletes the key (if it did not change meanwhile) and
 ///   revokes its lease.
-/// * **watch** follows the key with an etcd watch that resumes from the last
-///   seen revision after a reconnect; see [`LeaseStore::watch`].
+/// * **watch** follows the key on the store's one shared watch stream (one
+///   etcd watcher per key, events routed to that key's subscribers); when
+///   the stream breaks, every subscription ends and the electors poll until
+///   they subscribe again, which re-opens the stream once for all.
 ///
 /// The connection is made on first use, so a store can be built while etcd
 /// is down; each request is bounded by the request timeout.
@@ -89,7 +102,15 @@ struct Inner {
     client: OnceCell<Client>,
     /// Per etcd lease id: its keep-alive stream and the revision at which its
     /// key was last proven ours.
-    renewals: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<RenewState>>>>,
+    renewals: Renewals,
+    /// The watch stream shared by every subscription on this store.
+    watches: WatchHub,
+    /// Candidates (key, holder) whose last `acquire` found the key held by
+    /// someone else: their next `acquire` reads the key before granting a
+    /// lease.
+    seen_held: Mutex<HashSet<(String, String)>>,
+    /// One acquisition per key at a time (see [`turns`]).
+    turns: Turns,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -114,7 +135,10 @@ impl EtcdStore {
             inner: Arc::new(Inner {
                 config,
                 client: OnceCell::new(),
-                renewals: Mutex::new(HashMap::new()),
+                renewals: Renewals::default(),
+                watches: WatchHub::default(),
+                seen_held: Mutex::new(HashSet::new()),
+                turns: Turns::default(),
             }),
         })
     }
@@ -147,6 +171,11 @@ impl EtcdStore {
     pub fn config(&self) -> &EtcdConfig {
         &self.inner.config
     }
+
+    /// The watch stream shared by every subscription on this store.
+    pub(crate) fn watch_hub(&self) -> &WatchHub {
+        &self.inner.watches
+    }
 }
 
 #[async_trait]
@@ -167,7 +196,19 @@ impl LeaseStore for EtcdStore {
         const OP: &str = "acquire";
         let k = key.as_str();
         let client = self.client(OP, k).await?;
+        // Followers woken together by a release take turns: the first takes
+        // the seat, the others read it taken and grant nothing.
+        let _turn = self.inner.turns.take(k).await;
         for _ in 0..MAX_ATTEMPTS {
+            // A seat last seen taken is read before a lease is granted for
+            // it: a follower's poll is then a read, not a grant + revoke.
+            if self.last_seen_held(k, holder)
+                && let (Some(kv), _) = self.get_kv(&client, OP, k).await?
+                && kv.value() != holder.as_str().as_bytes()
+            {
+                let info = self.info(&client, OP, k, &kv).await?;
+                return Ok(Acquire::Held(info));
+            }
             let grant = self
                 .retrying(OP, k, &client, |mut c| async move {
                     c.lease_grant(ttl_seconds(ttl), None).await
@@ -178,6 +219,7 @@ impl LeaseStore for EtcdStore {
             match self.put_if_absent(&client, k, holder, id).await? {
                 Put::Created(kv) => {
                     guard.disarm();
+                    self.note_held_by_other(k, holder, false);
                     let token = token_of(OP, k, &kv)?;
                     return Ok(Acquire::Acquired(lease(key, holder, token, ttl, id)));
                 }
@@ -186,6 +228,7 @@ impl LeaseStore for EtcdStore {
                     // a new term (a new revision) under the new lease.
                     if let Some(new) = self.recreate_own(&client, k, holder, id, &kv).await? {
                         guard.disarm();
+                        self.note_held_by_other(k, holder, false);
                         let token = token_of(OP, k, &new)?;
                         if kv.lease() != id {
                             self.forget_renewal(kv.lease());
@@ -198,6 +241,7 @@ impl LeaseStore for EtcdStore {
                 }
                 Put::Existing(kv) => {
                     guard.revoke_now().await;
+                    self.note_held_by_other(k, holder, true);
                     let info = self.info(&client, OP, k, &kv).await?;
                     return Ok(Acquire::Held(info));
                 }
@@ -217,8 +261,8 @@ impl LeaseStore for EtcdStore {
         let id = lease_id_of(lease)?;
         let k = lease.key.as_str();
         let client = self.client(OP, k).await?;
-        let slot = self.renew_slot(id);
-        let mut state = slot.lock().await;
+        let slot = self.renew_slot(id, lease.ttl);
+        let mut state = slot.state.lock().await;
         let Some(revision) = self.keep_alive(&client, &mut state, lease, id).await? else {
             drop(state);
             self.forget_renewal(id);

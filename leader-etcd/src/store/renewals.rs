@@ -1,13 +1,26 @@
 //! Per-lease renewal state: one keep-alive stream per etcd lease, and the
 //! revision at which the lease's key was last proven ours.
+//!
+//! The state is a cache: dropping it only costs the next renewal a new
+//! keep-alive stream and a read. It is dropped on release and when a renewal
+//! finds the lease gone, and otherwise once no renewal has used it for the
+//! lease's TTL plus a request timeout (the lease has expired in etcd by then,
+//! unless renewed through another store): a reaper task, running while there
+//! is any state, removes such entries, so the keep-alive stream of a lease
+//! whose holder gave up (renewals timed out, the elector stepped down) does
+//! not stay open for the life of the store.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
 use leader_core::{ErrorKind, FencingToken, HolderId, Lease, Result};
 use tokio::time::Instant;
 
-use super::EtcdStore;
+use super::records::ttl_seconds;
+use super::{EtcdStore, Inner};
 use crate::error::timed_out;
 
 #[derive(Default)]
@@ -19,22 +32,101 @@ pub(super) struct RenewState {
     pub(super) verified: Option<(i64, FencingToken, HolderId)>,
 }
 
+/// One lease's renewal state and when it goes stale.
+pub(super) struct Slot {
+    /// Unused by any renewal until this instant, the entry is dropped.
+    stale_at: Mutex<Instant>,
+    pub(super) state: tokio::sync::Mutex<RenewState>,
+}
+
+/// Every lease's renewal state, by etcd lease id.
+#[derive(Default)]
+pub(super) struct Renewals {
+    slots: Mutex<HashMap<i64, Arc<Slot>>>,
+    /// Whether a reaper task is running.
+    reaping: AtomicBool,
+}
+
+impl Renewals {
+    fn slots(&self) -> MutexGuard<'_, HashMap<i64, Arc<Slot>>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many leases have renewal state (an open keep-alive stream or a
+    /// proven revision).
+    pub(super) fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    /// Drops every entry stale at `now` that no renewal is using. Returns
+    /// when the next entry goes stale, `None` when none is left.
+    fn sweep(&self, now: Instant) -> Option<Instant> {
+        let mut slots = self.slots();
+        slots.retain(|_, slot| {
+            let stale = *slot.stale_at.lock().unwrap_or_else(|e| e.into_inner()) <= now;
+            !stale || slot.state.try_lock().is_err()
+        });
+        slots
+            .values()
+            .map(|slot| *slot.stale_at.lock().unwrap_or_else(|e| e.into_inner()))
+            .min()
+    }
+}
+
+/// Sweeps `inner`'s renewal state whenever an entry may have gone stale,
+/// until none is left or the store is dropped.
+async fn reap(inner: Weak<Inner>) {
+    loop {
+        let Some(store) = inner.upgrade() else { return };
+        let renewals = &store.renewals;
+        let next = match renewals.sweep(Instant::now()) {
+            Some(next) => next,
+            None => {
+                renewals.reaping.store(false, Ordering::SeqCst);
+                // An entry added since the sweep saw a running reaper and
+                // started none: carry on for it.
+                if renewals.len() == 0 || renewals.reaping.swap(true, Ordering::SeqCst) {
+                    return;
+                }
+                continue;
+            }
+        };
+        // Entries added later go stale no earlier than a TTL from now; one
+        // with a shorter TTL than all before it is dropped at `next` at the
+        // latest.
+        let pause = next.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+        drop(store);
+        tokio::time::sleep(pause).await;
+    }
+}
+
 impl EtcdStore {
-    pub(super) fn renew_slot(&self, id: i64) -> Arc<tokio::sync::Mutex<RenewState>> {
-        let mut map = self
-            .inner
-            .renewals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        map.entry(id).or_default().clone()
+    /// The renewal state of lease `id` (made fresh if there is none), marked
+    /// as used now by a renewal of `ttl`.
+    pub(super) fn renew_slot(&self, id: i64, ttl: Duration) -> Arc<Slot> {
+        let renewals = &self.inner.renewals;
+        let stale_at = Instant::now()
+            + Duration::from_secs(ttl_seconds(ttl).unsigned_abs())
+            + self.request_timeout();
+        let slot = renewals
+            .slots()
+            .entry(id)
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    stale_at: Mutex::new(stale_at),
+                    state: tokio::sync::Mutex::default(),
+                })
+            })
+            .clone();
+        *slot.stale_at.lock().unwrap_or_else(|e| e.into_inner()) = stale_at;
+        if !renewals.reaping.swap(true, Ordering::SeqCst) {
+            tokio::spawn(reap(Arc::downgrade(&self.inner)));
+        }
+        slot
     }
 
     pub(super) fn forget_renewal(&self, id: i64) {
-        self.inner
-            .renewals
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.inner.renewals.slots().remove(&id);
     }
 
     /// One keep-alive round trip for lease `id`: `Some(revision)` of the answer
@@ -85,5 +177,73 @@ impl EtcdStore {
                 Ok(Some(None))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use leader_core::{Acquire, HolderId, LeaseKey, LeaseStore};
+    use leader_testkit::metrics::Metrics;
+    use leader_testkit::servers::EtcdServer;
+
+    use super::*;
+
+    /// Keep-alive streams open on the server (started minus finished).
+    async fn live_keep_alive_streams(server: &EtcdServer) -> f64 {
+        let m = Metrics::scrape(server.addr()).await.expect("etcd metrics");
+        let method = [("grpc_method", "LeaseKeepAlive")];
+        m.sum("grpc_server_started_total", &method) - m.sum("grpc_server_handled_total", &method)
+    }
+
+    /// A lease whose holder stops renewing without releasing (its renewals
+    /// timed out, its elector stepped down or aborted) loses its renewal
+    /// state and keep-alive stream once it has certainly expired.
+    #[tokio::test]
+    async fn an_abandoned_lease_loses_its_keep_alive_stream_after_it_expired() {
+        let server = EtcdServer::start().await.expect("etcd");
+        let request_timeout = Duration::from_millis(500);
+        let store = EtcdStore::from_url(&format!(
+            "{}?request_timeout={}ms",
+            server.url(),
+            request_timeout.as_millis()
+        ))
+        .expect("store");
+        let key = LeaseKey::new("leader-etcd-unit:", "abandoned").expect("key");
+        let holder = HolderId::new("h").expect("holder");
+        let ttl = Duration::from_secs(1);
+        let Acquire::Acquired(lease) = store.acquire(&key, &holder, ttl).await.expect("acquire")
+        else {
+            panic!("a fresh key is free");
+        };
+        store.renew(&lease).await.expect("renew");
+        assert_eq!(store.inner.renewals.len(), 1);
+        assert_eq!(live_keep_alive_streams(&server).await, 1.0);
+        let abandoned = Instant::now();
+
+        // No renewal from now on; the lease expires in etcd after its TTL.
+        let bound = ttl + request_timeout + Duration::from_secs(10);
+        loop {
+            if store.inner.renewals.len() == 0 && live_keep_alive_streams(&server).await == 0.0 {
+                break;
+            }
+            assert!(
+                abandoned.elapsed() < bound,
+                "state of an expired lease still kept after {:?}: {} entries, {} streams",
+                abandoned.elapsed(),
+                store.inner.renewals.len(),
+                live_keep_alive_streams(&server).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The state was not dropped early: the lease's TTL had passed.
+        assert!(
+            abandoned.elapsed() >= ttl,
+            "dropped after {:?}",
+            abandoned.elapsed()
+        );
+        assert!(
+            store.renew(&lease).await.is_err(),
+            "the expired lease cannot be renewed"
+        );
     }
 }
