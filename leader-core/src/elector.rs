@@ -244,6 +244,43 @@ impl Elector {
         WorkHandle { handle, stop }
     }
 
+    /// Ends the current term cleanly and stays a candidate (etcd's `Resign`,
+    /// Curator's `interruptLeadership`): run-while-leader work is cancelled
+    /// and waited for (up to its term's hard deadline), then the lease is
+    /// released, which wakes followers on stores that notify, so one of them
+    /// takes over within about one request (or one retry period where
+    /// followers poll). This instance competes again after `hold_off`
+    /// (measured from this call) or, without one, after the longest a
+    /// polling follower needs to take the seat (the retry period with its
+    /// jitter, plus one request timeout), so that another replica, not this
+    /// one, wins the free seat when there is one. A hold-off also applies
+    /// when this instance does not lead: it then only keeps it from
+    /// competing (to drain a replica); `resign(None)` on a follower does
+    /// nothing.
+    ///
+    /// Returns whether a term was ended, once its release is done (or the
+    /// elector began shutting down). The resigned term's fencing token is
+    /// dead: a later term, of this instance or another, has a higher one.
+    ///
+    /// Cost: one `release` call, as for [`Elector::shutdown`]; nothing when
+    /// not leading. With election disabled the single term ends and a new
+    /// one (token 0) begins after the same pause.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future does not undo the resignation, which
+    /// goes on in the background.
+    pub async fn resign(&self, hold_off: Option<Duration>) -> bool {
+        let Some(seq) = self.inner.tracker.resign(hold_off) else {
+            return false;
+        };
+        tokio::select! {
+            _ = self.inner.tracker.wait_closed(seq) => {}
+            _ = self.inner.stop.cancelled() => {}
+        }
+        true
+    }
+
     /// Stops competing, stops run-while-leader work, then releases the lease
     /// (bounded by the release timeout) so a follower can take over at once.
     /// No acquire is sent once this has begun, and none afterwards.
@@ -527,6 +564,10 @@ impl Campaign {
             if self.stop.is_cancelled() {
                 break;
             }
+            if let Some(until) = self.tracker.held_off_until() {
+                self.pause_until(until).await;
+                continue;
+            }
             let next = match self.try_acquire().await {
                 Attempt::Won { lease, sent } => self.lead(lease, sent).await,
                 Attempt::Held { remaining } => Next::Follow {
@@ -658,6 +699,7 @@ impl Campaign {
                 tracker.telemetry.released(token, released);
             }
         }
+        tracker.term_closed(term.seq);
         if end == KeepEnd::Stopped && !self.stop.is_cancelled() {
             // Stepped down at the work's request. Our own release
             // notification must not wake us: drop the subscription.
@@ -717,10 +759,15 @@ impl Campaign {
 
     /// Waits `pause` (or until shutdown) without competing.
     async fn pause(&self, pause: Duration) {
+        self.pause_until(Instant::now() + pause).await;
+    }
+
+    /// Waits until `until` (or shutdown) without competing.
+    async fn pause_until(&self, until: Instant) {
         tokio::select! {
             biased;
             _ = self.stop.cancelled() => {}
-            _ = tokio::time::sleep(pause) => {}
+            _ = sleep_until(until) => {}
         }
     }
 
@@ -759,11 +806,14 @@ async fn run_single(
         if let Some((_, deadline)) = tracker.end_term(None) {
             tracker.wait_work_stopped(deadline).await;
         }
+        tracker.term_closed(current.seq);
         let pause = step_down_pause(&tracker, &mut panics_in_a_row);
+        let until =
+            (Instant::now() + pause).max(tracker.held_off_until().unwrap_or_else(Instant::now));
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+            _ = sleep_until(until) => {}
         }
         term = tracker.begin_term(FencingToken(0), None);
     }

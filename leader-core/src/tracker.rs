@@ -53,6 +53,8 @@ pub(crate) enum StepDown {
     Panicked,
     /// The work returned and was started with `OnReturn::StepDown`.
     Returned,
+    /// `Elector::resign` was called.
+    Resigned,
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +71,8 @@ struct Inner {
     terms: u64,
     /// The first step-down request of the current term.
     step_down: Option<StepDown>,
+    /// Set by `Elector::resign` with a hold-off: no acquire before then.
+    hold_off_until: Option<Instant>,
 }
 
 /// Shared state of one lease holder.
@@ -92,6 +96,9 @@ pub(crate) struct LeaseTracker {
     work_active: watch::Sender<usize>,
     /// Set by `Elector::abort`: never release (a simulated crash).
     aborted: std::sync::atomic::AtomicBool,
+    /// The sequence number of the last term whose end is complete: its
+    /// work stopped and its lease released (or left to expire).
+    closed: watch::Sender<u64>,
 }
 
 const FOREVER: u64 = u64::MAX;
@@ -119,6 +126,7 @@ impl LeaseTracker {
             term_tx: watch::channel(None).0,
             work_active: watch::channel(0).0,
             aborted: std::sync::atomic::AtomicBool::new(false),
+            closed: watch::channel(0).0,
         }
     }
 
@@ -390,6 +398,52 @@ impl LeaseTracker {
         inner.step_down.get_or_insert(why);
         drop(inner);
         step_down.cancel();
+    }
+
+    /// Resigns: asks the current term (if any) to end as a voluntary
+    /// step-down, and keeps the holder from acquiring until `hold_off` has
+    /// passed (a later hold-off never shortens an earlier one). Returns the
+    /// sequence number of the term asked to end.
+    ///
+    /// A term ended without a hold-off is still held off for
+    /// [`Timing::follower_reaction`], so that a polling follower, not this
+    /// holder, wins the free seat.
+    pub(crate) fn resign(&self, hold_off: Option<Duration>) -> Option<u64> {
+        let mut inner = self.lock();
+        let leading = inner.term.is_some();
+        let hold_off = hold_off.or(leading.then(|| self.timing.follower_reaction()));
+        if let Some(hold_off) = hold_off {
+            let until = Instant::now() + hold_off.min(crate::timing::LONGEST);
+            inner.hold_off_until = Some(inner.hold_off_until.map_or(until, |u| u.max(until)));
+        }
+        let term = inner.term.as_ref()?;
+        let (seq, step_down) = (term.seq, term.step_down.clone());
+        inner.step_down.get_or_insert(StepDown::Resigned);
+        drop(inner);
+        step_down.cancel();
+        Some(seq)
+    }
+
+    /// Until when a resign's hold-off keeps the holder from acquiring, if
+    /// that is still ahead.
+    pub(crate) fn held_off_until(&self) -> Option<Instant> {
+        self.lock().hold_off_until.filter(|u| *u > Instant::now())
+    }
+
+    /// Records that the term numbered `seq` is completely over (work
+    /// stopped, lease released or left to expire).
+    pub(crate) fn term_closed(&self, seq: u64) {
+        self.closed.send_if_modified(|c| {
+            let later = seq > *c;
+            *c = (*c).max(seq);
+            later
+        });
+    }
+
+    /// Waits until the term numbered `seq` is completely over.
+    pub(crate) async fn wait_closed(&self, seq: u64) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c >= seq).await;
     }
 
     /// Why the current (or just ended) term was asked to step down, if it was.

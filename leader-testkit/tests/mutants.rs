@@ -511,7 +511,11 @@ async fn a_store_whose_leases_never_end_is_caught_by_the_late_answer_cases() {
 
 #[tokio::test(start_paused = true)]
 async fn a_store_whose_release_does_nothing_is_caught() {
-    assert_caught(Bug::ReleaseDoesNothing, &["lock_guard_drop_releases"]).await;
+    assert_caught(
+        Bug::ReleaseDoesNothing,
+        &["lock_guard_drop_releases", "election_resign_hands_over"],
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -612,6 +616,7 @@ async fn the_unbroken_wrapper_passes_the_same_cases() {
         "election_renewals_stop_after_shutdown",
         "election_started_while_down_stopped_leaves_nothing",
         "election_started_while_down_leads_once_up",
+        "election_resign_hands_over",
     ] {
         cases.push((Bug::None, case));
     }

@@ -65,6 +65,7 @@ mod identity;
 mod lifecycle;
 mod locks;
 mod memory;
+mod resign;
 mod runner;
 mod stall;
 mod store;
@@ -78,6 +79,7 @@ pub use identity::*;
 pub use lifecycle::*;
 pub use locks::*;
 pub use memory::{FaultyLink, MemoryFixture};
+pub use resign::*;
 pub use runner::{
     CaseOutcome, CaseReport, Level, SuiteReport, Tally, assert_pinned_names_are_cases, case_names,
     check_case, pinning_violation, run_all, run_case,

@@ -8,7 +8,9 @@ use futures::future::BoxFuture;
 use leader_core::{Capabilities, NotificationSupport};
 use tokio::time::Instant;
 
-use super::{CaseResult, Ctx, Fixture, abuse, election, faults, identity, lifecycle, locks, store};
+use super::{
+    CaseResult, Ctx, Fixture, abuse, election, faults, identity, lifecycle, locks, resign, store,
+};
 
 /// Whether a case talks to the store directly or through electors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
