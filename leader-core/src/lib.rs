@@ -7,7 +7,9 @@ mod health;
 mod keeper;
 mod lock;
 pub mod memory;
+mod metadata;
 mod names;
+mod observer;
 mod store;
 mod telemetry;
 #[cfg(feature = "testing")]
@@ -24,9 +26,11 @@ pub use error::{Error, ErrorKind, Result};
 pub use health::{HealthData, HealthReport, HealthStatus, Probe, Readiness};
 pub use lock::{LockGuard, Locks};
 pub use memory::MemoryStore;
+pub use metadata::{MAX_METADATA_LEN, Metadata};
 pub use names::{
     FencingToken, HolderId, LeaseKey, MAX_HOLDER_LEN, MAX_INSTANCE_ID_LEN, MAX_KEY_LEN,
 };
+pub use observer::{LeaderInfo, Observer};
 pub use store::{
     Acquire, Capabilities, FencingSource, Lease, LeaseEvent, LeaseEvents, LeaseInfo, LeaseStore,
     MAX_TTL, NotificationSupport, check_ttl,

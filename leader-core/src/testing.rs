@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::metadata::Metadata;
 use crate::names::{HolderId, LeaseKey};
 use crate::store::{Acquire, Capabilities, Lease, LeaseEvents, LeaseInfo, LeaseStore};
 
@@ -42,15 +43,19 @@ pub enum Op {
     ForceRelease,
     /// [`LeaseStore::watch`].
     Watch,
+    /// [`LeaseStore::update_metadata`] (`acquire_with_metadata` counts as
+    /// [`Op::Acquire`]).
+    UpdateMetadata,
 }
 
-const OPS: [Op; 6] = [
+const OPS: [Op; 7] = [
     Op::Acquire,
     Op::Renew,
     Op::Release,
     Op::Current,
     Op::ForceRelease,
     Op::Watch,
+    Op::UpdateMetadata,
 ];
 
 /// What happens to a call.
@@ -73,8 +78,8 @@ pub enum Fault {
 pub struct FaultyStore {
     inner: Arc<dyn LeaseStore>,
     capabilities: Option<Capabilities>,
-    faults: Mutex<[Option<Fault>; 6]>,
-    calls: [AtomicU64; 6],
+    faults: Mutex<[Option<Fault>; OPS.len()]>,
+    calls: [AtomicU64; OPS.len()],
 }
 
 impl FaultyStore {
@@ -83,7 +88,7 @@ impl FaultyStore {
         FaultyStore {
             inner,
             capabilities: None,
-            faults: Mutex::new([None; 6]),
+            faults: Mutex::new([None; OPS.len()]),
             calls: Default::default(),
         }
     }
@@ -107,7 +112,7 @@ impl FaultyStore {
 
     /// Sets (or clears) the fault for every operation.
     pub fn set_all(&self, fault: Option<Fault>) {
-        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = [fault; 6];
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = [fault; OPS.len()];
     }
 
     /// Clears every fault.
@@ -178,5 +183,27 @@ impl LeaseStore for FaultyStore {
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
         self.run(Op::Watch, self.inner.watch(key)).await
+    }
+
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        self.run(
+            Op::Acquire,
+            self.inner.acquire_with_metadata(key, holder, ttl, metadata),
+        )
+        .await
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        self.run(
+            Op::UpdateMetadata,
+            self.inner.update_metadata(lease, metadata),
+        )
+        .await
     }
 }
