@@ -31,6 +31,8 @@ macro_rules! __conformance_case_list {
             store::release_notifications_arrive, Store, needs_notifications;
             store::watch_unsupported_is_typed, Store, needs_no_notifications;
             store::force_release_frees_any_holder, Store, always;
+            observe::metadata_is_stored_with_the_term, Store, always;
+            observe::observer_follows_the_seat, Store, always;
             abuse::takeover_leaves_the_new_holder_untouched, Store, always;
             abuse::cancelled_acquires_never_hold_forever, Store, always;
             abuse::no_leaks_over_many_cycles, Store, needs_resource_counts;

@@ -65,6 +65,7 @@ mod identity;
 mod lifecycle;
 mod locks;
 mod memory;
+mod observe;
 mod resign;
 mod runner;
 mod stall;
@@ -79,6 +80,7 @@ pub use identity::*;
 pub use lifecycle::*;
 pub use locks::*;
 pub use memory::{FaultyLink, MemoryFixture};
+pub use observe::*;
 pub use resign::*;
 pub use runner::{
     CaseOutcome, CaseReport, Level, SuiteReport, Tally, assert_pinned_names_are_cases, case_names,

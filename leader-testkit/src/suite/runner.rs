@@ -9,7 +9,8 @@ use leader_core::{Capabilities, NotificationSupport};
 use tokio::time::Instant;
 
 use super::{
-    CaseResult, Ctx, Fixture, abuse, election, faults, identity, lifecycle, locks, resign, store,
+    CaseResult, Ctx, Fixture, abuse, election, faults, identity, lifecycle, locks, observe, resign,
+    store,
 };
 
 /// Whether a case talks to the store directly or through electors.
