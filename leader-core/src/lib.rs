@@ -24,7 +24,7 @@ pub use config::{ElectionConfig, Preset, SECTION, UNNAMED_RESOURCE, parse_durati
 pub use elector::{Elector, LeaderContext, OnReturn, WorkHandle};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{HealthData, HealthReport, HealthStatus, Probe, Readiness};
-pub use lock::{LockGuard, Locks};
+pub use lock::{LockGuard, LockOptions, Locks};
 pub use memory::MemoryStore;
 pub use metadata::{MAX_METADATA_LEN, Metadata};
 pub use names::{

@@ -71,6 +71,10 @@ pub enum Fault {
     /// Perform the call on the inner store, then report
     /// [`ErrorKind::Indeterminate`]: the effect happened, the reply was lost.
     DropReply,
+    /// Perform the call on the inner store at once, then hand its answer
+    /// over after this delay: the effect happened, the reply is slow (a
+    /// caller that gives up meanwhile never learns of it).
+    DelayReply(Duration),
 }
 
 /// The wrapper. See the module docs.
@@ -139,6 +143,11 @@ impl FaultyStore {
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 call.await
+            }
+            Some(Fault::DelayReply(d)) => {
+                let answer = call.await;
+                tokio::time::sleep(d).await;
+                answer
             }
             Some(Fault::DropReply) => {
                 let _ = call.await;
