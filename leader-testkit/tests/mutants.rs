@@ -554,7 +554,12 @@ async fn a_store_whose_leases_never_end_is_caught_by_the_late_answer_cases() {
 async fn a_store_whose_release_does_nothing_is_caught() {
     assert_caught(
         Bug::ReleaseDoesNothing,
-        &["lock_guard_drop_releases", "election_resign_hands_over"],
+        &[
+            "lock_guard_drop_releases",
+            "election_resign_hands_over",
+            "lock_waiter_takes_the_released_lock",
+            "lock_dropped_waits_leave_nothing_held",
+        ],
     )
     .await;
 }
@@ -678,6 +683,10 @@ async fn the_unbroken_wrapper_passes_the_same_cases() {
         "election_resign_hands_over",
         "metadata_is_stored_with_the_term",
         "observer_follows_the_seat",
+        "lock_waiter_takes_the_released_lock",
+        "lock_dropped_waits_leave_nothing_held",
+        "lock_hold_at_least_outlives_an_early_release",
+        "lock_hold_at_most_gives_up_a_stuck_holder",
     ] {
         cases.push((Bug::None, case));
     }

@@ -44,6 +44,10 @@ macro_rules! __conformance_case_list {
             locks::lock_forced_release_fires_lost, Lock, always;
             locks::lock_renewals_stop_after_release, Lock, always;
             locks::lock_late_answer_gives_no_guard, Lock, always;
+            waiting::lock_waiter_takes_the_released_lock, Lock, always;
+            waiting::lock_dropped_waits_leave_nothing_held, Lock, always;
+            waiting::lock_hold_at_least_outlives_an_early_release, Lock, always;
+            waiting::lock_hold_at_most_gives_up_a_stuck_holder, Lock, always;
             election::election_one_leader, Election, always;
             election::election_crash_failover, Election, always;
             election::election_graceful_handover, Election, always;

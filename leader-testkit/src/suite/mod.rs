@@ -70,6 +70,7 @@ mod resign;
 mod runner;
 mod stall;
 mod store;
+mod waiting;
 
 pub use abuse::*;
 pub use ctx::{CaseResult, Ctx, Failure, Profile};
@@ -88,3 +89,4 @@ pub use runner::{
 };
 pub use stall::StallingStore;
 pub use store::*;
+pub use waiting::*;

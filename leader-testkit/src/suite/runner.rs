@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{
     CaseResult, Ctx, Fixture, abuse, election, faults, identity, lifecycle, locks, observe, resign,
-    store,
+    store, waiting,
 };
 
 /// Whether a case talks to the store directly or through electors.
