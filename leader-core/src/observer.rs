@@ -122,6 +122,7 @@ pub struct Observer {
     store: Arc<dyn LeaseStore>,
     timing: Timing,
     state: watch::Receiver<Option<LeaderInfo>>,
+    errors: watch::Receiver<Option<String>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -163,13 +164,15 @@ impl Observer {
         };
         let first = watcher.read().await?;
         let (tx, state) = watch::channel(first);
+        let (errors_tx, errors) = watch::channel(None);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(watcher.run(tx, stop.clone()));
+        let task = tokio::spawn(watcher.run(tx, errors_tx, stop.clone()));
         Ok(Observer {
             key,
             store,
             timing,
             state,
+            errors,
             stop,
             task,
         })
@@ -185,6 +188,13 @@ impl Observer {
     /// shows the latest observation, including its time left.
     pub fn subscribe(&self) -> watch::Receiver<Option<LeaderInfo>> {
         self.state.clone()
+    }
+
+    /// A receiver of the observer's store trouble: the message of the last
+    /// failed read while reads fail, `None` once one succeeds again. While
+    /// reads fail, the published leader is the last one read.
+    pub fn errors(&self) -> watch::Receiver<Option<String>> {
+        self.errors.clone()
     }
 
     /// Reads the seat from the store now: one `current` call, bounded by
@@ -231,7 +241,12 @@ impl Watcher {
         read(&*self.store, &self.key, self.timing.request_timeout).await
     }
 
-    async fn run(mut self, tx: watch::Sender<Option<LeaderInfo>>, stop: CancellationToken) {
+    async fn run(
+        mut self,
+        tx: watch::Sender<Option<LeaderInfo>>,
+        errors: watch::Sender<Option<String>>,
+        stop: CancellationToken,
+    ) {
         let notifies = self.store.capabilities().notifies();
         let mut next_subscribe = Instant::now();
         loop {
@@ -245,6 +260,7 @@ impl Watcher {
             }
             let wait = match self.read().await {
                 Ok(leader) => {
+                    errors.send_if_modified(|e| e.take().is_some());
                     let wait = self.wait_after(leader.as_ref());
                     tx.send_if_modified(|seen| {
                         let changed = !same_seat(seen.as_ref(), leader.as_ref());
@@ -255,6 +271,7 @@ impl Watcher {
                 }
                 Err(e) => {
                     tracing::debug!(key = %self.key, error = %e, "observer: reading the seat failed");
+                    errors.send_replace(Some(e.to_string()));
                     self.timing.retry_period
                 }
             };
