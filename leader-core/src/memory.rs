@@ -129,6 +129,30 @@ impl MemoryStore {
         )))
     }
 
+    /// The slot of `lease`'s key while it still holds `lease` (holder and
+    /// token), after dropping an expired holder; `NotHolder` otherwise.
+    fn holding<'a>(
+        inner: &'a mut Inner,
+        lease: &Lease,
+        now: Instant,
+        operation: &'static str,
+    ) -> Result<&'a mut Slot> {
+        if let Some(slot) = inner.slots.get_mut(&lease.key)
+            && slot
+                .live(now)
+                .is_some_and(|h| h.holder == lease.holder && h.token == lease.token)
+        {
+            return Ok(slot);
+        }
+        Err(crate::Error::not_holder(format!(
+            "lease with token {} is no longer held by {}",
+            lease.token, lease.holder
+        ))
+        .with_store("memory")
+        .with_operation(operation)
+        .with_key(lease.key.as_str()))
+    }
+
     /// Arms a timer that removes the lease when it expires, so that watchers
     /// hear of expiry without polling.
     fn schedule_expiry(&self, key: LeaseKey, token: FencingToken, at: Instant) {
@@ -175,36 +199,16 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
-        let now = Instant::now();
         let mut inner = self.lock();
-        let held = inner
-            .slots
-            .get_mut(&lease.key)
-            .and_then(|slot| {
-                slot.live(now);
-                slot.held.as_mut()
-            })
-            .filter(|h| h.holder == lease.holder && h.token == lease.token);
-        match held {
-            Some(held) => {
-                held.metadata = Some(metadata.clone());
-                let event = LeaseEvent::MetadataUpdated {
-                    holder: held.holder.clone(),
-                    token: held.token,
-                };
-                if let Some(slot) = inner.slots.get_mut(&lease.key) {
-                    slot.notify(event);
-                }
-                Ok(())
-            }
-            None => Err(crate::Error::not_holder(format!(
-                "lease with token {} is no longer held by {}",
-                lease.token, lease.holder
-            ))
-            .with_store("memory")
-            .with_operation("update_metadata")
-            .with_key(lease.key.as_str())),
+        let slot = Self::holding(&mut inner, lease, Instant::now(), "update_metadata")?;
+        if let Some(held) = slot.held.as_mut() {
+            held.metadata = Some(metadata.clone());
         }
+        slot.notify(LeaseEvent::MetadataUpdated {
+            holder: lease.holder.clone(),
+            token: lease.token,
+        });
+        Ok(())
     }
 
     async fn renew(&self, lease: &Lease) -> Result<()> {
@@ -213,25 +217,9 @@ impl LeaseStore for MemoryStore {
         let expires_at = now + lease.ttl;
         {
             let mut inner = self.lock();
-            let held = inner
-                .slots
-                .get_mut(&lease.key)
-                .and_then(|slot| {
-                    slot.live(now);
-                    slot.held.as_mut()
-                })
-                .filter(|h| h.holder == lease.holder && h.token == lease.token);
-            match held {
-                Some(held) => held.expires_at = expires_at,
-                None => {
-                    return Err(crate::Error::not_holder(format!(
-                        "lease with token {} is no longer held by {}",
-                        lease.token, lease.holder
-                    ))
-                    .with_store("memory")
-                    .with_operation("renew")
-                    .with_key(lease.key.as_str()));
-                }
+            let slot = Self::holding(&mut inner, lease, now, "renew")?;
+            if let Some(held) = slot.held.as_mut() {
+                held.expires_at = expires_at;
             }
         }
         self.schedule_expiry(lease.key.clone(), lease.token, expires_at);

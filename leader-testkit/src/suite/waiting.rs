@@ -2,27 +2,15 @@
 //! `LockOptions::hold_at_least` and `LockOptions::hold_at_most` on the
 //! store under test.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::{LeaseStore, LockOptions, Locks};
+use leader_core::LockOptions;
 use tokio::time::{Instant, sleep, timeout};
 
 use super::cluster::follower_reaction;
+use super::locks::locks;
 use super::store::{poll, step};
 use super::{CaseResult, Ctx, Failure};
-
-/// Locks for `instance` on `store`, with the profile's timing and `lease`.
-fn locks(
-    ctx: &Ctx,
-    store: Arc<dyn LeaseStore>,
-    instance: &str,
-    lease: Duration,
-) -> Result<Locks, Failure> {
-    let mut config = ctx.election_config("locks", instance);
-    config.lease_duration = lease;
-    Ok(Locks::new(store, config)?)
-}
 
 /// How long a waiter may take to notice a release: about one request on
 /// stores that push releases, a follower's polling reaction otherwise.
