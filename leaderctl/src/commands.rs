@@ -446,6 +446,26 @@ mod tests {
     }
 
     #[test]
+    fn status_lines_show_metadata_as_text_or_hex() {
+        let info = |m: &[u8]| {
+            LeaderInfo::from_lease(
+                leader::LeaseInfo::new(
+                    leader::HolderId::new("pod-a").expect("holder"),
+                    leader::FencingToken(7),
+                    None,
+                )
+                .with_metadata(Some(Metadata::new(m.to_vec()).expect("small"))),
+                Instant::now(),
+            )
+        };
+        let text = describe(Some(&info(b"10.0.0.7:8080")));
+        assert_eq!(text, "leader pod-a (token 7, metadata \"10.0.0.7:8080\")");
+        let json = holder_json(Some(&info(&[0xff, 0x01])));
+        assert_eq!(json["metadata"], "ff01");
+        assert_eq!(describe(None), "no leader");
+    }
+
+    #[test]
     fn a_stop_signal_gives_128_plus_the_signal_unless_the_command_exited_with_a_code() {
         let exited_3 = ExitStatus::from_raw(3 << 8);
         let killed = ExitStatus::from_raw(Signal::SIGTERM as i32);
