@@ -22,7 +22,9 @@ use crate::config::ElectionConfig;
 use crate::error::{Error, Result};
 use crate::health::{self, HealthReport, Probe};
 use crate::keeper::{self, KeepEnd};
+use crate::metadata::Metadata;
 use crate::names::{FencingToken, HolderId, LeaseKey};
+use crate::observer::{self, LeaderInfo};
 use crate::store::{Acquire, Lease, LeaseEvent, LeaseEvents, LeaseStore};
 use crate::telemetry::{Kind as TelemetryKind, LossReason, Telemetry};
 use crate::timing::{Pushed, Timing};
@@ -55,6 +57,8 @@ pub struct Elector {
 #[derive(Debug)]
 struct Handle {
     tracker: Arc<LeaseTracker>,
+    /// The store, when election is enabled.
+    store: Option<Arc<dyn LeaseStore>>,
     stop: CancellationToken,
     task: Mutex<Option<JoinHandle<()>>>,
     enabled: bool,
@@ -78,6 +82,42 @@ impl Elector {
     ///
     /// Invalid configuration (the message names the field), or no tokio runtime.
     pub fn start(store: Arc<dyn LeaseStore>, config: ElectionConfig) -> Result<Elector> {
+        Self::start_inner(store, config, None)
+    }
+
+    /// [`Elector::start`], publishing `metadata` with every lease this
+    /// instance acquires (etcd's `Proclaim` value, Curator's participant
+    /// data): followers, [`Observer`](crate::Observer)s and `leaderctl
+    /// status` read it with the holder and token. It is stored in the same
+    /// atomic step as each acquisition (no extra store operation) and
+    /// changed with [`Elector::proclaim`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Elector::start`], and
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) when
+    /// election is enabled and the store does not declare
+    /// [`Capabilities::metadata`](crate::Capabilities::metadata).
+    pub fn start_with_metadata(
+        store: Arc<dyn LeaseStore>,
+        config: ElectionConfig,
+        metadata: Metadata,
+    ) -> Result<Elector> {
+        if config.enabled && !store.capabilities().metadata {
+            return Err(Error::unsupported(format!(
+                "the {} store does not keep leader metadata yet",
+                store.kind()
+            ))
+            .with_store(store.kind()));
+        }
+        Self::start_inner(store, config, Some(metadata))
+    }
+
+    fn start_inner(
+        store: Arc<dyn LeaseStore>,
+        config: ElectionConfig,
+        metadata: Option<Metadata>,
+    ) -> Result<Elector> {
         config.validate()?;
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(Error::no_runtime("Elector::start"));
@@ -97,7 +137,11 @@ impl Elector {
             telemetry,
             config.follower_health_status,
         ));
+        if let Some(metadata) = metadata {
+            tracker.set_metadata(metadata, None);
+        }
         let stop = CancellationToken::new();
+        let handle_store = config.enabled.then(|| store.clone());
         let task = if config.enabled {
             let task = run(store, tracker.clone(), stop.clone());
             tokio::spawn(tracker.telemetry.supervise(task))
@@ -109,6 +153,7 @@ impl Elector {
         Ok(Elector {
             inner: Arc::new(Handle {
                 tracker,
+                store: handle_store,
                 stop,
                 task: Mutex::new(Some(task)),
                 enabled: config.enabled,
@@ -242,6 +287,88 @@ impl Elector {
             }
         });
         WorkHandle { handle, stop }
+    }
+
+    /// Replaces the metadata published with this instance's lease (etcd's
+    /// `Proclaim`). While this instance leads, the store record is updated
+    /// at once (one `update_metadata` call, bounded by the request timeout;
+    /// it matches holder and token, so it can never touch another term);
+    /// every later acquisition stores the new value too. Subscribers of
+    /// [`Elector::subscribe`] see it once the store confirmed it. With
+    /// election disabled it is only published locally.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) when the
+    /// store keeps no metadata; when leading, the store's error:
+    /// [`ErrorKind::NotHolder`](crate::ErrorKind::NotHolder) if the term
+    /// ended meanwhile, unavailable or indeterminate (the record may hold
+    /// either value; the next acquisition stores the new one).
+    pub async fn proclaim(&self, metadata: Metadata) -> Result<()> {
+        let tracker = &self.inner.tracker;
+        let Some(store) = &self.inner.store else {
+            tracker.set_metadata(metadata, tracker.token());
+            return Ok(());
+        };
+        if !store.capabilities().metadata {
+            return Err(Error::unsupported(format!(
+                "the {} store does not keep leader metadata yet",
+                store.kind()
+            ))
+            .with_store(store.kind()));
+        }
+        tracker.set_metadata(metadata.clone(), None);
+        let Some(lease) = tracker.term_lease() else {
+            return Ok(());
+        };
+        let limit = tracker.timing.request_timeout;
+        timeout(limit, store.update_metadata(&lease, &metadata))
+            .await
+            .map_err(|_| {
+                Error::indeterminate(format!("update_metadata did not answer within {limit:?}"))
+                    .with_store(store.kind())
+                    .with_operation("update_metadata")
+                    .with_key(lease.key.as_str())
+            })??;
+        tracker.set_metadata(metadata, Some(lease.token));
+        Ok(())
+    }
+
+    /// Ends the current term cleanly and stays a candidate (etcd's `Resign`,
+    /// Curator's `interruptLeadership`): run-while-leader work is cancelled
+    /// and waited for (up to its term's hard deadline), then the lease is
+    /// released, which wakes followers on stores that notify, so one of them
+    /// takes over within about one request (or one retry period where
+    /// followers poll). This instance competes again after `hold_off`
+    /// (measured from this call) or, without one, after the longest a
+    /// polling follower needs to take the seat (the retry period with its
+    /// jitter, plus one request timeout), so that another replica, not this
+    /// one, wins the free seat when there is one. A hold-off also applies
+    /// when this instance does not lead: it then only keeps it from
+    /// competing (to drain a replica); `resign(None)` on a follower does
+    /// nothing.
+    ///
+    /// Returns whether a term was ended, once its release is done (or the
+    /// elector began shutting down). The resigned term's fencing token is
+    /// dead: a later term, of this instance or another, has a higher one.
+    ///
+    /// Cost: one `release` call, as for [`Elector::shutdown`]; nothing when
+    /// not leading. With election disabled the single term ends and a new
+    /// one (token 0) begins after the same pause.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future does not undo the resignation, which
+    /// goes on in the background.
+    pub async fn resign(&self, hold_off: Option<Duration>) -> bool {
+        let Some(seq) = self.inner.tracker.resign(hold_off) else {
+            return false;
+        };
+        tokio::select! {
+            _ = self.inner.tracker.wait_closed(seq) => {}
+            _ = self.inner.stop.cancelled() => {}
+        }
+        true
     }
 
     /// Stops competing, stops run-while-leader work, then releases the lease
@@ -527,6 +654,10 @@ impl Campaign {
             if self.stop.is_cancelled() {
                 break;
             }
+            if let Some(until) = self.tracker.held_off_until() {
+                self.pause_until(until).await;
+                continue;
+            }
             let next = match self.try_acquire().await {
                 Attempt::Won { lease, sent } => self.lead(lease, sent).await,
                 Attempt::Held { remaining } => Next::Follow {
@@ -581,21 +712,30 @@ impl Campaign {
     async fn try_acquire(&self) -> Attempt {
         let timing = self.tracker.timing;
         let tracker = &self.tracker;
+        let metadata = tracker.metadata();
         let sent = Instant::now();
-        let outcome = timeout(
-            timing.request_timeout,
-            self.store
-                .acquire(&tracker.key, &tracker.holder, timing.lease),
-        )
+        let outcome = timeout(timing.request_timeout, async {
+            match &metadata {
+                Some(m) => {
+                    self.store
+                        .acquire_with_metadata(&tracker.key, &tracker.holder, timing.lease, m)
+                        .await
+                }
+                None => {
+                    self.store
+                        .acquire(&tracker.key, &tracker.holder, timing.lease)
+                        .await
+                }
+            }
+        })
         .await;
         tracker.telemetry.acquire_took(sent.elapsed());
         match outcome {
             Ok(Ok(Acquire::Acquired(lease))) => Attempt::Won { lease, sent },
             Ok(Ok(Acquire::Held(info))) => {
-                tracker.contact_ok(Some(info.holder));
-                Attempt::Held {
-                    remaining: info.remaining,
-                }
+                let remaining = info.remaining;
+                tracker.contact_ok(Some(LeaderInfo::from_lease(info, Instant::now())));
+                Attempt::Held { remaining }
             }
             Ok(Err(e)) => {
                 tracker.contact_failed("acquire", &e);
@@ -621,7 +761,11 @@ impl Campaign {
             self.release(&lease).await;
             return Next::Stop;
         }
-        let Some(term) = tracker.begin_term(lease.token, Some(sent)) else {
+        let term = tracker.begin_term(lease.token, Some(sent));
+        if term.is_some() {
+            tracker.attach_lease(&lease);
+        }
+        let Some(term) = term else {
             // Answered after its own validity point: not a term.
             let e = self.error(format!(
                 "acquire answered {:?} after it was sent, past the lease's validity point",
@@ -658,6 +802,7 @@ impl Campaign {
                 tracker.telemetry.released(token, released);
             }
         }
+        tracker.term_closed(term.seq);
         if end == KeepEnd::Stopped && !self.stop.is_cancelled() {
             // Stepped down at the work's request. Our own release
             // notification must not wake us: drop the subscription.
@@ -699,9 +844,12 @@ impl Campaign {
             };
             match event {
                 Some(LeaseEvent::Vacated) => return,
-                Some(LeaseEvent::Acquired { holder, .. }) => {
+                Some(
+                    LeaseEvent::Acquired { holder, token }
+                    | LeaseEvent::MetadataUpdated { holder, token },
+                ) => {
                     if holder != self.tracker.holder {
-                        self.tracker.observed_leader(Some(holder));
+                        self.observe_new_leader(holder, token).await;
                     }
                 }
                 None => {
@@ -715,12 +863,45 @@ impl Campaign {
         }
     }
 
+    /// Publishes a leader announced by a notification. Events carry no
+    /// metadata: on a store that keeps it, one `current` read fills it in
+    /// (and the time left); if that read fails, the event's holder and token
+    /// are published without it.
+    async fn observe_new_leader(&self, holder: HolderId, token: FencingToken) {
+        let announced = LeaderInfo {
+            holder,
+            token,
+            metadata: None,
+            expires: None,
+        };
+        let read = if self.store.capabilities().metadata {
+            observer::read(
+                &*self.store,
+                &self.tracker.key,
+                self.tracker.timing.request_timeout,
+            )
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| l.token == token)
+        } else {
+            None
+        };
+        self.tracker
+            .observed_leader(Some(read.unwrap_or(announced)));
+    }
+
     /// Waits `pause` (or until shutdown) without competing.
     async fn pause(&self, pause: Duration) {
+        self.pause_until(Instant::now() + pause).await;
+    }
+
+    /// Waits until `until` (or shutdown) without competing.
+    async fn pause_until(&self, until: Instant) {
         tokio::select! {
             biased;
             _ = self.stop.cancelled() => {}
-            _ = tokio::time::sleep(pause) => {}
+            _ = sleep_until(until) => {}
         }
     }
 
@@ -759,11 +940,14 @@ async fn run_single(
         if let Some((_, deadline)) = tracker.end_term(None) {
             tracker.wait_work_stopped(deadline).await;
         }
+        tracker.term_closed(current.seq);
         let pause = step_down_pause(&tracker, &mut panics_in_a_row);
+        let until =
+            (Instant::now() + pause).max(tracker.held_off_until().unwrap_or_else(Instant::now));
         tokio::select! {
             biased;
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
+            _ = sleep_until(until) => {}
         }
         term = tracker.begin_term(FencingToken(0), None);
     }
@@ -786,7 +970,7 @@ fn step_down_pause(tracker: &LeaseTracker, panics_in_a_row: &mut u32) -> Duratio
 }
 
 /// The next notification, or pending forever when not subscribed.
-async fn next_event(events: &mut Option<LeaseEvents>) -> Option<LeaseEvent> {
+pub(crate) async fn next_event(events: &mut Option<LeaseEvents>) -> Option<LeaseEvent> {
     match events {
         Some(ev) => ev.recv().await,
         None => std::future::pending().await,

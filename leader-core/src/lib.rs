@@ -7,7 +7,9 @@ mod health;
 mod keeper;
 mod lock;
 pub mod memory;
+mod metadata;
 mod names;
+mod observer;
 mod store;
 mod telemetry;
 #[cfg(feature = "testing")]
@@ -22,11 +24,13 @@ pub use config::{ElectionConfig, Preset, SECTION, UNNAMED_RESOURCE, parse_durati
 pub use elector::{Elector, LeaderContext, OnReturn, WorkHandle};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{HealthData, HealthReport, HealthStatus, Probe, Readiness};
-pub use lock::{LockGuard, Locks};
+pub use lock::{LockGuard, LockOptions, Locks};
 pub use memory::MemoryStore;
+pub use metadata::{MAX_METADATA_LEN, Metadata};
 pub use names::{
     FencingToken, HolderId, LeaseKey, MAX_HOLDER_LEN, MAX_INSTANCE_ID_LEN, MAX_KEY_LEN,
 };
+pub use observer::{LeaderInfo, Observer};
 pub use store::{
     Acquire, Capabilities, FencingSource, Lease, LeaseEvent, LeaseEvents, LeaseInfo, LeaseStore,
     MAX_TTL, NotificationSupport, check_ttl,

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::error::Result;
+use crate::metadata::Metadata;
 use crate::names::{FencingToken, HolderId, LeaseKey};
 use crate::store::{
     Acquire, Capabilities, FencingSource, Lease, LeaseEvent, LeaseEvents, LeaseInfo, LeaseStore,
@@ -25,6 +26,7 @@ struct Held {
     holder: HolderId,
     token: FencingToken,
     expires_at: Instant,
+    metadata: Option<Metadata>,
 }
 
 #[derive(Debug, Default)]
@@ -58,6 +60,7 @@ impl Slot {
             held.token,
             Some(held.expires_at.saturating_duration_since(now)),
         )
+        .with_metadata(held.metadata.clone())
     }
 }
 
@@ -82,6 +85,72 @@ impl MemoryStore {
         // A panic while holding this lock cannot leave a slot half-updated
         // (every update is a single assignment), so poisoning is ignored.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the lease with `metadata` (or none) in one step under the lock.
+    fn take(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: Option<Metadata>,
+    ) -> Result<Acquire> {
+        check_ttl(ttl)?;
+        let now = Instant::now();
+        let expires_at = now + ttl;
+        let token = {
+            let mut inner = self.lock();
+            let slot = inner.slots.entry(key.clone()).or_default();
+            if let Some(held) = slot.live(now)
+                && &held.holder != holder
+            {
+                return Ok(Acquire::Held(Slot::info(held, now)));
+            }
+            slot.counter += 1;
+            let token = FencingToken(slot.counter);
+            slot.held = Some(Held {
+                holder: holder.clone(),
+                token,
+                expires_at,
+                metadata,
+            });
+            slot.notify(LeaseEvent::Acquired {
+                holder: holder.clone(),
+                token,
+            });
+            token
+        };
+        self.schedule_expiry(key.clone(), token, expires_at);
+        Ok(Acquire::Acquired(Lease::new(
+            key.clone(),
+            holder.clone(),
+            token,
+            ttl,
+        )))
+    }
+
+    /// The slot of `lease`'s key while it still holds `lease` (holder and
+    /// token), after dropping an expired holder; `NotHolder` otherwise.
+    fn holding<'a>(
+        inner: &'a mut Inner,
+        lease: &Lease,
+        now: Instant,
+        operation: &'static str,
+    ) -> Result<&'a mut Slot> {
+        if let Some(slot) = inner.slots.get_mut(&lease.key)
+            && slot
+                .live(now)
+                .is_some_and(|h| h.holder == lease.holder && h.token == lease.token)
+        {
+            return Ok(slot);
+        }
+        Err(crate::Error::not_holder(format!(
+            "lease with token {} is no longer held by {}",
+            lease.token, lease.holder
+        ))
+        .with_store("memory")
+        .with_operation(operation)
+        .with_key(lease.key.as_str()))
     }
 
     /// Arms a timer that removes the lease when it expires, so that watchers
@@ -112,40 +181,34 @@ impl LeaseStore for MemoryStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(FencingSource::Counter)
             .with_notifications(NotificationSupport::ReleaseAndExpiry)
+            .with_metadata()
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        check_ttl(ttl)?;
-        let now = Instant::now();
-        let expires_at = now + ttl;
-        let token = {
-            let mut inner = self.lock();
-            let slot = inner.slots.entry(key.clone()).or_default();
-            if let Some(held) = slot.live(now)
-                && &held.holder != holder
-            {
-                return Ok(Acquire::Held(Slot::info(held, now)));
-            }
-            slot.counter += 1;
-            let token = FencingToken(slot.counter);
-            slot.held = Some(Held {
-                holder: holder.clone(),
-                token,
-                expires_at,
-            });
-            slot.notify(LeaseEvent::Acquired {
-                holder: holder.clone(),
-                token,
-            });
-            token
-        };
-        self.schedule_expiry(key.clone(), token, expires_at);
-        Ok(Acquire::Acquired(Lease::new(
-            key.clone(),
-            holder.clone(),
-            token,
-            ttl,
-        )))
+        self.take(key, holder, ttl, None)
+    }
+
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        self.take(key, holder, ttl, Some(metadata.clone()))
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        let mut inner = self.lock();
+        let slot = Self::holding(&mut inner, lease, Instant::now(), "update_metadata")?;
+        if let Some(held) = slot.held.as_mut() {
+            held.metadata = Some(metadata.clone());
+        }
+        slot.notify(LeaseEvent::MetadataUpdated {
+            holder: lease.holder.clone(),
+            token: lease.token,
+        });
+        Ok(())
     }
 
     async fn renew(&self, lease: &Lease) -> Result<()> {
@@ -154,25 +217,9 @@ impl LeaseStore for MemoryStore {
         let expires_at = now + lease.ttl;
         {
             let mut inner = self.lock();
-            let held = inner
-                .slots
-                .get_mut(&lease.key)
-                .and_then(|slot| {
-                    slot.live(now);
-                    slot.held.as_mut()
-                })
-                .filter(|h| h.holder == lease.holder && h.token == lease.token);
-            match held {
-                Some(held) => held.expires_at = expires_at,
-                None => {
-                    return Err(crate::Error::not_holder(format!(
-                        "lease with token {} is no longer held by {}",
-                        lease.token, lease.holder
-                    ))
-                    .with_store("memory")
-                    .with_operation("renew")
-                    .with_key(lease.key.as_str()));
-                }
+            let slot = Self::holding(&mut inner, lease, now, "renew")?;
+            if let Some(held) = slot.held.as_mut() {
+                held.expires_at = expires_at;
             }
         }
         self.schedule_expiry(lease.key.clone(), lease.token, expires_at);

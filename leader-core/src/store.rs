@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
+use crate::metadata::Metadata;
 use crate::names::{FencingToken, HolderId, LeaseKey};
 
 /// The longest TTL a store accepts; anything above is refused as absurd.
@@ -77,6 +78,11 @@ pub struct Capabilities {
     /// The smallest TTL the store can honour exactly; shorter TTLs are rounded
     /// up by the store (etcd grants whole seconds).
     pub ttl_granularity: Duration,
+    /// The store keeps [`Metadata`] with the lease:
+    /// [`LeaseStore::acquire_with_metadata`] and
+    /// [`LeaseStore::update_metadata`] work, and [`LeaseInfo::metadata`] is
+    /// filled in.
+    pub metadata: bool,
 }
 
 impl Capabilities {
@@ -89,7 +95,14 @@ impl Capabilities {
             notifications: NotificationSupport::None,
             session_bound: false,
             ttl_granularity: Duration::from_millis(1),
+            metadata: false,
         }
+    }
+
+    /// Declares [`Capabilities::metadata`].
+    pub fn with_metadata(mut self) -> Self {
+        self.metadata = true;
+        self
     }
 
     /// Sets [`Capabilities::notifications`].
@@ -176,6 +189,9 @@ pub struct LeaseInfo {
     /// Time left on the store's clock, when the store has a TTL for it
     /// (`None` for session-bound locks).
     pub remaining: Option<Duration>,
+    /// The holder's metadata, read atomically with `holder` and `token`
+    /// (always `None` on stores without [`Capabilities::metadata`]).
+    pub metadata: Option<Metadata>,
 }
 
 impl LeaseInfo {
@@ -185,7 +201,14 @@ impl LeaseInfo {
             holder,
             token,
             remaining,
+            metadata: None,
         }
+    }
+
+    /// Sets [`LeaseInfo::metadata`].
+    pub fn with_metadata(mut self, metadata: Option<Metadata>) -> Self {
+        self.metadata = metadata;
+        self
     }
 }
 
@@ -207,6 +230,14 @@ pub enum LeaseEvent {
     /// Someone acquired the lease.
     Acquired {
         /// The new holder.
+        holder: HolderId,
+        /// Its fencing token.
+        token: FencingToken,
+    },
+    /// The holder replaced its metadata ([`LeaseStore::update_metadata`]);
+    /// informational, like `Acquired`.
+    MetadataUpdated {
+        /// The holder.
         holder: HolderId,
         /// Its fencing token.
         token: FencingToken,
@@ -305,6 +336,18 @@ impl LeaseEvents {
 /// 8. **Errors are classified** as above, never a panic: a record under the
 ///    key that the store cannot parse is
 ///    [`ErrorKind::Protocol`](crate::ErrorKind::Protocol).
+/// 9. **Metadata is optional, and atomic with the term.** A store that
+///    declares [`Capabilities::metadata`] implements
+///    [`LeaseStore::acquire_with_metadata`] and
+///    [`LeaseStore::update_metadata`] and returns the value in every
+///    [`LeaseInfo`] (from `current`, `force_release` and
+///    [`Acquire::Held`]). The value is written in the same atomic step as
+///    the acquisition, is replaced only by a request that matches holder
+///    **and** token, and is gone with the term: a reader never sees one
+///    term's token with another term's metadata, and a plain `acquire`
+///    starts a term without metadata. The default methods return
+///    [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), so stores
+///    adopt metadata one by one; a wrapper store must forward both.
 #[async_trait]
 pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
     /// A short name of the store kind: `"redis"`, `"etcd"`, `"postgres"`, `"memory"`.
@@ -359,4 +402,54 @@ pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
     /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) for stores without notifications;
     /// unavailable when the subscription cannot be set up now.
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents>;
+
+    /// [`LeaseStore::acquire`], storing `metadata` with the lease in the same
+    /// atomic step (see rule 9).
+    ///
+    /// # Errors
+    ///
+    /// As `acquire`; [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+    /// (the default) on stores without [`Capabilities::metadata`], which
+    /// then take nothing.
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        let _ = (holder, ttl, metadata);
+        Err(unsupported_metadata(
+            self.kind(),
+            "acquire_with_metadata",
+            key,
+        ))
+    }
+
+    /// Replaces the metadata of a lease the caller holds (etcd's
+    /// `Proclaim`), only if the key still holds its holder id and token.
+    /// Does not extend the lease.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotHolder`](crate::ErrorKind::NotHolder) when the lease
+    /// is no longer the caller's; unavailable or indeterminate;
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) (the
+    /// default) on stores without [`Capabilities::metadata`].
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        let _ = metadata;
+        Err(unsupported_metadata(
+            self.kind(),
+            "update_metadata",
+            &lease.key,
+        ))
+    }
+}
+
+/// The error of a store that keeps no metadata.
+fn unsupported_metadata(store: &'static str, operation: &'static str, key: &LeaseKey) -> Error {
+    Error::unsupported(format!("the {store} store does not keep leader metadata"))
+        .with_store(store)
+        .with_operation(operation)
+        .with_key(key.as_str())
 }

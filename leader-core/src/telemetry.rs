@@ -32,13 +32,16 @@ pub(crate) enum LossReason {
     RenewDeadline = 1,
     /// The elector was aborted (simulated crash).
     Aborted = 2,
+    /// A named lock reached its `hold_at_most` bound and was given up.
+    HoldLimit = 3,
 }
 
 impl LossReason {
-    const ALL: [LossReason; 3] = [
+    const ALL: [LossReason; 4] = [
         LossReason::NotHolder,
         LossReason::RenewDeadline,
         LossReason::Aborted,
+        LossReason::HoldLimit,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -46,6 +49,7 @@ impl LossReason {
             LossReason::NotHolder => "not_holder",
             LossReason::RenewDeadline => "renew_deadline",
             LossReason::Aborted => "aborted",
+            LossReason::HoldLimit => "hold_at_most",
         }
     }
 }
@@ -353,7 +357,7 @@ pub(crate) struct Telemetry {
     renew_duration: Histogram,
     lease_remaining: Gauge,
     /// One counter per [`LossReason`], registered up front like the others.
-    lost: [Counter; 3],
+    lost: [Counter; LossReason::ALL.len()],
     error_log: Mutex<ErrorLog>,
     last_leader: Mutex<Option<HolderId>>,
 }
@@ -396,7 +400,7 @@ impl Telemetry {
             acquire_duration: Histogram::noop(),
             renew_duration: Histogram::noop(),
             lease_remaining: Gauge::noop(),
-            lost: [Counter::noop(), Counter::noop(), Counter::noop()],
+            lost: LossReason::ALL.map(|_| Counter::noop()),
             error_log: Mutex::new(ErrorLog::default()),
             last_leader: Mutex::new(None),
         };

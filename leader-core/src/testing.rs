@@ -23,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::metadata::Metadata;
 use crate::names::{HolderId, LeaseKey};
 use crate::store::{Acquire, Capabilities, Lease, LeaseEvents, LeaseInfo, LeaseStore};
 
@@ -42,15 +43,19 @@ pub enum Op {
     ForceRelease,
     /// [`LeaseStore::watch`].
     Watch,
+    /// [`LeaseStore::update_metadata`] (`acquire_with_metadata` counts as
+    /// [`Op::Acquire`]).
+    UpdateMetadata,
 }
 
-const OPS: [Op; 6] = [
+const OPS: [Op; 7] = [
     Op::Acquire,
     Op::Renew,
     Op::Release,
     Op::Current,
     Op::ForceRelease,
     Op::Watch,
+    Op::UpdateMetadata,
 ];
 
 /// What happens to a call.
@@ -66,6 +71,10 @@ pub enum Fault {
     /// Perform the call on the inner store, then report
     /// [`ErrorKind::Indeterminate`]: the effect happened, the reply was lost.
     DropReply,
+    /// Perform the call on the inner store at once, then hand its answer
+    /// over after this delay: the effect happened, the reply is slow (a
+    /// caller that gives up meanwhile never learns of it).
+    DelayReply(Duration),
 }
 
 /// The wrapper. See the module docs.
@@ -73,8 +82,8 @@ pub enum Fault {
 pub struct FaultyStore {
     inner: Arc<dyn LeaseStore>,
     capabilities: Option<Capabilities>,
-    faults: Mutex<[Option<Fault>; 6]>,
-    calls: [AtomicU64; 6],
+    faults: Mutex<[Option<Fault>; OPS.len()]>,
+    calls: [AtomicU64; OPS.len()],
 }
 
 impl FaultyStore {
@@ -83,7 +92,7 @@ impl FaultyStore {
         FaultyStore {
             inner,
             capabilities: None,
-            faults: Mutex::new([None; 6]),
+            faults: Mutex::new([None; OPS.len()]),
             calls: Default::default(),
         }
     }
@@ -107,7 +116,7 @@ impl FaultyStore {
 
     /// Sets (or clears) the fault for every operation.
     pub fn set_all(&self, fault: Option<Fault>) {
-        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = [fault; 6];
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner()) = [fault; OPS.len()];
     }
 
     /// Clears every fault.
@@ -134,6 +143,11 @@ impl FaultyStore {
             Some(Fault::Delay(d)) => {
                 tokio::time::sleep(d).await;
                 call.await
+            }
+            Some(Fault::DelayReply(d)) => {
+                let answer = call.await;
+                tokio::time::sleep(d).await;
+                answer
             }
             Some(Fault::DropReply) => {
                 let _ = call.await;
@@ -178,5 +192,27 @@ impl LeaseStore for FaultyStore {
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
         self.run(Op::Watch, self.inner.watch(key)).await
+    }
+
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        self.run(
+            Op::Acquire,
+            self.inner.acquire_with_metadata(key, holder, ttl, metadata),
+        )
+        .await
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        self.run(
+            Op::UpdateMetadata,
+            self.inner.update_metadata(lease, metadata),
+        )
+        .await
     }
 }

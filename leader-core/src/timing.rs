@@ -75,6 +75,12 @@ impl Timing {
         self.retry_period.saturating_mul(1 << doublings)
     }
 
+    /// The longest a polling follower takes to notice a free seat and take
+    /// it: the retry period with its full jitter, plus one request.
+    pub(crate) fn follower_reaction(&self) -> Duration {
+        self.retry_period.mul_f64(1.0 + self.retry_jitter) + self.request_timeout
+    }
+
     /// A follower's pause before its next attempt, given what its live
     /// subscription pushes and how long the store says the holder's lease has
     /// left. Jitter (up to `retry_jitter` of the retry period) keeps followers

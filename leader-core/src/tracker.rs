@@ -14,7 +14,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{HealthData, HealthReport, HealthStatus};
+use crate::metadata::Metadata;
 use crate::names::{FencingToken, HolderId, LeaseKey};
+use crate::observer::{LeaderInfo, same_seat};
+use crate::store::Lease;
 use crate::telemetry::{LossReason, Telemetry};
 use crate::timing::Timing;
 
@@ -30,6 +33,13 @@ pub struct LeaderState {
     pub leader_id: Option<HolderId>,
     /// This instance's fencing token while it leads.
     pub token: Option<FencingToken>,
+    /// The current leader when known, with its token, metadata and when its
+    /// lease ends, the same information an [`Observer`](crate::Observer)
+    /// gives: this instance's own term while it leads, otherwise the last
+    /// holder the store reported to this follower (its acquire attempts and
+    /// notifications). Subscribers are woken when the seat changes, not
+    /// when only the time left moves.
+    pub leader: Option<LeaderInfo>,
 }
 
 /// A term as seen by run-while-leader supervisors.
@@ -53,6 +63,8 @@ pub(crate) enum StepDown {
     Panicked,
     /// The work returned and was started with `OnReturn::StepDown`.
     Returned,
+    /// `Elector::resign` was called.
+    Resigned,
 }
 
 #[derive(Debug, Default)]
@@ -62,13 +74,20 @@ struct Inner {
     last_contact_ok: Option<Instant>,
     consecutive_failures: u32,
     last_error: Option<String>,
-    leader_id: Option<HolderId>,
+    /// Who leads, when known (this holder while its term lasts).
+    leader: Option<LeaderInfo>,
+    /// The metadata this holder publishes with its lease.
+    metadata: Option<Metadata>,
     /// The sequence number and hard deadline of the last term that ended.
     last_ended: Option<(u64, Instant)>,
     /// Terms begun so far.
     terms: u64,
     /// The first step-down request of the current term.
     step_down: Option<StepDown>,
+    /// Set by `Elector::resign` with a hold-off: no acquire before then.
+    hold_off_until: Option<Instant>,
+    /// The lease of the current term, for `Elector::proclaim`.
+    lease: Option<Lease>,
 }
 
 /// Shared state of one lease holder.
@@ -92,6 +111,9 @@ pub(crate) struct LeaseTracker {
     work_active: watch::Sender<usize>,
     /// Set by `Elector::abort`: never release (a simulated crash).
     aborted: std::sync::atomic::AtomicBool,
+    /// The sequence number of the last term whose end is complete: its
+    /// work stopped and its lease released (or left to expire).
+    closed: watch::Sender<u64>,
 }
 
 const FOREVER: u64 = u64::MAX;
@@ -119,6 +141,7 @@ impl LeaseTracker {
             term_tx: watch::channel(None).0,
             work_active: watch::channel(0).0,
             aborted: std::sync::atomic::AtomicBool::new(false),
+            closed: watch::channel(0).0,
         }
     }
 
@@ -182,18 +205,68 @@ impl LeaseTracker {
         self.term_tx.subscribe()
     }
 
+    /// Publishes the state; subscribers are woken only when the seat
+    /// changed (not when only the leader's time left moved).
     fn publish(&self, inner: &Inner) {
         let state = LeaderState {
             is_leader: inner.term.is_some(),
-            leader_id: inner.leader_id.clone(),
+            leader_id: inner.leader.as_ref().map(|l| l.holder.clone()),
             token: inner.term.as_ref().map(|t| t.token),
+            leader: inner.leader.clone(),
         };
         self.telemetry.leader_seen(state.leader_id.as_ref());
         self.state_tx.send_if_modified(|s| {
-            let changed = *s != state;
+            let changed = s.is_leader != state.is_leader
+                || s.token != state.token
+                || s.leader_id != state.leader_id
+                || !same_seat(s.leader.as_ref(), state.leader.as_ref());
             *s = state;
             changed
         });
+    }
+
+    /// This holder's own term as a [`LeaderInfo`].
+    fn own_info(&self, inner: &Inner, token: FencingToken) -> LeaderInfo {
+        LeaderInfo {
+            holder: self.holder.clone(),
+            token,
+            metadata: inner.metadata.clone(),
+            expires: self.valid_until(),
+        }
+    }
+
+    /// Records the store lease of the current term (ignored when `lease` is
+    /// not the current term's).
+    pub(crate) fn attach_lease(&self, lease: &Lease) {
+        let mut inner = self.lock();
+        if inner.term.as_ref().map(|t| t.token) == Some(lease.token) {
+            inner.lease = Some(lease.clone());
+        }
+    }
+
+    /// The store lease of the current term, while it is valid.
+    pub(crate) fn term_lease(&self) -> Option<Lease> {
+        if !self.is_valid() {
+            return None;
+        }
+        self.lock().lease.clone()
+    }
+
+    /// The metadata this holder publishes with its lease.
+    pub(crate) fn metadata(&self) -> Option<Metadata> {
+        self.lock().metadata.clone()
+    }
+
+    /// Sets the metadata for later acquisitions; when `token`'s term is the
+    /// current one (its store record was just updated), publishes it too.
+    pub(crate) fn set_metadata(&self, metadata: Metadata, token: Option<FencingToken>) {
+        let mut inner = self.lock();
+        inner.metadata = Some(metadata);
+        if let Some(term) = inner.term.as_ref().filter(|t| Some(t.token) == token) {
+            let own = self.own_info(&inner, term.token);
+            inner.leader = Some(own);
+            self.publish(&inner);
+        }
     }
 
     /// Begins a term won by a request sent at `sent`; `None` means forever
@@ -234,8 +307,8 @@ impl LeaseTracker {
             inner.last_contact_ok = Some(now);
             inner.consecutive_failures = 0;
             inner.last_error = None;
-            inner.leader_id = Some(self.holder.clone());
             self.valid_until.store(valid, Ordering::Release);
+            inner.leader = Some(self.own_info(&inner, token));
             self.publish(&inner);
             term
         };
@@ -263,6 +336,8 @@ impl LeaseTracker {
             inner.last_error = None;
             self.valid_until
                 .store(self.encode(until), Ordering::Release);
+            inner.leader = Some(self.own_info(&inner, token));
+            self.publish(&inner);
         }
         self.telemetry.renewed(
             token,
@@ -283,14 +358,15 @@ impl LeaseTracker {
         self.telemetry.renew_failed(token, elapsed, error);
     }
 
-    /// The store answered (an acquire attempt, even one that found the lease held).
-    pub(crate) fn contact_ok(&self, leader: Option<HolderId>) {
+    /// The store answered (an acquire attempt, even one that found the
+    /// lease held by `leader`).
+    pub(crate) fn contact_ok(&self, leader: Option<LeaderInfo>) {
         let mut inner = self.lock();
         inner.last_contact_ok = Some(Instant::now());
         inner.consecutive_failures = 0;
         inner.last_error = None;
         if inner.term.is_none() {
-            inner.leader_id = leader;
+            inner.leader = leader;
         }
         self.publish(&inner);
     }
@@ -301,11 +377,11 @@ impl LeaseTracker {
         self.telemetry.store_error(operation, error);
     }
 
-    /// A follower learned who leads from a notification.
-    pub(crate) fn observed_leader(&self, leader: Option<HolderId>) {
+    /// A follower learned who leads from a notification or a read.
+    pub(crate) fn observed_leader(&self, leader: Option<LeaderInfo>) {
         let mut inner = self.lock();
         if inner.term.is_none() {
-            inner.leader_id = leader;
+            inner.leader = leader;
             self.publish(&inner);
         }
     }
@@ -330,10 +406,11 @@ impl LeaseTracker {
         let term = {
             let mut inner = self.lock();
             let term = inner.term.take()?;
+            inner.lease = None;
             inner.last_ended = Some((term.seq, until));
             self.valid_until.store(0, Ordering::Release);
-            if inner.leader_id.as_ref() == Some(&self.holder) {
-                inner.leader_id = None;
+            if inner.leader.as_ref().map(|l| &l.holder) == Some(&self.holder) {
+                inner.leader = None;
             }
             self.publish(&inner);
             term
@@ -392,6 +469,52 @@ impl LeaseTracker {
         step_down.cancel();
     }
 
+    /// Resigns: asks the current term (if any) to end as a voluntary
+    /// step-down, and keeps the holder from acquiring until `hold_off` has
+    /// passed (a later hold-off never shortens an earlier one). Returns the
+    /// sequence number of the term asked to end.
+    ///
+    /// A term ended without a hold-off is still held off for
+    /// [`Timing::follower_reaction`], so that a polling follower, not this
+    /// holder, wins the free seat.
+    pub(crate) fn resign(&self, hold_off: Option<Duration>) -> Option<u64> {
+        let mut inner = self.lock();
+        let leading = inner.term.is_some();
+        let hold_off = hold_off.or(leading.then(|| self.timing.follower_reaction()));
+        if let Some(hold_off) = hold_off {
+            let until = Instant::now() + hold_off.min(crate::timing::LONGEST);
+            inner.hold_off_until = Some(inner.hold_off_until.map_or(until, |u| u.max(until)));
+        }
+        let term = inner.term.as_ref()?;
+        let (seq, step_down) = (term.seq, term.step_down.clone());
+        inner.step_down.get_or_insert(StepDown::Resigned);
+        drop(inner);
+        step_down.cancel();
+        Some(seq)
+    }
+
+    /// Until when a resign's hold-off keeps the holder from acquiring, if
+    /// that is still ahead.
+    pub(crate) fn held_off_until(&self) -> Option<Instant> {
+        self.lock().hold_off_until.filter(|u| *u > Instant::now())
+    }
+
+    /// Records that the term numbered `seq` is completely over (work
+    /// stopped, lease released or left to expire).
+    pub(crate) fn term_closed(&self, seq: u64) {
+        self.closed.send_if_modified(|c| {
+            let later = seq > *c;
+            *c = (*c).max(seq);
+            later
+        });
+    }
+
+    /// Waits until the term numbered `seq` is completely over.
+    pub(crate) async fn wait_closed(&self, seq: u64) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c >= seq).await;
+    }
+
     /// Why the current (or just ended) term was asked to step down, if it was.
     pub(crate) fn step_down_reason(&self) -> Option<StepDown> {
         self.lock().step_down
@@ -446,7 +569,7 @@ impl LeaseTracker {
             is_leader: valid,
             instance_id: self.holder.clone(),
             resource: self.key.resource().to_owned(),
-            leader_id: inner.leader_id.clone(),
+            leader_id: inner.leader.as_ref().map(|l| l.holder.clone()),
             fencing_token: inner.term.as_ref().filter(|_| valid).map(|t| t.token),
             lease_remaining: self
                 .valid_until()

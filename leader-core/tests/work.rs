@@ -336,7 +336,8 @@ async fn panicking_work_ends_the_term_and_another_replica_takes_over() {
     let text = logs.text();
     let line = text
         .lines()
-        .find(|l| l.contains("work panicked"))
+        // The log capture is global: other tests' panics are in it too.
+        .find(|l| l.contains("work panicked") && l.contains("resource=panics"))
         .unwrap_or_else(|| panic!("no panic logged: {text}"));
     assert!(line.contains("ERROR"), "{line}");
     assert!(line.contains("the singleton work broke"), "{line}");

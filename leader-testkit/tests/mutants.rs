@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leader_core::{
     Acquire, Capabilities, Error, ErrorKind, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
-    LeaseStore, MAX_TTL, MemoryStore, Result,
+    LeaseStore, MAX_TTL, MemoryStore, Metadata, Result,
 };
 use leader_testkit::suite::{
     CaseOutcome, Fixture, Link, LinkedClient, Profile, ResourceCounts, ServerControl, run_case,
@@ -55,6 +55,11 @@ enum Bug {
     WatchdogRelocks,
     /// Every acquire leaves a server-side connection behind.
     LeaksPerAcquire,
+    /// Declares metadata (the inner store's capabilities) but does not
+    /// forward the metadata calls: the trait's defaults answer Unsupported.
+    MetadataNotForwarded,
+    /// `update_metadata` checks the holder but not the token.
+    MetadataUpdateIgnoresToken,
     /// No bug: the wrapper passes every call through (the baseline).
     None,
 }
@@ -289,6 +294,40 @@ impl LeaseStore for Mutant {
         self.inner.current(key).await
     }
 
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        self.wire().await?;
+        match self.bug {
+            Bug::MetadataNotForwarded => Err(Error::unsupported("not forwarded")),
+            _ => {
+                self.inner
+                    .acquire_with_metadata(key, holder, ttl, metadata)
+                    .await
+            }
+        }
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        self.wire().await?;
+        match self.bug {
+            Bug::MetadataNotForwarded => Err(Error::unsupported("not forwarded")),
+            Bug::MetadataUpdateIgnoresToken => match self.inner.current(&lease.key).await? {
+                Some(cur) if cur.holder == lease.holder => {
+                    let mut real = lease.clone();
+                    real.token = cur.token;
+                    self.inner.update_metadata(&real, metadata).await
+                }
+                _ => self.inner.update_metadata(lease, metadata).await,
+            },
+            _ => self.inner.update_metadata(lease, metadata).await,
+        }
+    }
+
     async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
         self.wire().await?;
         self.inner.force_release(key).await
@@ -489,6 +528,8 @@ async fn a_store_that_declares_notifications_but_sends_none_is_caught() {
             // Followers trust a subscription that claims to push expiries
             // and stop polling; a silent one leaves the seat empty.
             "election_partitioned_leader_steps_down",
+            // So does an observer: it would not see the release in time.
+            "observer_follows_the_seat",
         ],
     )
     .await;
@@ -511,7 +552,16 @@ async fn a_store_whose_leases_never_end_is_caught_by_the_late_answer_cases() {
 
 #[tokio::test(start_paused = true)]
 async fn a_store_whose_release_does_nothing_is_caught() {
-    assert_caught(Bug::ReleaseDoesNothing, &["lock_guard_drop_releases"]).await;
+    assert_caught(
+        Bug::ReleaseDoesNothing,
+        &[
+            "lock_guard_drop_releases",
+            "election_resign_hands_over",
+            "lock_waiter_takes_the_released_lock",
+            "lock_dropped_waits_leave_nothing_held",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -589,6 +639,24 @@ async fn a_store_that_leaks_a_connection_per_acquire_is_caught() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_wrapper_that_does_not_forward_metadata_is_caught() {
+    assert_caught(
+        Bug::MetadataNotForwarded,
+        &["metadata_is_stored_with_the_term"],
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_store_whose_metadata_update_ignores_the_token_is_caught() {
+    assert_caught(
+        Bug::MetadataUpdateIgnoresToken,
+        &["metadata_is_stored_with_the_term"],
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_unbroken_wrapper_passes_the_same_cases() {
     // Guards the mutants themselves: without the bug, each case passes.
     let mut cases = vec![
@@ -612,6 +680,13 @@ async fn the_unbroken_wrapper_passes_the_same_cases() {
         "election_renewals_stop_after_shutdown",
         "election_started_while_down_stopped_leaves_nothing",
         "election_started_while_down_leads_once_up",
+        "election_resign_hands_over",
+        "metadata_is_stored_with_the_term",
+        "observer_follows_the_seat",
+        "lock_waiter_takes_the_released_lock",
+        "lock_dropped_waits_leave_nothing_held",
+        "lock_hold_at_least_outlives_an_early_release",
+        "lock_hold_at_most_gives_up_a_stuck_holder",
     ] {
         cases.push((Bug::None, case));
     }

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use leader::{
-    ElectionConfig, Elector, Error, LeaseEvent, LeaseInfo, LeaseKey, LeaseStore, Result, Settings,
-    StoreOptions, StoreUrl,
+    ElectionConfig, Elector, Error, LeaderInfo, LeaseKey, LeaseStore, Metadata, Observer, Result,
+    Settings, StoreOptions, StoreUrl,
 };
 use nix::sys::signal::Signal;
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout};
 
 use crate::Target;
 use crate::child::{ChildEnd, StopSignal, run_child};
@@ -36,48 +36,74 @@ async fn bounded<T>(what: &'static str, f: impl Future<Output = Result<T>>) -> R
     })?
 }
 
-fn holder_json(info: Option<&LeaseInfo>) -> serde_json::Value {
+/// The config an observer of `target` uses: the resource and prefix, with
+/// `interval` as its polling period and the inspection request timeout.
+fn observer_config(target: &Target, interval: Duration) -> ElectionConfig {
+    let mut config = ElectionConfig::new(&target.resource);
+    config.key_prefix = target.prefix.clone();
+    config.retry_period = Some(interval);
+    config.request_timeout = Some(REQUEST_TIMEOUT.min(config.renew_deadline()));
+    config
+}
+
+/// Metadata as text when it is UTF-8, otherwise as hex.
+fn metadata_text(m: &Metadata) -> String {
+    match m.as_str() {
+        Some(text) => text.to_owned(),
+        None => m.as_bytes().iter().map(|b| format!("{b:02x}")).collect(),
+    }
+}
+
+fn holder_json(info: Option<&LeaderInfo>) -> serde_json::Value {
     match info {
         Some(i) => json!({
             "holder": i.holder.as_str(),
             "token": i.token.get(),
-            "remaining_ms": i.remaining.map(|r| r.as_millis() as u64),
+            "remaining_ms": i.remaining().map(|r| r.as_millis() as u64),
+            "metadata": i.metadata.as_ref().map(metadata_text),
         }),
         None => serde_json::Value::Null,
     }
 }
 
-fn describe(info: Option<&LeaseInfo>) -> String {
+fn describe(info: Option<&LeaderInfo>) -> String {
     match info {
         Some(i) => {
-            let left = match i.remaining {
+            let left = match i.remaining() {
                 Some(r) => format!(", {:.1}s left", r.as_secs_f64()),
                 None => String::new(),
             };
-            format!("leader {} (token {}{left})", i.holder, i.token)
+            let metadata = match &i.metadata {
+                Some(m) => format!(", metadata {:?}", metadata_text(m)),
+                None => String::new(),
+            };
+            format!("leader {} (token {}{left}{metadata})", i.holder, i.token)
         }
         None => "no leader".to_owned(),
     }
 }
 
-/// `status`: exit 0 with a leader, 1 without.
+/// `status`: exit 0 with a leader, 1 without. One `current` read (through
+/// an [`Observer`]'s first read).
 pub(crate) async fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
     let (store, key) = open(target)?;
-    let info = bounded("status", store.current(&key)).await?;
+    let kind = store.kind();
+    let config = observer_config(target, REQUEST_TIMEOUT);
+    let observer = bounded("status", Observer::start(store, &config)).await?;
+    let info = observer.leader();
     if as_json {
         let doc = json!({
             "resource": key.resource(),
             "key": key.as_str(),
-            "store": store.kind(),
+            "store": kind,
             "leader": holder_json(info.as_ref()),
         });
         println!("{doc}");
     } else {
         println!(
-            "resource {} (key {:?}, {} store)",
+            "resource {} (key {:?}, {kind} store)",
             key.resource(),
             key.as_str(),
-            store.kind()
         );
         println!("{}", describe(info.as_ref()));
     }
@@ -88,47 +114,38 @@ pub(crate) async fn status(target: &Target, as_json: bool) -> Result<ExitCode> {
     })
 }
 
-/// `watch`: one line per change of holder or token.
+/// `watch`: one line per change of seat (holder, token, metadata, or an
+/// empty seat), through an [`Observer`]: woken by the store's
+/// notifications where it has them, polling every `interval` otherwise.
 pub(crate) async fn watch(
     target: &Target,
     interval: Duration,
     duration: Option<Duration>,
     as_json: bool,
 ) -> Result<ExitCode> {
-    let (store, key) = open(target)?;
+    let (store, _) = open(target)?;
     let until = duration.map(|d| tokio::time::Instant::now() + d);
-    let mut events = match store.capabilities().notifies() {
-        true => store.watch(&key).await.ok(),
-        false => None,
-    };
-    let mut last: Option<Option<(String, u64)>> = None;
-    let mut failing = false;
-    loop {
-        match bounded("watch", store.current(&key)).await {
-            Ok(info) => {
-                failing = false;
-                let now = info.as_ref().map(|i| (i.holder.to_string(), i.token.get()));
-                if last.as_ref() != Some(&now) {
-                    let time = humantime::format_rfc3339_millis(SystemTime::now());
-                    if as_json {
-                        println!(
-                            "{}",
-                            json!({ "time": time.to_string(), "leader": holder_json(info.as_ref()) })
-                        );
-                    } else {
-                        println!("{time} {}", describe(info.as_ref()));
-                    }
-                    let _ = std::io::stdout().flush();
-                    last = Some(now);
-                }
-            }
-            Err(e) if !failing => {
-                eprintln!("leaderctl: {e}");
-                failing = true;
-            }
-            Err(_) => {}
+    let observer = bounded(
+        "watch",
+        Observer::start(store, &observer_config(target, interval)),
+    )
+    .await?;
+    let mut changes = observer.subscribe();
+    let mut errors = observer.errors();
+    let print = |info: Option<&LeaderInfo>| {
+        let time = humantime::format_rfc3339_millis(SystemTime::now());
+        if as_json {
+            println!(
+                "{}",
+                json!({ "time": time.to_string(), "leader": holder_json(info) })
+            );
+        } else {
+            println!("{time} {}", describe(info));
         }
-        let sleep = tokio::time::sleep(interval);
+        let _ = std::io::stdout().flush();
+    };
+    print(changes.borrow_and_update().as_ref());
+    loop {
         let stop = async {
             match until {
                 Some(t) => tokio::time::sleep_until(t).await,
@@ -136,24 +153,59 @@ pub(crate) async fn watch(
             }
         };
         tokio::select! {
-            _ = sleep => {}
-            _ = stop => return Ok(ExitCode::SUCCESS),
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
-            ev = next_event(&mut events) => {
-                if ev.is_none() {
-                    events = None; // subscription down: keep polling
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return Err(Error::unavailable("the observer stopped"));
+                }
+                print(changes.borrow_and_update().as_ref());
+            }
+            changed = errors.changed() => {
+                if changed.is_err() {
+                    return Err(Error::unavailable("the observer stopped"));
+                }
+                // Once per outage: printed when reads start failing.
+                if let Some(e) = errors.borrow_and_update().as_ref() {
+                    eprintln!("leaderctl: {e}");
                 }
             }
+            _ = stop => return Ok(ExitCode::SUCCESS),
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         }
     }
 }
 
-async fn next_event(events: &mut Option<leader::LeaseEvents>) -> Option<LeaseEvent> {
-    match events {
-        Some(ev) => ev.recv().await,
-        None => std::future::pending().await,
+/// `resign`: no store can carry a request to a running holder today (the
+/// `LeaseStore` trait has no channel to the holder, and inventing one per
+/// store is not this tool's business), so this says so and exits 3 after
+/// showing who holds the seat. The holder resigns through its own API
+/// (`Elector::resign`); `release --force` is the emergency tool.
+pub(crate) async fn resign(target: &Target) -> Result<ExitCode> {
+    let (store, key) = open(target)?;
+    let kind = store.kind();
+    let info = bounded("resign", store.current(&key)).await?;
+    eprintln!(
+        "leaderctl: the {kind} store cannot carry a resign request to a running holder \
+         (no store can yet); nothing was changed"
+    );
+    match info {
+        Some(i) => eprintln!(
+            "leaderctl: {:?} is held by {} (token {}): ask that process to resign through its \
+             own API (Elector::resign), or use `release --force` in an emergency",
+            key.as_str(),
+            i.holder,
+            i.token
+        ),
+        None => eprintln!("leaderctl: {:?} has no leader now", key.as_str()),
     }
+    Ok(ExitCode::from(RESIGN_UNSUPPORTED))
 }
+
+/// `resign`'s exit code: the store cannot carry the request.
+pub(crate) const RESIGN_UNSUPPORTED: u8 = 3;
+
+/// `run --wait`'s exit code: leadership was not won in time (sysexits'
+/// `EX_TEMPFAIL`: try again later).
+pub(crate) const NOT_LEADER_IN_TIME: u8 = 75;
 
 /// `release --force`.
 pub(crate) async fn release(target: &Target, yes: bool) -> Result<ExitCode> {
@@ -188,7 +240,10 @@ pub(crate) async fn release(target: &Target, yes: bool) -> Result<ExitCode> {
         Some(removed) => println!(
             "released {:?} (was {})",
             key.as_str(),
-            describe(Some(&removed))
+            describe(Some(&LeaderInfo::from_lease(
+                removed,
+                tokio::time::Instant::now()
+            )))
         ),
         None => println!("no lease on {:?}: nothing to release", key.as_str()),
     }
@@ -201,6 +256,11 @@ pub(crate) struct RunTiming {
     pub(crate) renew: Option<Duration>,
     pub(crate) retry: Option<Duration>,
     pub(crate) grace: Duration,
+    /// Give up (exit [`NOT_LEADER_IN_TIME`]) unless leading within this long.
+    pub(crate) wait: Option<Duration>,
+    /// When the command exits by itself sooner than this after it started,
+    /// keep leading until then.
+    pub(crate) hold_at_least: Option<Duration>,
 }
 
 fn run_config(
@@ -259,8 +319,12 @@ pub(crate) async fn run(
     let work_stop = stop.clone();
     let program = command.first().cloned().unwrap_or_default();
     let command = Arc::new(command);
+    // When the command last started (None: never, so not yet leading).
+    let started: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let work_started = started.clone();
     elector.run_while_leader(move |ctx| {
         let (command, ended_tx, stop) = (command.clone(), ended_tx.clone(), work_stop.clone());
+        *work_started.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let env = [
             ("LEADER_FENCING_TOKEN", ctx.token().to_string()),
             ("LEADER_RESOURCE", resource.clone()),
@@ -275,10 +339,45 @@ pub(crate) async fn run(
             let _ = ended_tx.send(end);
         }
     });
+    let give_up_at = timing.wait.map(|w| Instant::now() + w);
     let code = loop {
+        let never_led = || started.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+        let wait_over = async {
+            match give_up_at {
+                Some(at) if never_led() => tokio::time::sleep_until(at).await,
+                _ => std::future::pending().await,
+            }
+        };
         let stop_signal = tokio::select! {
+            _ = wait_over => {
+                if never_led() && !elector.is_leader() {
+                    eprintln!(
+                        "leaderctl: not leading {:?} after --wait {:?}; giving up",
+                        target.resource,
+                        timing.wait.unwrap_or_default()
+                    );
+                    break ExitCode::from(NOT_LEADER_IN_TIME);
+                }
+                continue;
+            }
             end = ended.recv() => match end {
-                Some(ChildEnd::Exited(status)) => break exit_code(status),
+                Some(ChildEnd::Exited(status)) => {
+                    let since = *started.lock().unwrap_or_else(|e| e.into_inner());
+                    if let (Some(at_least), Some(since)) = (timing.hold_at_least, since) {
+                        let until = since + at_least;
+                        if Instant::now() < until && elector.is_leader() {
+                            tracing::info!(
+                                "the command ended early; keeping the lease until --hold-at-least passes"
+                            );
+                            tokio::select! {
+                                _ = tokio::time::sleep_until(until) => {}
+                                _ = interrupt.recv() => {}
+                                _ = terminate.recv() => {}
+                            }
+                        }
+                    }
+                    break exit_code(status);
+                }
                 Some(ChildEnd::SpawnFailed(e)) => {
                     eprintln!("leaderctl: cannot start {program:?}: {e}");
                     break ExitCode::from(127);
@@ -344,6 +443,26 @@ mod tests {
 
     fn code(c: ExitCode) -> String {
         format!("{c:?}")
+    }
+
+    #[test]
+    fn status_lines_show_metadata_as_text_or_hex() {
+        let info = |m: &[u8]| {
+            LeaderInfo::from_lease(
+                leader::LeaseInfo::new(
+                    leader::HolderId::new("pod-a").expect("holder"),
+                    leader::FencingToken(7),
+                    None,
+                )
+                .with_metadata(Some(Metadata::new(m.to_vec()).expect("small"))),
+                Instant::now(),
+            )
+        };
+        let text = describe(Some(&info(b"10.0.0.7:8080")));
+        assert_eq!(text, "leader pod-a (token 7, metadata \"10.0.0.7:8080\")");
+        let json = holder_json(Some(&info(&[0xff, 0x01])));
+        assert_eq!(json["metadata"], "ff01");
+        assert_eq!(describe(None), "no leader");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! leaderctl status  --store redis://127.0.0.1:6379 --resource honua-server [--json]
 //! leaderctl watch   --store etcd://127.0.0.1:2379  --resource honua-server
 //! leaderctl release --store postgres://... --resource honua-server --force [--yes]
-//! leaderctl run     --store redis://...    --resource nightly -- ./job.sh arg
+//! leaderctl resign  --store redis://...    --resource honua-server
+//! leaderctl run     --store redis://...    --resource nightly [--wait 30s] [--hold-at-least 2m] -- ./job.sh arg
 //! ```
 //!
 //! Every subcommand takes `--store URL` (or `LEADER_STORE`) and `--resource NAME`.
@@ -34,7 +35,8 @@ Exit codes:
   status   0 there is a leader, 1 there is none, 2 error
   watch    0 after --for or Ctrl-C, 2 error
   release  0 released or nothing to release, 1 not confirmed, 2 error
-  run      the command's exit code when it exits by itself (128 + N if it
+  resign   3 the store cannot carry the request (no store can yet), 2 error
+  run      75 --wait passed without leading; otherwise the command's exit code when it exits by itself (128 + N if it
            died of signal N); on Ctrl-C 130 and on SIGTERM 143, unless the
            command then exits with its own code; 127 command not found, 126
            not executable, 125 the guard could not start it safely; 2 error
@@ -93,6 +95,15 @@ enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
+    /// Ask the running holder to resign (end its term and stay a
+    /// candidate). No store can carry such a request to another process
+    /// yet: this command says so, shows the holder and exits 3, changing
+    /// nothing. The holder resigns through its own API (`Elector::resign`);
+    /// `release --force` is the emergency tool.
+    Resign {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Run a command only while this instance leads: start it on acquiring,
     /// stop it the moment leadership is lost, start it again on
     /// re-acquiring, and release on exit.
@@ -134,6 +145,18 @@ enum Command {
         /// This instance's holder id (default: generated).
         #[arg(long, env = "LeaderElection__InstanceId")]
         instance_id: Option<String>,
+        /// Wait at most this long to lead; if this instance has not led by
+        /// then, release anything won meanwhile and exit 75 (EX_TEMPFAIL).
+        /// Default: wait as long as it takes.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        wait: Option<Duration>,
+        /// If the command exits by itself sooner than this after it started,
+        /// keep leading (the lease renewed) until this much time has passed,
+        /// then release and exit with the command's code (ShedLock's
+        /// lockAtLeastFor: a replica whose schedule fires a little later
+        /// does not run the job again). Ctrl-C or SIGTERM end the wait.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        hold_at_least: Option<Duration>,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
@@ -190,6 +213,7 @@ async fn run_cli(command: Command) -> ExitCode {
             json,
         } => commands::watch(&target, interval, duration, json).await,
         Command::Release { target, yes, .. } => commands::release(&target, yes).await,
+        Command::Resign { target } => commands::resign(&target).await,
         Command::Run {
             target,
             lease,
@@ -197,6 +221,8 @@ async fn run_cli(command: Command) -> ExitCode {
             retry,
             grace,
             instance_id,
+            wait,
+            hold_at_least,
             command,
         } => {
             let timing = commands::RunTiming {
@@ -204,6 +230,8 @@ async fn run_cli(command: Command) -> ExitCode {
                 renew,
                 retry,
                 grace,
+                wait,
+                hold_at_least,
             };
             commands::run(&target, timing, instance_id, command).await
         }

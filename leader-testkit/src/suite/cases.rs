@@ -31,6 +31,8 @@ macro_rules! __conformance_case_list {
             store::release_notifications_arrive, Store, needs_notifications;
             store::watch_unsupported_is_typed, Store, needs_no_notifications;
             store::force_release_frees_any_holder, Store, always;
+            observe::metadata_is_stored_with_the_term, Store, always;
+            observe::observer_follows_the_seat, Store, always;
             abuse::takeover_leaves_the_new_holder_untouched, Store, always;
             abuse::cancelled_acquires_never_hold_forever, Store, always;
             abuse::no_leaks_over_many_cycles, Store, needs_resource_counts;
@@ -42,9 +44,14 @@ macro_rules! __conformance_case_list {
             locks::lock_forced_release_fires_lost, Lock, always;
             locks::lock_renewals_stop_after_release, Lock, always;
             locks::lock_late_answer_gives_no_guard, Lock, always;
+            waiting::lock_waiter_takes_the_released_lock, Lock, always;
+            waiting::lock_dropped_waits_leave_nothing_held, Lock, always;
+            waiting::lock_hold_at_least_outlives_an_early_release, Lock, always;
+            waiting::lock_hold_at_most_gives_up_a_stuck_holder, Lock, always;
             election::election_one_leader, Election, always;
             election::election_crash_failover, Election, always;
             election::election_graceful_handover, Election, always;
+            resign::election_resign_hands_over, Election, always;
             election::election_work_cancelled_on_loss, Election, always;
             election::election_partitioned_leader_steps_down, Election, needs_links;
             election::election_slow_store_keeps_one_leader, Election, needs_links;

@@ -11,7 +11,7 @@ use super::store::{poll, step};
 use super::{CaseResult, Ctx, Failure, StallingStore};
 
 /// Locks for `instance` on `store`, with the profile's timing and `lease`.
-fn locks(
+pub(crate) fn locks(
     ctx: &Ctx,
     store: Arc<dyn LeaseStore>,
     instance: &str,

@@ -65,9 +65,12 @@ mod identity;
 mod lifecycle;
 mod locks;
 mod memory;
+mod observe;
+mod resign;
 mod runner;
 mod stall;
 mod store;
+mod waiting;
 
 pub use abuse::*;
 pub use ctx::{CaseResult, Ctx, Failure, Profile};
@@ -78,9 +81,12 @@ pub use identity::*;
 pub use lifecycle::*;
 pub use locks::*;
 pub use memory::{FaultyLink, MemoryFixture};
+pub use observe::*;
+pub use resign::*;
 pub use runner::{
     CaseOutcome, CaseReport, Level, SuiteReport, Tally, assert_pinned_names_are_cases, case_names,
     check_case, pinning_violation, run_all, run_case,
 };
 pub use stall::StallingStore;
 pub use store::*;
+pub use waiting::*;

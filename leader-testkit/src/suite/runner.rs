@@ -8,7 +8,10 @@ use futures::future::BoxFuture;
 use leader_core::{Capabilities, NotificationSupport};
 use tokio::time::Instant;
 
-use super::{CaseResult, Ctx, Fixture, abuse, election, faults, identity, lifecycle, locks, store};
+use super::{
+    CaseResult, Ctx, Fixture, abuse, election, faults, identity, lifecycle, locks, observe, resign,
+    store, waiting,
+};
 
 /// Whether a case talks to the store directly or through electors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leader_core::{
-    Acquire, Capabilities, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey, LeaseStore, Result,
+    Acquire, Capabilities, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey, LeaseStore, Metadata,
+    Result,
 };
 
 /// Wraps a store; every `acquire` is performed on the inner store and its
@@ -25,6 +26,20 @@ impl StallingStore {
     /// Stalls each acquire answer of `inner` by `stall`.
     pub fn new(inner: Arc<dyn LeaseStore>, stall: Duration) -> Self {
         StallingStore { inner, stall }
+    }
+
+    /// Hands an acquire's `answer` over only after the stall.
+    fn hold_back(&self, answer: Result<Acquire>) -> Result<Acquire> {
+        if clock_paused() {
+            // One poll of `advance` moves the clock; its trailing yield is
+            // dropped, so the caller's timeout gets no turn in between.
+            let _ = futures::FutureExt::now_or_never(tokio::time::advance(self.stall));
+        } else {
+            // Deliberately blocking: the caller's timeout must not get a
+            // chance to run before the answer is handed over.
+            std::thread::sleep(self.stall);
+        }
+        answer
     }
 }
 
@@ -48,16 +63,25 @@ impl LeaseStore for StallingStore {
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
         let answer = self.inner.acquire(key, holder, ttl).await;
-        if clock_paused() {
-            // One poll of `advance` moves the clock; its trailing yield is
-            // dropped, so the caller's timeout gets no turn in between.
-            let _ = futures::FutureExt::now_or_never(tokio::time::advance(self.stall));
-        } else {
-            // Deliberately blocking: the caller's timeout must not get a
-            // chance to run before the answer is handed over.
-            std::thread::sleep(self.stall);
-        }
-        answer
+        self.hold_back(answer)
+    }
+
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        let answer = self
+            .inner
+            .acquire_with_metadata(key, holder, ttl, metadata)
+            .await;
+        self.hold_back(answer)
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        self.inner.update_metadata(lease, metadata).await
     }
 
     async fn renew(&self, lease: &Lease) -> Result<()> {

@@ -1,0 +1,53 @@
+//! Resigning: `leader_core::Elector::resign` on the store under test.
+
+use super::cluster::{Cluster, follower_reaction};
+use super::{CaseResult, Ctx, Failure};
+
+/// The leader resigns: its term ends and its lease is gone from the store
+/// when `resign` returns, the other instance leads within a follower's
+/// reaction time (not at expiry) with a higher token, and the resigned one
+/// is still a candidate: it leads again when the other one leaves.
+pub async fn election_resign_hands_over(ctx: &Ctx) -> CaseResult {
+    let cluster = Cluster::start(ctx, "resign", 2).await?;
+    let p = ctx.profile();
+    let reaction = follower_reaction(ctx) + p.slack;
+    let (old, _) = cluster.wait_for_leader(reaction, None).await?;
+    let old_token = cluster.wait_written(old, p.slack).await?;
+    ensure!(
+        cluster.electors[old].resign(None).await,
+        "resign() of the leader says it ended no term"
+    );
+    ensure!(
+        !cluster.electors[old].is_leader(),
+        "the resigned elector still says it leads"
+    );
+    if let Some(info) = ctx.store().current(cluster.electors[old].key()).await?
+        && info.token == old_token
+    {
+        return Err(Failure::new(format!(
+            "resign returned but the store still holds the resigned term ({} token {})",
+            info.holder, info.token
+        )));
+    }
+    let (new, took) = cluster.wait_for_leader(reaction, Some(old)).await?;
+    ensure!(
+        took < p.lease,
+        "the other instance led {took:?} after the resign: no faster than expiry ({:?})",
+        p.lease
+    );
+    let new_token = cluster.wait_written(new, p.slack).await?;
+    ensure!(
+        new_token > old_token,
+        "the new token {new_token} is not above the resigned {old_token}"
+    );
+    // Still a candidate: once the other leaves, the resigned one leads
+    // (after what is left of its hold-off, one follower reaction).
+    cluster.electors[new].shutdown().await;
+    let (back, _) = cluster.wait_for_leader(reaction * 2, Some(new)).await?;
+    ensure!(
+        back == old && cluster.token(back)? > new_token,
+        "the resigned instance did not lead again with a higher token"
+    );
+    cluster.shutdown().await;
+    cluster.check()
+}

@@ -1,0 +1,141 @@
+//! `leaderctl run --wait`, `run --hold-at-least` and `resign`, end to end
+//! against a private Redis.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use leader::{ElectionConfig, Elector};
+use leader_testkit::servers::RedisServer;
+use tokio::time::Instant;
+
+use common::{LEASE, Run, exit_status, leaderctl, text};
+
+/// `leaderctl run` with `extra` flags before `--`, running `sh -c script`.
+fn run_with(url: &str, resource: &str, extra: &[&str], script: &str) -> Run {
+    let child = Command::new(common::BIN)
+        .args(["run", "--store", url, "--resource", resource])
+        .args(["--lease", "2s", "--renew", "500ms", "--retry", "250ms"])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
+        .env_remove("LEADER_STORE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("leaderctl run starts");
+    Run(child)
+}
+
+/// An elector holding `resource` on `url` (the lease 3 s).
+async fn holder(url: &str, resource: &str) -> Elector {
+    let mut config = ElectionConfig::new(resource)
+        .with_timing(Duration::from_secs(3), Duration::from_millis(500));
+    config.key_prefix = "leader:".into();
+    config.instance_id = Some("holder".into());
+    let elector = Elector::start(leader::connect(url).expect("store"), config).expect("elector");
+    let mut state = elector.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.is_leader))
+        .await
+        .expect("the holder leads")
+        .expect("alive");
+    elector
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_wait_gives_up_with_75_while_another_instance_leads() {
+    let redis = RedisServer::from_env_or_start().await.expect("redis");
+    let resource = format!("wait-{}", std::process::id());
+    let elector = holder(redis.url(), &resource).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let wait = Duration::from_secs(1);
+    let started = Instant::now();
+    let mut run = run_with(
+        redis.url(),
+        &resource,
+        &["--wait", "1s"],
+        &format!("touch {}", marker.display()),
+    );
+    let status = exit_status(&mut run, wait + LEASE * 5).await;
+    let took = started.elapsed();
+    assert_eq!(status.code(), Some(75), "exit status {status:?}");
+    assert!(
+        took >= wait,
+        "gave up after {took:?}, before --wait {wait:?}"
+    );
+    assert!(!marker.exists(), "the command ran without leadership");
+    assert!(
+        elector.is_leader(),
+        "the holder lost its seat to a waiter that gave up"
+    );
+    elector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_hold_at_least_keeps_the_seat_after_an_early_exit() {
+    let redis = RedisServer::from_env_or_start().await.expect("redis");
+    let resource = format!("hold-{}", std::process::id());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("ran");
+    let hold = LEASE * 2;
+    let mut run = run_with(
+        redis.url(),
+        &resource,
+        &["--hold-at-least", "4s"],
+        &format!("touch {} && exit 3", marker.display()),
+    );
+    common::eventually("the command ran", LEASE * 5, || marker.exists()).await;
+    let ran = Instant::now();
+    // The command is done, the seat is still held: status says so.
+    let common = ["--store", redis.url(), "--resource", resource.as_str()];
+    let out = leaderctl(&[&["status"][..], &common].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "seat empty after an early exit: {}",
+        text(&out)
+    );
+    let status = exit_status(&mut run, hold + LEASE * 5).await;
+    assert_eq!(
+        status.code(),
+        Some(3),
+        "the command's exit code: {status:?}"
+    );
+    // The command started at most a moment before `ran`.
+    assert!(
+        ran.elapsed() + Duration::from_millis(500) >= hold,
+        "leaderctl exited {:?} after the command ran, before --hold-at-least {hold:?}",
+        ran.elapsed()
+    );
+    let out = leaderctl(&[&["status"][..], &common].concat());
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "released on exit: {}",
+        text(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resign_says_the_store_cannot_carry_it_and_changes_nothing() {
+    let redis = RedisServer::from_env_or_start().await.expect("redis");
+    let resource = format!("resign-{}", std::process::id());
+    let elector = holder(redis.url(), &resource).await;
+    let token = elector.token();
+    let common = ["--store", redis.url(), "--resource", resource.as_str()];
+    let out = leaderctl(&[&["resign"][..], &common].concat());
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("cannot carry a resign request"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains(elector.instance_id().as_str()),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(elector.token(), token, "the holder's term changed");
+    elector.shutdown().await;
+}
