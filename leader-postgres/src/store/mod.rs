@@ -555,6 +555,25 @@ impl LeaseStore for PostgresStore {
         };
         self.ensure_schema().await?;
         let lock_key = self.lock_key(key);
+        // Held through this very store: end just that term on its shared
+        // session (terminating the session would end every lease on it).
+        let local = self.leases().get(&lock_key).cloned();
+        if let Some(pinned) = local {
+            let token = pinned.state().token;
+            let store = self.clone();
+            let ended = self
+                .detached("force_release", async move {
+                    store.end_term(&pinned, token).await.map(|ended| {
+                        ended.then(|| LeaseInfo::new(pinned.holder.clone(), token, None))
+                    })
+                })
+                .await
+                .map_err(err)?;
+            if let Some(info) = ended {
+                tracing::info!(key = %key, holder = %info.holder, token = info.token.0, "postgres lease force-released on this store's own session");
+                return Ok(Some(info));
+            }
+        }
         let Some((info, pid)) = self.lookup(lock_key).await.map_err(err)? else {
             return Ok(None);
         };
