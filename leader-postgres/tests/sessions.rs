@@ -178,27 +178,24 @@ async fn electors_on_one_session_all_step_down_when_it_ends_and_followers_take_o
     let resources = ["r0", "r1", "r2"];
     // One history per resource: each is checked on its own.
     let histories: Vec<History> = resources.iter().map(|_| History::new()).collect();
-    let leaders: Vec<Recorded> = resources
-        .iter()
-        .zip(&histories)
-        .map(|(r, history)| {
-            let config = election_config(&prefix, r, &format!("one-{r}"), LEASE);
-            recorded(one.clone(), config, history)
-        })
-        .collect();
+    // An elector per resource on `store`, instances named `name-<resource>`.
+    let elect = |store: Arc<dyn LeaseStore>, name: &str| -> Vec<Recorded> {
+        resources
+            .iter()
+            .zip(&histories)
+            .map(|(r, history)| {
+                let config = election_config(&prefix, r, &format!("{name}-{r}"), LEASE);
+                recorded(store.clone(), config, history)
+            })
+            .collect()
+    };
+    let leaders = elect(one.clone(), "one");
     for l in &leaders {
         until_leading(&l.elector, true, interval() * 3 + SLACK)
             .await
             .expect("each leads");
     }
-    let followers: Vec<Recorded> = resources
-        .iter()
-        .zip(&histories)
-        .map(|(r, history)| {
-            let config = election_config(&prefix, r, &format!("two-{r}"), LEASE);
-            recorded(two.clone(), config, history)
-        })
-        .collect();
+    let followers = elect(two, "two");
     let mut pids = Vec::new();
     for l in &leaders {
         let info = one
