@@ -47,8 +47,11 @@ const LOCK_MATCH: &str = "k.locktype = 'advisory' AND k.granted AND k.objsubid =
 pub(crate) struct Statements {
     pub(crate) table_exists: Arc<str>,
     pub(crate) create_table: Arc<str>,
-    /// Acquisition on a session whose settings already fit.
-    pub(crate) acquire: Arc<str>,
+    /// The common case's acquisition, on a session whose settings already
+    /// fit: the token is minted unless the previous term ended without a
+    /// release (then `token` is NULL and the lock is held; `reacquire`
+    /// decides on the lock delay).
+    pub(crate) acquire_fast: Arc<str>,
     /// Acquisition that also applies the session settings of a TTL.
     pub(crate) acquire_settings: Arc<str>,
     pub(crate) reacquire: Arc<str>,
@@ -164,6 +167,32 @@ impl Statements {
                  FROM g LEFT JOIN h ON true LEFT JOIN r ON true"
             )
         };
+        // The common case in three parts: try the lock (l); mint the token
+        // (u) unless the lock delay may apply (the previous term ended
+        // without a release, by another holder, and is not one this client
+        // has waited out: the ON CONFLICT's WHERE then leaves the row and
+        // returns nothing); if the lock was busy, who holds it (h). Same
+        // parameters $1..$6 as `mint`.
+        let fast = format!(
+            "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1::bigint) AS got), \
+             u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, acquired_at, \
+                       ttl_ms, released, vacated_at) \
+                   SELECT $1, $2, {CLOCK_FLOOR}, $3, pg_backend_pid(), now(), $5::bigint, \
+                          false, NULL \
+                   FROM l WHERE l.got \
+                   ON CONFLICT (lock_key) DO UPDATE \
+                      SET token = greatest(f.token + 1, EXCLUDED.token), \
+                      resource = EXCLUDED.resource, holder = EXCLUDED.holder, \
+                      pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at, \
+                      ttl_ms = EXCLUDED.ttl_ms, released = false, vacated_at = NULL \
+                   WHERE f.released OR NOT $4::boolean OR f.holder = $3 \
+                      OR f.token IS NOT DISTINCT FROM $6::bigint \
+                   RETURNING f.token), \
+             h AS MATERIALIZED ({holder_if_missed}) \
+             SELECT l.got, (SELECT u.token FROM u) AS token, pg_backend_pid() AS pid, \
+                    h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid \
+             FROM l LEFT JOIN h ON true"
+        );
         let try_lock = "pg_try_advisory_lock($1::bigint)";
         // On a session that already holds the lock (a re-acquisition by the
         // same holder): check it is still held instead of locking again, so
@@ -207,7 +236,7 @@ impl Statements {
         Statements {
             table_exists: "SELECT to_regclass($1) IS NOT NULL AS present".into(),
             create_table: create_table.into(),
-            acquire: mint(try_lock, false).into(),
+            acquire_fast: fast.into(),
             acquire_settings: mint(try_lock, true).into(),
             reacquire: mint(&still_held, false).into(),
             reacquire_settings: mint(&still_held, true).into(),

@@ -259,7 +259,7 @@ async fn a_shared_session_runs_with_the_longest_ttl_of_its_leases() {
     let info = s.pinned_session(&short).await.expect("inspect").expect("pinned");
     assert_eq!(info.leases, 2);
     // Never ended while the longer lease may still be valid.
-    assert_eq!(info.idle_session_timeout.as_deref(), Some("4s"), "{info:?}");
+    assert_eq!(info.idle_session_timeout.as_deref(), Some("5s"), "{info:?}");
     assert_eq!(info.tcp_user_timeout, "5000", "{info:?}");
     assert!(s.release(&a).await.expect("release"));
     assert!(s.release(&b).await.expect("release"));

@@ -284,7 +284,7 @@ async fn the_pinned_session_idles_out_after_one_ttl_and_is_replaced_when_unused(
         .await
         .expect("session")
         .expect("pinned");
-    assert_eq!(info.idle_session_timeout.as_deref(), Some("2s"), "{info:?}");
+    assert_eq!(info.idle_session_timeout.as_deref(), Some("2500ms"), "{info:?}");
     assert!(s.release(&lease).await.expect("release"));
 
     // The released session keeps its settings for the next lease (no

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use leader_core::{Acquire, Error, FencingToken, HolderId, Lease, LeaseInfo, LeaseKey, Result};
+use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 use tokio::time::Instant;
 
@@ -20,6 +21,10 @@ impl PostgresStore {
     /// Runs the acquire (`reacquire`: on a session that already holds the
     /// lock) statement on `conn`, applying the session settings of
     /// `settings` (a TTL) when given.
+    ///
+    /// The common case (a new lease on a session whose settings fit) runs
+    /// the short statement; only when it took the lock of a term that ended
+    /// without a release does a second statement decide on the lock delay.
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn mint(
         &self,
@@ -31,10 +36,52 @@ impl PostgresStore {
         ttl: Duration,
         settings: Option<Duration>,
     ) -> std::result::Result<Minted, sqlx::Error> {
+        if reacquire || settings.is_some() {
+            return self
+                .mint_deciding(conn, reacquire, key, lock_key, holder, ttl, settings)
+                .await;
+        }
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.acquire_fast.clone()))
+            .bind(lock_key)
+            .bind(key.as_str())
+            .bind(holder.as_str())
+            .bind(self.inner.options.lock_delay)
+            .bind(ttl_ms)
+            .bind(self.waited_out(lock_key))
+            .fetch_one(&mut conn.inner)
+            .await?;
+        if !row.try_get::<bool, _>("got")? {
+            return self.missed(&row, lock_key);
+        }
+        match row.try_get::<Option<i64>, _>("token")? {
+            Some(token) => Ok(self.got(&row, token, lock_key)?),
+            // The previous term ended without a release: this session
+            // holds the lock now; the deciding statement keeps it or gives
+            // it back (the lock delay).
+            None => {
+                self.mint_deciding(conn, true, key, lock_key, holder, ttl, None)
+                    .await
+            }
+        }
+    }
+
+    /// The full acquire statement: lock (or, `reacquire`, check the lock
+    /// this session holds), the lock delay, settings, token, holder.
+    #[allow(clippy::too_many_arguments)]
+    async fn mint_deciding(
+        &self,
+        conn: &mut Conn,
+        reacquire: bool,
+        key: &LeaseKey,
+        lock_key: i64,
+        holder: &HolderId,
+        ttl: Duration,
+        settings: Option<Duration>,
+    ) -> std::result::Result<Minted, sqlx::Error> {
         let sql = &self.inner.sql;
         let statement = match (reacquire, settings.is_some()) {
-            (false, false) => &sql.acquire,
-            (false, true) => &sql.acquire_settings,
+            (false, _) => &sql.acquire_settings,
             (true, false) => &sql.reacquire,
             (true, true) => &sql.reacquire_settings,
         };
@@ -47,7 +94,8 @@ impl PostgresStore {
             .bind(self.inner.options.lock_delay)
             .bind(ttl_ms)
             .bind(waited);
-        if let Some(settings) = settings {
+        if settings.is_some() || !reacquire {
+            let settings = settings.unwrap_or(ttl);
             let ka = Keepalive::for_ttl(settings);
             let idle_timeout = if conn.idle_timeout {
                 Some(keys::idle_session_timeout_ms(settings).to_string())
@@ -84,27 +132,38 @@ impl PostgresStore {
         if got {
             let token: Option<i64> = row.try_get("token")?;
             let token = token
-                .and_then(|t| u64::try_from(t).ok())
                 .ok_or_else(|| sqlx::Error::Protocol("lock taken but no token minted".into()))?;
-            self.forget_vacated(lock_key);
-            Ok(Minted::Got {
-                token: FencingToken(token),
-                pid: row.try_get("pid")?,
-            })
+            self.got(&row, token, lock_key)
         } else {
-            let lock_pid: Option<i32> = row.try_get("lock_pid")?;
-            let row_pid: Option<i32> = row.try_get("row_pid")?;
-            let confirmed = lock_pid.is_some() && row_pid == lock_pid;
-            if lock_pid.is_some() {
-                // A new term holds the lock: any vacated one is over.
-                self.forget_vacated(lock_key);
-            }
-            Ok(Minted::Missed(
-                holder_info(&row, "held_token")?,
-                lock_pid,
-                confirmed,
-            ))
+            self.missed(&row, lock_key)
         }
+    }
+
+    /// A minted term from an acquire row.
+    fn got(&self, row: &PgRow, token: i64, lock_key: i64) -> std::result::Result<Minted, sqlx::Error> {
+        let token = u64::try_from(token)
+            .map_err(|_| sqlx::Error::Protocol(format!("a negative token {token} was minted")))?;
+        self.forget_vacated(lock_key);
+        Ok(Minted::Got {
+            token: FencingToken(token),
+            pid: row.try_get("pid")?,
+        })
+    }
+
+    /// Who holds the busy lock, from an acquire row.
+    fn missed(&self, row: &PgRow, lock_key: i64) -> std::result::Result<Minted, sqlx::Error> {
+        let lock_pid: Option<i32> = row.try_get("lock_pid")?;
+        let row_pid: Option<i32> = row.try_get("row_pid")?;
+        let confirmed = lock_pid.is_some() && row_pid == lock_pid;
+        if lock_pid.is_some() {
+            // A new term holds the lock: any vacated one is over.
+            self.forget_vacated(lock_key);
+        }
+        Ok(Minted::Missed(
+            holder_info(row, "held_token")?,
+            lock_pid,
+            confirmed,
+        ))
     }
 
     /// Checks on `conn` that its session holds `lock_key`: `(backend pid, held)`.

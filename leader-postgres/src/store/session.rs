@@ -34,9 +34,9 @@ pub struct SessionInfo {
     pub tcp_keepalives_count: String,
     /// `SHOW tcp_user_timeout`.
     pub tcp_user_timeout: String,
-    /// `SHOW idle_session_timeout` (the longest TTL of the session's
-    /// leases, so the server ends the session of a holder process that
-    /// stopped; `None` on servers before PostgreSQL 14, which lack it).
+    /// `SHOW idle_session_timeout` (1.25 × the longest TTL of the
+    /// session's leases, so the server ends the session of a holder process
+    /// that stopped; `None` on servers before PostgreSQL 14, which lack it).
     pub idle_session_timeout: Option<String>,
     /// How many leases of this store share the session (its locks).
     pub leases: usize,
