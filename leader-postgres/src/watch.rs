@@ -115,7 +115,10 @@ impl Hub {
 
 /// Opens the listener connection (a private one-connection pool, as
 /// `PgListener` needs one; it never reconnects by itself).
-async fn connect(conns: &Connector, operation_timeout: Duration) -> Result<(PgListener, sqlx::PgPool)> {
+async fn connect(
+    conns: &Connector,
+    operation_timeout: Duration,
+) -> Result<(PgListener, sqlx::PgPool)> {
     let connect_timeout = conns.connect_timeout();
     let pool = PgPoolOptions::new()
         .max_connections(1)
@@ -149,7 +152,10 @@ async fn connect(conns: &Connector, operation_timeout: Duration) -> Result<(PgLi
 
 /// The listener task: LISTENs on request, routes notifications by channel,
 /// and ends (dropping every subscriber's sender) when the connection breaks.
-async fn run((mut listener, pool): (PgListener, sqlx::PgPool), mut inbox: mpsc::UnboundedReceiver<Listen>) {
+async fn run(
+    (mut listener, pool): (PgListener, sqlx::PgPool),
+    mut inbox: mpsc::UnboundedReceiver<Listen>,
+) {
     let mut routes: HashMap<String, Vec<mpsc::Sender<LeaseEvent>>> = HashMap::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.tick().await;
@@ -193,7 +199,10 @@ async fn run((mut listener, pool): (PgListener, sqlx::PgPool), mut inbox: mpsc::
             }
         }
     };
-    tracing::debug!(subscribers = routes.values().map(Vec::len).sum::<usize>(), "postgres listener ended: {why}");
+    tracing::debug!(
+        subscribers = routes.values().map(Vec::len).sum::<usize>(),
+        "postgres listener ended: {why}"
+    );
     // Ends every subscription (their recv() returns None): they poll.
     drop(routes);
     drop(listener);

@@ -152,7 +152,10 @@ async fn leases_on_one_session_all_fail_renewal_when_it_is_terminated() {
             .await
             .expect_err("renewal after the session ended");
         assert_eq!(err.kind(), ErrorKind::NotHolder, "{err}");
-        assert!(!s.release(lease).await.expect("release"), "nothing to release");
+        assert!(
+            !s.release(lease).await.expect("release"),
+            "nothing to release"
+        );
     }
     // The terms ended without a release: others wait out the lock delay.
     let other = store(pg.url());
@@ -205,7 +208,10 @@ async fn electors_on_one_session_all_step_down_when_it_ends_and_followers_take_o
             .expect("pinned");
         pids.push(info.pid);
     }
-    assert!(pids.windows(2).all(|w| w[0] == w[1]), "one session: {pids:?}");
+    assert!(
+        pids.windows(2).all(|w| w[0] == w[1]),
+        "one session: {pids:?}"
+    );
     let old_tokens: Vec<_> = leaders.iter().map(|l| l.elector.token()).collect();
 
     let mut admin = admin(pg.url()).await;
@@ -232,7 +238,10 @@ async fn electors_on_one_session_all_step_down_when_it_ends_and_followers_take_o
             .unwrap_or_else(|| panic!("{} did not lead within {bound:?}", f.id));
         assert!(f.elector.token() > *old, "a higher token");
     }
-    println!("all followers lead {:?} after the termination", terminated.elapsed());
+    println!(
+        "all followers lead {:?} after the termination",
+        terminated.elapsed()
+    );
     for f in &followers {
         f.elector.shutdown().await;
     }
@@ -256,7 +265,11 @@ async fn a_shared_session_runs_with_the_longest_ttl_of_its_leases() {
             .await
             .expect("acquire"),
     );
-    let info = s.pinned_session(&short).await.expect("inspect").expect("pinned");
+    let info = s
+        .pinned_session(&short)
+        .await
+        .expect("inspect")
+        .expect("pinned");
     assert_eq!(info.leases, 2);
     // Never ended while the longer lease may still be valid.
     assert_eq!(info.idle_session_timeout.as_deref(), Some("5s"), "{info:?}");
@@ -267,7 +280,11 @@ async fn a_shared_session_runs_with_the_longest_ttl_of_its_leases() {
 
 /// Acquires and releases `key` on `s`, which notifies its watchers.
 async fn cycle(s: &PostgresStore, key: &LeaseKey) {
-    let lease = acquired(s.acquire(key, &holder("cycler_1"), TTL).await.expect("acquire"));
+    let lease = acquired(
+        s.acquire(key, &holder("cycler_1"), TTL)
+            .await
+            .expect("acquire"),
+    );
     assert!(s.release(&lease).await.expect("release"));
 }
 
@@ -329,7 +346,10 @@ async fn the_shared_listener_is_reestablished_once_for_all_after_it_breaks() {
     proxy.set_mode(Mode::Reset);
     assert_eq!(next(&mut w1).await, None, "w1's subscription ends");
     assert_eq!(next(&mut w2).await, None, "w2's subscription ends");
-    let err = watchers.watch(&k1).await.expect_err("no server to listen on");
+    let err = watchers
+        .watch(&k1)
+        .await
+        .expect_err("no server to listen on");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
 
     // Back: both subscribe again, on one new connection.

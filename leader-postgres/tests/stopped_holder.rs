@@ -284,23 +284,31 @@ async fn the_pinned_session_idles_out_after_one_ttl_and_is_replaced_when_unused(
         .await
         .expect("session")
         .expect("pinned");
-    assert_eq!(info.idle_session_timeout.as_deref(), Some("2500ms"), "{info:?}");
+    assert_eq!(
+        info.idle_session_timeout.as_deref(),
+        Some("2500ms"),
+        "{info:?}"
+    );
     assert!(s.release(&lease).await.expect("release"));
 
     // The released session keeps its settings for the next lease (no
     // settings on every acquisition); unused, the server ends it...
-    eventually(LEASE * 2 + SLACK, "the server to end the unused session", || {
-        let url = pg.url().to_owned();
-        async move {
-            !sqlx::query_scalar::<_, bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
-            )
-            .bind(info.pid)
-            .fetch_one(&mut admin(&url).await)
-            .await
-            .expect("look the backend up")
-        }
-    })
+    eventually(
+        LEASE * 2 + SLACK,
+        "the server to end the unused session",
+        || {
+            let url = pg.url().to_owned();
+            async move {
+                !sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                )
+                .bind(info.pid)
+                .fetch_one(&mut admin(&url).await)
+                .await
+                .expect("look the backend up")
+            }
+        },
+    )
     .await;
     // ... and the next acquisition replaces it without an error.
     let next = acquired(

@@ -474,7 +474,10 @@ async fn the_pinned_session_runs_with_keepalives_derived_from_the_ttl() {
         ("15", "5", "3", "30000"),
         "{info:?}"
     );
-    assert_eq!(info.application_name, leader_postgres::DEFAULT_APPLICATION_NAME);
+    assert_eq!(
+        info.application_name,
+        leader_postgres::DEFAULT_APPLICATION_NAME
+    );
     assert_eq!(info.leases, 1);
     let current = s.current(&key).await.expect("current").expect("held");
     assert_eq!(current.token, lease.token);

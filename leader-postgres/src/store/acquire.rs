@@ -140,7 +140,12 @@ impl PostgresStore {
     }
 
     /// A minted term from an acquire row.
-    fn got(&self, row: &PgRow, token: i64, lock_key: i64) -> std::result::Result<Minted, sqlx::Error> {
+    fn got(
+        &self,
+        row: &PgRow,
+        token: i64,
+        lock_key: i64,
+    ) -> std::result::Result<Minted, sqlx::Error> {
         let token = u64::try_from(token)
             .map_err(|_| sqlx::Error::Protocol(format!("a negative token {token} was minted")))?;
         self.forget_vacated(lock_key);
@@ -194,7 +199,8 @@ impl PostgresStore {
             .iter()
             .zip(&lo)
             .map(|(h, l)| {
-                let bits = ((h.cast_unsigned() & 0xffff_ffff) << 32) | (l.cast_unsigned() & 0xffff_ffff);
+                let bits =
+                    ((h.cast_unsigned() & 0xffff_ffff) << 32) | (l.cast_unsigned() & 0xffff_ffff);
                 bits.cast_signed()
             })
             .collect();
@@ -315,7 +321,11 @@ impl PostgresStore {
         if unlocked {
             session.note(slot);
         } else {
-            self.lose(session, slot, "giving back a lock after a failed statement failed");
+            self.lose(
+                session,
+                slot,
+                "giving back a lock after a failed statement failed",
+            );
         }
     }
 

@@ -3,9 +3,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -112,7 +112,10 @@ pub struct PostgresStore {
 
 /// What the acquire statement reported.
 enum Minted {
-    Got { token: FencingToken, pid: i32 },
+    Got {
+        token: FencingToken,
+        pid: i32,
+    },
     /// Someone else holds the lock: who (if still held), the locking
     /// backend's pid, and whether the counter row confirmed the holder (it
     /// is committed just after the lock shows, so a racing read may only see
@@ -390,7 +393,9 @@ impl PostgresStore {
             Some(conn) => {
                 tokio::time::timeout(left, async {
                     if check_all {
-                        self.locks_held(conn).await.map(|(pid, keys)| (pid, Some(keys)))
+                        self.locks_held(conn)
+                            .await
+                            .map(|(pid, keys)| (pid, Some(keys)))
                     } else {
                         self.backend_pid(conn).await.map(|pid| (pid, None))
                     }

@@ -69,10 +69,7 @@ impl Slot {
     /// The TTL the session's settings must fit with a new lease of `ttl`:
     /// the longest of its leases' and that one.
     pub(super) fn wanted_settings(&self, ttl: Duration) -> Duration {
-        self.held
-            .values()
-            .map(|t| t.ttl)
-            .fold(ttl, Duration::max)
+        self.held.values().map(|t| t.ttl).fold(ttl, Duration::max)
     }
 }
 
@@ -235,7 +232,10 @@ mod tests {
         let pool = Pool::new(2);
         let a = pool.pick(TTL);
         let b = pool.pick(TTL);
-        assert_ne!(a.id, b.id, "a second session while busy and below the bound");
+        assert_ne!(
+            a.id, b.id,
+            "a second session while busy and below the bound"
+        );
         let c = pool.pick(TTL);
         assert!(c.id == a.id || c.id == b.id, "no third session");
         assert_eq!(pool.len(), 2);

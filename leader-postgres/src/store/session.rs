@@ -85,10 +85,10 @@ impl PostgresStore {
         if slot.lost || !current {
             return Ok(false);
         }
-        let sql = self.inner.sql.release(
-            pinned.lock_key,
-            i64::try_from(token.0).unwrap_or(i64::MAX),
-        );
+        let sql = self
+            .inner
+            .sql
+            .release(pinned.lock_key, i64::try_from(token.0).unwrap_or(i64::MAX));
         let outcome = match slot.conn.as_mut() {
             Some(conn) => {
                 tokio::time::timeout(limit, async {
