@@ -20,10 +20,6 @@ pub(crate) struct Conn {
     /// Whether a lock taken on it was seen again by a second statement (the
     /// connection reaches one stable session, not a transaction pooler).
     pub(crate) verified: bool,
-    /// The TTL whose TCP settings the session runs with (set at an
-    /// acquisition, kept after the release: they are harmless on an idle
-    /// connection and cost a little on every acquisition).
-    pub(crate) tcp_ttl: Option<Duration>,
     /// Whether the server has `idle_session_timeout` (PostgreSQL 14+).
     pub(crate) idle_timeout: bool,
 }
@@ -83,7 +79,6 @@ impl Connector {
                 Ok(Conn {
                     inner,
                     verified: false,
-                    tcp_ttl: None,
                     idle_timeout,
                 })
             }

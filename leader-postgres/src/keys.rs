@@ -113,19 +113,25 @@ impl Keepalive {
     }
 }
 
-/// The pinned session's `idle_session_timeout` for a lease of `ttl`: the TTL
-/// in whole milliseconds, rounded up (at least 1 ms; Postgres caps it at
-/// `i32::MAX` ms, about 24.8 days).
+/// The pinned session's `idle_session_timeout` for a lease of `ttl`: 1.25
+/// TTL in whole milliseconds, rounded up (at least 1 ms; Postgres caps it
+/// at `i32::MAX` ms, about 24.8 days).
 ///
 /// The server ends the session, and so frees the lock, when it has waited
 /// this long for the holder's next statement. A holder renews every renewal
 /// interval (shorter than the TTL), so a running holder never trips it; a
-/// stopped one loses the lock one TTL after its last statement finished,
+/// stopped one loses the lock 1.25 TTL after its last statement finished,
 /// which is after its own validity (counted from that statement's send
-/// time) has ended.
+/// time) has ended. The extra quarter lets a running process's own
+/// store-side expiry (one TTL from the send time) give a lease that is no
+/// longer renewed up first, as a release that notifies followers and needs
+/// no lock delay, even when its timer fires late on a loaded machine.
 pub fn idle_session_timeout_ms(ttl: Duration) -> u64 {
     let micros = u64::try_from(ttl.as_micros()).unwrap_or(u64::MAX);
-    micros.div_ceil(1000).clamp(1, i32::MAX as u64)
+    micros
+        .saturating_add(micros / 4)
+        .div_ceil(1000)
+        .clamp(1, i32::MAX as u64)
 }
 
 #[cfg(test)]
@@ -183,13 +189,13 @@ mod tests {
     }
 
     #[test]
-    fn idle_session_timeout_is_the_ttl_rounded_up_to_a_millisecond() {
-        assert_eq!(idle_session_timeout_ms(Duration::from_secs(2)), 2000);
+    fn idle_session_timeout_is_a_quarter_above_the_ttl_rounded_up_to_a_millisecond() {
+        assert_eq!(idle_session_timeout_ms(Duration::from_secs(2)), 2500);
         assert_eq!(idle_session_timeout_ms(Duration::from_micros(1500)), 2);
         assert_eq!(idle_session_timeout_ms(Duration::from_nanos(1)), 1);
         assert_eq!(
             idle_session_timeout_ms(leader_core::MAX_TTL),
-            leader_core::MAX_TTL.as_millis() as u64
+            leader_core::MAX_TTL.as_millis() as u64 * 5 / 4
         );
         assert!(idle_session_timeout_ms(Duration::from_secs(u64::MAX)) <= i32::MAX as u64);
     }

@@ -8,7 +8,7 @@ mod store;
 mod watch;
 
 pub use options::{
-    DEFAULT_APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT, DEFAULT_TABLE,
-    PostgresOptions, TableName,
+    DEFAULT_APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT,
+    DEFAULT_PINNED_SESSIONS, DEFAULT_TABLE, PostgresOptions, TableName,
 };
 pub use store::{PostgresStore, SessionInfo};

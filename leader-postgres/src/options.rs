@@ -23,6 +23,9 @@ pub const DEFAULT_APPLICATION_NAME: &str = "leader-postgres";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default bound on one statement (a renewal is also bounded by its TTL).
 pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default number of pinned sessions the leases of one store share
+/// (see [`PostgresOptions::pinned_sessions`]).
+pub const DEFAULT_PINNED_SESSIONS: usize = 4;
 
 /// The URL query parameters understood; anything else is refused.
 const URL_PARAMETERS: &[&str] = &[
@@ -138,6 +141,7 @@ pub struct PostgresOptions {
     pub(crate) application_name: String,
     pub(crate) max_idle_connections: usize,
     pub(crate) lock_delay: bool,
+    pub(crate) pinned_sessions: usize,
 }
 
 impl PostgresOptions {
@@ -271,6 +275,7 @@ impl PostgresOptions {
             application_name,
             max_idle_connections: 2,
             lock_delay: true,
+            pinned_sessions: DEFAULT_PINNED_SESSIONS,
         })
     }
 
@@ -374,6 +379,29 @@ impl PostgresOptions {
         self
     }
 
+    /// How many pinned sessions (server connections) the leases of this
+    /// store share at most (default [`DEFAULT_PINNED_SESSIONS`]).
+    ///
+    /// A session holds the advisory locks of many leases, so a process
+    /// holding 10,000 leases needs this many connections, not 10,000. The
+    /// price of sharing: a session's loss (a network failure, a terminated
+    /// backend, a statement without an answer) ends every lease on it, and
+    /// statements on one session run one after another. Sessions are opened
+    /// as leases need them, up to this bound.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) for zero.
+    pub fn pinned_sessions(mut self, count: usize) -> Result<Self> {
+        if count == 0 {
+            return Err(Error::invalid_config(
+                "pinned_sessions must be at least 1: leases need a session to hold their locks",
+            ));
+        }
+        self.pinned_sessions = count;
+        Ok(self)
+    }
+
     /// The counter table in use.
     pub fn table_name(&self) -> &TableName {
         &self.table
@@ -431,6 +459,7 @@ impl fmt::Debug for PostgresOptions {
             .field("application_name", &self.application_name)
             .field("max_idle_connections", &self.max_idle_connections)
             .field("lock_delay", &self.lock_delay)
+            .field("pinned_sessions", &self.pinned_sessions)
             .finish()
     }
 }
@@ -590,5 +619,15 @@ mod tests {
         let o = PostgresOptions::from_url("postgres://h/db").expect("valid URL");
         assert!(o.clone().connect_timeout(Duration::ZERO).is_err());
         assert!(o.operation_timeout(Duration::ZERO).is_err());
+    }
+
+    #[test]
+    fn pinned_sessions_must_be_at_least_one() {
+        let o = PostgresOptions::from_url("postgres://h/db").expect("valid URL");
+        assert_eq!(o.pinned_sessions, DEFAULT_PINNED_SESSIONS);
+        let err = o.clone().pinned_sessions(0).expect_err("zero sessions");
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig);
+        assert!(err.to_string().contains("pinned_sessions"), "{err}");
+        assert_eq!(o.pinned_sessions(1).expect("one").pinned_sessions, 1);
     }
 }

@@ -47,14 +47,21 @@ const LOCK_MATCH: &str = "k.locktype = 'advisory' AND k.granted AND k.objsubid =
 pub(crate) struct Statements {
     pub(crate) table_exists: Arc<str>,
     pub(crate) create_table: Arc<str>,
-    /// Acquisition on a connection whose TCP settings already fit the TTL.
-    pub(crate) acquire: Arc<str>,
-    /// Acquisition that also applies the TCP settings of the TTL.
-    pub(crate) acquire_tcp: Arc<str>,
+    /// The common case's acquisition, on a session whose settings already
+    /// fit: the token is minted unless the previous term ended without a
+    /// release (then `token` is NULL and the lock is held; `reacquire`
+    /// decides on the lock delay).
+    pub(crate) acquire_fast: Arc<str>,
+    /// Acquisition that also applies the session settings of a TTL.
+    pub(crate) acquire_settings: Arc<str>,
     pub(crate) reacquire: Arc<str>,
-    pub(crate) reacquire_tcp: Arc<str>,
-    /// The full renewal check: backend pid and the lock in `pg_locks`.
+    pub(crate) reacquire_settings: Arc<str>,
+    /// The lock check of a new connection: backend pid and lock `$1` in
+    /// `pg_locks`.
     pub(crate) renew: Arc<str>,
+    /// The periodic check of a shared session: its backend pid and the
+    /// high and low halves of every advisory lock it holds in this database.
+    pub(crate) locks_held: Arc<str>,
     /// The cheap renewal check: the backend pid alone.
     pub(crate) renew_pid: Arc<str>,
     pub(crate) holder: Arc<str>,
@@ -65,21 +72,18 @@ pub(crate) struct Statements {
 /// The server clock in microseconds + 1: the floor of every new token.
 const CLOCK_FLOOR: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint + 1";
 
-/// Sets the pinned session's name ($4) and, where the server has it,
-/// `idle_session_timeout` ($11, NULL on servers before 14) on every
-/// acquisition; referenced by the final SELECT so that Postgres evaluates it.
-const SESSION_SETTINGS: &str = "s AS MATERIALIZED ( \
-       SELECT set_config('application_name', $4, false) AS a, \
-              CASE WHEN $11::text IS NULL THEN NULL \
-                   ELSE set_config('idle_session_timeout', $11, false) END AS i \
-              {tcp} \
+/// The session settings of a TTL, applied only when the session's TTL
+/// changes (see `store::pool`): `idle_session_timeout` ($7, NULL on servers
+/// before 14) and the TCP settings ($8..$11). Referenced by the final SELECT
+/// so that Postgres evaluates it; gated on the lock being taken.
+const SESSION_SETTINGS: &str = ", s AS MATERIALIZED ( \
+       SELECT CASE WHEN $7::text IS NULL THEN NULL \
+                   ELSE set_config('idle_session_timeout', $7, false) END AS i, \
+              set_config('tcp_keepalives_idle', $8, false) AS b, \
+              set_config('tcp_keepalives_interval', $9, false) AS c, \
+              set_config('tcp_keepalives_count', $10, false) AS d, \
+              set_config('tcp_user_timeout', $11, false) AS e \
        FROM g WHERE g.got)";
-
-/// The TCP settings ($5..$8), applied once per connection and TTL.
-const TCP_SETTINGS: &str = ", set_config('tcp_keepalives_idle', $5, false) AS b, \
-              set_config('tcp_keepalives_interval', $6, false) AS c, \
-              set_config('tcp_keepalives_count', $7, false) AS d, \
-              set_config('tcp_user_timeout', $8, false) AS e";
 
 impl Statements {
     pub(crate) fn new(table: &TableName) -> Self {
@@ -108,10 +112,10 @@ impl Statements {
         // if the lock was busy, report who holds it (h). v, x and h are
         // gated by conditions that do not depend on their rows, which
         // Postgres checks once before scanning anything.
-        // Params: $1 key, $2 lease key, $3 holder, $4 app name, $5..$8 TCP,
-        // $9 lock delay on, $10 TTL in ms, $11 idle_session_timeout (NULL:
-        // not set), $12 the token of a vacated term this client has already
-        // waited out on its own monotonic clock (NULL: none).
+        // Params: $1 key, $2 lease key, $3 holder, $4 lock delay on, $5 TTL
+        // in ms, $6 the token of a vacated term this client has already
+        // waited out on its own monotonic clock (NULL: none); the settings
+        // variant adds $7..$11 (SESSION_SETTINGS).
         //
         // The lock delay is decided by the client's clock, not the server's:
         // `d.wait_ms` is the vacated term's TTL (the client holds the seat
@@ -122,26 +126,30 @@ impl Statements {
         // in microseconds + 1 (EXCLUDED.token), so that a lost counter row
         // (dropped table, old backup, new database) never makes tokens go
         // back.
-        let mint = |lock_expr: &str, tcp: &str| {
-            let settings = SESSION_SETTINGS.replace("{tcp}", tcp);
+        let mint = |lock_expr: &str, settings: bool| {
+            let (settings_cte, configured) = if settings {
+                (SESSION_SETTINGS, ", (SELECT count(*) FROM s) AS configured")
+            } else {
+                ("", "")
+            };
             format!(
                 "WITH l AS MATERIALIZED (SELECT {lock_expr} AS got), \
                  r AS MATERIALIZED (SELECT f.released, f.ttl_ms, f.holder, f.token \
                        FROM {t} f WHERE f.lock_key = $1), \
                  d AS MATERIALIZED (SELECT l.got, \
-                       CASE WHEN l.got AND $9::boolean AND r.released IS FALSE \
-                                 AND r.holder <> $3 AND r.token IS DISTINCT FROM $12::bigint \
+                       CASE WHEN l.got AND $4::boolean AND r.released IS FALSE \
+                                 AND r.holder <> $3 AND r.token IS DISTINCT FROM $6::bigint \
                             THEN greatest(1, r.ttl_ms) ELSE 0 END AS wait_ms \
                        FROM l LEFT JOIN r ON true), \
                  v AS (UPDATE {t} f SET vacated_at = coalesce(f.vacated_at, now()) \
                        WHERE (SELECT d.wait_ms FROM d) > 0 AND f.lock_key = $1 RETURNING 1), \
                  x AS MATERIALIZED (SELECT pg_advisory_unlock($1::bigint) AS unlocked \
                        FROM d WHERE d.wait_ms > 0), \
-                 g AS MATERIALIZED (SELECT d.got AND d.wait_ms = 0 AS got, d.wait_ms FROM d), \
-                 {settings}, \
+                 g AS MATERIALIZED (SELECT d.got AND d.wait_ms = 0 AS got, d.wait_ms FROM d)\
+                 {settings_cte}, \
                  u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, \
                            acquired_at, ttl_ms, released, vacated_at) \
-                       SELECT $1, $2, {CLOCK_FLOOR}, $3, pg_backend_pid(), now(), $10::bigint, \
+                       SELECT $1, $2, {CLOCK_FLOOR}, $3, pg_backend_pid(), now(), $5::bigint, \
                               false, NULL \
                        FROM g WHERE g.got \
                        ON CONFLICT (lock_key) DO UPDATE \
@@ -152,13 +160,39 @@ impl Statements {
                        RETURNING f.token), \
                  h AS MATERIALIZED ({holder_if_missed}) \
                  SELECT g.got, g.wait_ms, (SELECT u.token FROM u) AS token, \
-                        pg_backend_pid() AS pid, (SELECT count(*) FROM s) AS configured, \
+                        pg_backend_pid() AS pid{configured}, \
                         (SELECT count(*) FROM v) + (SELECT count(*) FROM x) AS held_back, \
                         r.holder AS prev_holder, r.token AS prev_token, \
                         h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid \
                  FROM g LEFT JOIN h ON true LEFT JOIN r ON true"
             )
         };
+        // The common case in three parts: try the lock (l); mint the token
+        // (u) unless the lock delay may apply (the previous term ended
+        // without a release, by another holder, and is not one this client
+        // has waited out: the ON CONFLICT's WHERE then leaves the row and
+        // returns nothing); if the lock was busy, who holds it (h). Same
+        // parameters $1..$6 as `mint`.
+        let fast = format!(
+            "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1::bigint) AS got), \
+             u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, acquired_at, \
+                       ttl_ms, released, vacated_at) \
+                   SELECT $1, $2, {CLOCK_FLOOR}, $3, pg_backend_pid(), now(), $5::bigint, \
+                          false, NULL \
+                   FROM l WHERE l.got \
+                   ON CONFLICT (lock_key) DO UPDATE \
+                      SET token = greatest(f.token + 1, EXCLUDED.token), \
+                      resource = EXCLUDED.resource, holder = EXCLUDED.holder, \
+                      pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at, \
+                      ttl_ms = EXCLUDED.ttl_ms, released = false, vacated_at = NULL \
+                   WHERE f.released OR NOT $4::boolean OR f.holder = $3 \
+                      OR f.token IS NOT DISTINCT FROM $6::bigint \
+                   RETURNING f.token), \
+             h AS MATERIALIZED ({holder_if_missed}) \
+             SELECT l.got, (SELECT u.token FROM u) AS token, pg_backend_pid() AS pid, \
+                    h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid \
+             FROM l LEFT JOIN h ON true"
+        );
         let try_lock = "pg_try_advisory_lock($1::bigint)";
         // On a session that already holds the lock (a re-acquisition by the
         // same holder): check it is still held instead of locking again, so
@@ -166,6 +200,12 @@ impl Statements {
         let still_held = format!(
             "EXISTS (SELECT 1 FROM pg_locks k WHERE {LOCK_MATCH} AND k.pid = pg_backend_pid())"
         );
+        let locks_held = "SELECT pg_backend_pid() AS pid, \
+             coalesce(array_agg(k.classid::bigint), '{}') AS hi, \
+             coalesce(array_agg(k.objid::bigint), '{}') AS lo \
+             FROM pg_locks k WHERE k.locktype = 'advisory' AND k.granted AND k.objsubid = 1 \
+             AND k.pid = pg_backend_pid() \
+             AND k.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())";
         let renew = format!(
             "SELECT pg_backend_pid() AS pid, EXISTS (SELECT 1 FROM pg_locks k \
              WHERE {LOCK_MATCH} AND k.pid = pg_backend_pid()) AS held"
@@ -196,10 +236,11 @@ impl Statements {
         Statements {
             table_exists: "SELECT to_regclass($1) IS NOT NULL AS present".into(),
             create_table: create_table.into(),
-            acquire: mint(try_lock, "").into(),
-            acquire_tcp: mint(try_lock, TCP_SETTINGS).into(),
-            reacquire: mint(&still_held, "").into(),
-            reacquire_tcp: mint(&still_held, TCP_SETTINGS).into(),
+            acquire_fast: fast.into(),
+            acquire_settings: mint(try_lock, true).into(),
+            reacquire: mint(&still_held, false).into(),
+            reacquire_settings: mint(&still_held, true).into(),
+            locks_held: locks_held.into(),
             renew: renew.into(),
             renew_pid: "SELECT pg_backend_pid() AS pid".into(),
             holder: holder_select.into(),
@@ -215,18 +256,12 @@ impl Statements {
     /// or a name built from one). The term is marked released and committed
     /// *before* the unlock, so that a follower taking the lock at once sees
     /// the release and applies no lock delay; the NOTIFY is delivered when
-    /// the last statement commits, after the unlock. The session's
-    /// `application_name` and (`idle_timeout`: where the server has it)
-    /// `idle_session_timeout` return to their connection defaults.
-    pub(crate) fn release(&self, lock_key: i64, token: i64, idle_timeout: bool) -> String {
+    /// the last statement commits, after the unlock. The session's settings
+    /// stay: other leases may share it, and the next lease reuses them.
+    pub(crate) fn release(&self, lock_key: i64, token: i64) -> String {
         let t = &self.table;
         let channel = crate::keys::channel(lock_key);
         let vacated = crate::store::VACATED;
-        let reset_idle = if idle_timeout {
-            "; RESET idle_session_timeout"
-        } else {
-            ""
-        };
         format!(
             "BEGIN; \
              UPDATE {t} SET released = true \
@@ -235,8 +270,7 @@ impl Statements {
              WITH x AS MATERIALIZED (SELECT pg_advisory_unlock({lock_key}::bigint) AS ok) \
              SELECT x.ok, CASE WHEN x.ok THEN (SELECT true FROM pg_notify('{channel}', '{vacated}')) \
                                ELSE false END AS notified \
-             FROM x; \
-             RESET application_name{reset_idle}"
+             FROM x"
         )
     }
 }

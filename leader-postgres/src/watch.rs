@@ -1,27 +1,125 @@
-//! Release notifications: LISTEN on the key's channel on a dedicated
-//! connection, forwarded to a [`LeaseEvents`] by a task.
+//! Release notifications: one LISTEN connection per store (the [`Hub`]),
+//! shared by every watcher, each notification routed to the watchers of
+//! its channel.
 //!
-//! The task ends (and the subscriber's `recv()` returns `None`) when the
-//! listener's connection breaks or the subscriber is dropped; it never
-//! reconnects by itself, so a subscriber always knows when it may have
-//! missed a release and must poll (the elector then subscribes again).
+//! When the shared connection breaks, every subscription ends at once (the
+//! subscribers' `recv()` returns `None`): each of them may have missed a
+//! release and must poll (the elector does, and subscribes again later).
+//! The next subscription re-establishes the connection, once for all of
+//! them: subscribers waiting while one attempt runs share its outcome.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use leader_core::{Error, LeaseEvent, LeaseEvents, Result};
 use sqlx::postgres::{PgListener, PgPoolOptions};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{Connector, classify};
 
-/// Subscribes to `channel`.
-pub(crate) async fn subscribe(
+/// How often the shared listener stops listening on channels whose
+/// subscribers have all gone.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// The store's shared LISTEN connection, opened on the first subscription.
+pub(crate) struct Hub {
+    link: tokio::sync::Mutex<Link>,
+    /// Counts connection attempts, so that callers that waited for one
+    /// share its outcome instead of each trying again.
+    attempts: AtomicU64,
+}
+
+#[derive(Default)]
+struct Link {
+    /// The running listener task's inbox; closed once its connection broke.
+    commands: Option<mpsc::UnboundedSender<Listen>>,
+    /// The last connection attempt's number and, if it failed, why.
+    last_attempt: u64,
+    last_failure: Option<String>,
+}
+
+/// A request to the listener task: forward `channel`'s notifications to
+/// `events`; `done` says whether the LISTEN took effect.
+struct Listen {
+    channel: String,
+    events: mpsc::Sender<LeaseEvent>,
+    done: oneshot::Sender<std::result::Result<(), String>>,
+}
+
+impl Hub {
+    pub(crate) fn new() -> Self {
+        Hub {
+            link: tokio::sync::Mutex::new(Link::default()),
+            attempts: AtomicU64::new(0),
+        }
+    }
+
+    /// Subscribes to `channel` on the shared connection, connecting it
+    /// first if needed.
+    pub(crate) async fn subscribe(
+        &self,
+        conns: &Connector,
+        operation_timeout: Duration,
+        channel: String,
+    ) -> Result<LeaseEvents> {
+        let seen = self.attempts.load(Ordering::Acquire);
+        let commands = {
+            let mut link = self.link.lock().await;
+            match &link.commands {
+                Some(commands) if !commands.is_closed() => commands.clone(),
+                _ => {
+                    if link.last_attempt > seen
+                        && let Some(why) = &link.last_failure
+                    {
+                        // An attempt began while we waited, and failed.
+                        return Err(Error::unavailable(why.clone()));
+                    }
+                    link.last_attempt = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
+                    match connect(conns, operation_timeout).await {
+                        Ok(listener) => {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            tokio::spawn(run(listener, rx));
+                            link.commands = Some(tx.clone());
+                            link.last_failure = None;
+                            tx
+                        }
+                        Err(e) => {
+                            link.last_failure = Some(e.to_string());
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        };
+        let (events, subscription) = LeaseEvents::channel(16);
+        let (done, answer) = oneshot::channel();
+        let lost = || Error::unavailable("the shared LISTEN connection broke");
+        commands
+            .send(Listen {
+                channel,
+                events,
+                done,
+            })
+            .map_err(|_| lost())?;
+        match tokio::time::timeout(operation_timeout, answer).await {
+            Ok(Ok(Ok(()))) => Ok(subscription),
+            Ok(Ok(Err(why))) => Err(Error::unavailable(why)),
+            Ok(Err(_)) => Err(lost()),
+            Err(_) => Err(Error::indeterminate(format!(
+                "LISTEN got no answer within {operation_timeout:?}"
+            ))),
+        }
+    }
+}
+
+/// Opens the listener connection (a private one-connection pool, as
+/// `PgListener` needs one; it never reconnects by itself).
+async fn connect(
     conns: &Connector,
     operation_timeout: Duration,
-    channel: String,
-) -> Result<LeaseEvents> {
+) -> Result<(PgListener, sqlx::PgPool)> {
     let connect_timeout = conns.connect_timeout();
-    // PgListener needs a pool; this one is private to the subscription and
-    // never reconnects on its own (eager_reconnect is off).
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
@@ -30,51 +128,102 @@ pub(crate) async fn subscribe(
         .idle_timeout(None)
         .test_before_acquire(false)
         .connect_lazy_with(conns.options().clone());
-    let listener = tokio::time::timeout(connect_timeout + operation_timeout, async {
+    let limit = connect_timeout + operation_timeout;
+    let listener = tokio::time::timeout(limit, async {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.eager_reconnect(false);
-        listener.listen(&channel).await?;
         Ok::<_, sqlx::Error>(listener)
     })
     .await;
-    let mut listener = match listener {
-        Ok(Ok(listener)) => listener,
+    match listener {
+        Ok(Ok(listener)) => Ok((listener, pool)),
         Ok(Err(e)) => {
             pool.close().await;
-            return Err(classify(e, true, "could not LISTEN for releases"));
+            Err(classify(e, true, "could not open the LISTEN connection"))
         }
         Err(_) => {
             pool.close().await;
-            return Err(Error::unavailable(format!(
-                "could not LISTEN for releases within {:?}",
-                connect_timeout + operation_timeout
-            )));
+            Err(Error::unavailable(format!(
+                "could not open the LISTEN connection within {limit:?}"
+            )))
         }
-    };
-    let (tx, events) = LeaseEvents::channel(16);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = tx.closed() => break,
-                received = listener.try_recv() => match received {
-                    Ok(Some(_)) => {
-                        // A full queue already holds a Vacated for the
+    }
+}
+
+/// The listener task: LISTENs on request, routes notifications by channel,
+/// and ends (dropping every subscriber's sender) when the connection breaks.
+async fn run(
+    (mut listener, pool): (PgListener, sqlx::PgPool),
+    mut inbox: mpsc::UnboundedReceiver<Listen>,
+) {
+    let mut routes: HashMap<String, Vec<mpsc::Sender<LeaseEvent>>> = HashMap::new();
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.tick().await;
+    let why = loop {
+        tokio::select! {
+            request = inbox.recv() => {
+                let Some(Listen { channel, events, done }) = request else {
+                    break "the store was dropped".to_owned();
+                };
+                if !routes.contains_key(&channel)
+                    && let Err(e) = listener.listen(&channel).await
+                {
+                    let why = format!("LISTEN failed: {e}");
+                    let _ = done.send(Err(why.clone()));
+                    break why;
+                }
+                routes.entry(channel).or_default().push(events);
+                let _ = done.send(Ok(()));
+            }
+            received = listener.try_recv() => match received {
+                Ok(Some(notification)) => {
+                    let channel = notification.channel();
+                    if let Some(subscribers) = routes.get_mut(channel) {
+                        // A full queue already holds a Vacated for its
                         // subscriber; another one adds nothing.
-                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) =
-                            tx.try_send(LeaseEvent::Vacated)
-                        {
-                            break;
-                        }
+                        subscribers.retain(|tx| {
+                            !matches!(
+                                tx.try_send(LeaseEvent::Vacated),
+                                Err(mpsc::error::TrySendError::Closed(_))
+                            )
+                        });
                     }
-                    Ok(None) | Err(_) => {
-                        tracing::debug!(%channel, "postgres listener connection lost");
-                        break;
-                    }
-                },
+                }
+                Ok(None) => break "the LISTEN connection was lost".to_owned(),
+                Err(e) => break format!("the LISTEN connection failed: {e}"),
+            },
+            _ = sweep.tick() => {
+                if let Err(e) = unlisten_unused(&mut listener, &mut routes).await {
+                    break format!("UNLISTEN failed: {e}");
+                }
             }
         }
-        drop(listener);
-        pool.close().await;
-    });
-    Ok(events)
+    };
+    tracing::debug!(
+        subscribers = routes.values().map(Vec::len).sum::<usize>(),
+        "postgres listener ended: {why}"
+    );
+    // Ends every subscription (their recv() returns None): they poll.
+    drop(routes);
+    drop(listener);
+    pool.close().await;
+}
+
+/// Stops listening on channels nobody subscribes to any more.
+async fn unlisten_unused(
+    listener: &mut PgListener,
+    routes: &mut HashMap<String, Vec<mpsc::Sender<LeaseEvent>>>,
+) -> std::result::Result<(), sqlx::Error> {
+    let mut unused = Vec::new();
+    for (channel, subscribers) in routes.iter_mut() {
+        subscribers.retain(|tx| !tx.is_closed());
+        if subscribers.is_empty() {
+            unused.push(channel.clone());
+        }
+    }
+    for channel in unused {
+        routes.remove(&channel);
+        listener.unlisten(&channel).await?;
+    }
+    Ok(())
 }

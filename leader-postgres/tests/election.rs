@@ -65,14 +65,7 @@ async fn terminated_holder_session_steps_down_without_overlap() {
     );
     let old_token = a.elector.token().expect("a leader has a token");
 
-    let mut admin = admin(pg.url()).await;
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity WHERE application_name = $1",
-    )
-    .bind(a.elector.instance_id().as_str())
-    .fetch_one(&mut admin)
-    .await
-    .expect("terminate the holder's backend");
+    let killed = terminate_holder(pg.url(), a.elector.instance_id().as_str()).await;
     assert_eq!(killed, 1, "exactly one session holds the lease");
     let terminated = Instant::now();
 

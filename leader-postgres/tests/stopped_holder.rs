@@ -270,7 +270,7 @@ async fn a_stopped_holder_loses_the_seat_and_its_late_write_is_fenced() {
 }
 
 #[tokio::test]
-async fn the_pinned_session_is_ended_by_the_server_after_one_idle_ttl() {
+async fn the_pinned_session_idles_out_after_one_ttl_and_is_replaced_when_unused() {
     let pg = server().await;
     let s = store(pg.url());
     let key = key("idle-timeout");
@@ -284,23 +284,45 @@ async fn the_pinned_session_is_ended_by_the_server_after_one_idle_ttl() {
         .await
         .expect("session")
         .expect("pinned");
-    assert_eq!(info.idle_session_timeout.as_deref(), Some("2s"), "{info:?}");
+    assert_eq!(
+        info.idle_session_timeout.as_deref(),
+        Some("2500ms"),
+        "{info:?}"
+    );
     assert!(s.release(&lease).await.expect("release"));
 
-    // The released connection stays idle in the store with the server's
-    // default again: it outlives the lease's idle timeout.
-    let mut admin = admin(pg.url()).await;
-    tokio::time::sleep(LEASE * 2).await;
-    let alive: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)")
-            .bind(info.pid)
-            .fetch_one(&mut admin)
+    // The released session keeps its settings for the next lease (no
+    // settings on every acquisition); unused, the server ends it...
+    eventually(
+        LEASE * 2 + SLACK,
+        "the server to end the unused session",
+        || {
+            let url = pg.url().to_owned();
+            async move {
+                !sqlx::query_scalar::<_, bool>(
+                    "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+                )
+                .bind(info.pid)
+                .fetch_one(&mut admin(&url).await)
+                .await
+                .expect("look the backend up")
+            }
+        },
+    )
+    .await;
+    // ... and the next acquisition replaces it without an error.
+    let next = acquired(
+        s.acquire(&key, &holder("idle_2"), LEASE)
             .await
-            .expect("look the backend up");
-    assert!(
-        alive,
-        "the idle connection was ended by a leftover idle_session_timeout"
+            .expect("an acquisition after the session idled out"),
     );
+    let now = s
+        .pinned_session(&key)
+        .await
+        .expect("session")
+        .expect("pinned");
+    assert_ne!(now.pid, info.pid, "a new session");
+    assert!(s.release(&next).await.expect("release"));
 }
 
 fn rand_suffix() -> u32 {

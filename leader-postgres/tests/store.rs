@@ -30,17 +30,14 @@ async fn acquire_renew_release_with_increasing_tokens_and_named_holder() {
     let current = b.current(&key).await.expect("current").expect("a holder");
     assert_eq!((current.holder, current.token), (ha.clone(), first.token));
 
-    // Operators find the holder in pg_stat_activity by application_name.
+    // The operators' query from the README names holder, token and the
+    // backend of the pinned session.
     let mut admin = admin(pg.url()).await;
-    let apps: Vec<String> = sqlx::query("SELECT application_name FROM pg_stat_activity")
-        .fetch_all(&mut admin)
+    let pinned = a
+        .pinned_session(&key)
         .await
-        .expect("pg_stat_activity")
-        .iter()
-        .map(|r| r.get::<String, _>(0))
-        .collect();
-    assert!(apps.contains(&"alpha_1_aa".to_owned()), "{apps:?}");
-    // The operators' query from the README names holder and token.
+        .expect("inspect")
+        .expect("pinned");
     let readme = include_str!("../README.md");
     let start = readme
         .find("SELECT a.pid, a.application_name")
@@ -55,6 +52,7 @@ async fn acquire_renew_release_with_increasing_tokens_and_named_holder() {
         .expect("the README query lists the lease");
     assert_eq!(row.get::<String, _>("holder"), "alpha_1_aa");
     assert_eq!(row.get::<i64, _>("token") as u64, first.token.0);
+    assert_eq!(row.get::<i32, _>("pid"), pinned.pid);
 
     assert!(a.release(&first).await.expect("release"));
     assert!(
@@ -156,19 +154,6 @@ async fn explicit_lock_keys_are_used_and_visible_in_pg_locks() {
     assert!(s.release(&lease).await.expect("release"));
 }
 
-/// Terminates the backend whose application_name is `app`; returns how many.
-async fn terminate_app(url: &str, app: &str) -> i64 {
-    let mut admin = admin(url).await;
-    sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
-         WHERE application_name = $1",
-    )
-    .bind(app)
-    .fetch_one(&mut admin)
-    .await
-    .expect("terminate")
-}
-
 #[tokio::test]
 async fn terminated_holder_session_fails_renewal_and_the_lock_delay_keeps_the_seat_empty() {
     let pg = server().await;
@@ -180,7 +165,7 @@ async fn terminated_holder_session_fails_renewal_and_the_lock_delay_keeps_the_se
             .await
             .expect("acquire"),
     );
-    assert_eq!(terminate_app(pg.url(), "victim_1").await, 1);
+    assert_eq!(terminate_holder(pg.url(), "victim_1").await, 1);
     let err = s
         .renew(&lease)
         .await
@@ -230,7 +215,7 @@ async fn without_lock_delay_a_terminated_holders_lock_is_free_at_once() {
             .await
             .expect("acquire"),
     );
-    assert_eq!(terminate_app(pg.url(), "victim_2").await, 1);
+    assert_eq!(terminate_holder(pg.url(), "victim_2").await, 1);
     let next = acquired(
         other
             .acquire(&key, &holder("next_2"), TTL)
@@ -489,7 +474,11 @@ async fn the_pinned_session_runs_with_keepalives_derived_from_the_ttl() {
         ("15", "5", "3", "30000"),
         "{info:?}"
     );
-    assert_eq!(info.application_name, "ka_1");
+    assert_eq!(
+        info.application_name,
+        leader_postgres::DEFAULT_APPLICATION_NAME
+    );
+    assert_eq!(info.leases, 1);
     let current = s.current(&key).await.expect("current").expect("held");
     assert_eq!(current.token, lease.token);
     let mut admin = admin(pg.url()).await;

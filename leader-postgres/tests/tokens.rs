@@ -59,13 +59,7 @@ async fn a_server_clock_stepped_forward_does_not_shorten_the_lock_delay() {
             .expect("acquire"),
     );
     let mut admin = admin(pg.url()).await;
-    let ended: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity \
-         WHERE application_name = 'stepped_1'",
-    )
-    .fetch_one(&mut admin)
-    .await
-    .expect("terminate the holder's session");
+    let ended = terminate_holder(pg.url(), "stepped_1").await;
     assert_eq!(ended, 1);
     let err = s.renew(&lease).await.expect_err("the session is gone");
     assert_eq!(err.kind(), ErrorKind::NotHolder, "{err}");

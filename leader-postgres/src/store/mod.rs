@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,59 +18,72 @@ use tokio::time::Instant;
 
 mod acquire;
 mod delay;
+mod pool;
 mod session;
 
 pub use session::SessionInfo;
 
-use crate::conn::{Conn, Connector};
+use crate::conn::Connector;
 use crate::keys;
 use crate::options::PostgresOptions;
 use crate::sql::Statements;
-use acquire::{Turn, pooler_error};
+use crate::watch::Hub;
+use acquire::Turn;
+use pool::{Pool, Session, Slot};
 
 const STORE: &str = "postgres";
 /// The payload of the NOTIFY sent on release and force release.
 pub(crate) const VACATED: &str = "vacated";
 
-/// A lease's pinned connection and what it holds.
+/// A lease held through this store: its term on a shared pinned session.
 struct Pinned {
     handle: u64,
+    key: LeaseKey,
     holder: HolderId,
     lock_key: i64,
-    state: tokio::sync::Mutex<PinnedState>,
+    session: Arc<Session>,
+    state: Mutex<PinnedState>,
     /// Wakes the expiry task when the lease ends otherwise.
     ended: tokio::sync::Notify,
 }
 
+#[derive(Debug, Clone, Copy)]
 struct PinnedState {
     token: FencingToken,
-    /// The backend pid that took the lock; every renewal must see the same.
-    pid: i32,
-    /// `None` once an operation on it failed or was cancelled: the socket is
-    /// closed, so the server frees the lock, and the lease is lost.
-    conn: Option<Conn>,
     /// Send time of the last successful acquire or renew plus the TTL: the
     /// store gives the lease up itself after this (see `spawn_expiry`).
     valid_until: Instant,
-    /// When `pg_locks` last showed the lock held by this session (the
-    /// acquisition, or a renewal that looked): renewals look again once
-    /// per TTL and otherwise only confirm the backend pid.
-    locks_checked: Instant,
+}
+
+impl Pinned {
+    fn state(&self) -> PinnedState {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_state(&self, state: PinnedState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+    }
 }
 
 struct Inner {
     options: PostgresOptions,
     sql: Statements,
     conns: Connector,
+    /// The pinned sessions the leases share.
+    pool: Pool,
+    /// The one LISTEN connection of this store.
+    hub: Hub,
     /// The counter table is known to exist (reset when a statement says it
     /// does not: a server restored from an older backup, or a dropped table).
     schema_ready: AtomicBool,
     schema_lock: tokio::sync::Mutex<()>,
-    leases: Mutex<HashMap<LeaseKey, Arc<Pinned>>>,
-    /// Serializes acquisitions of one key through this store, so that two
-    /// concurrent calls with the same holder never take each other for a
-    /// stale session of that holder.
-    acquiring: Mutex<HashMap<LeaseKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// The leases held through this store, by advisory lock key.
+    leases: Mutex<HashMap<i64, Arc<Pinned>>>,
+    /// Serializes acquisitions of one lock key through this store, so that
+    /// two concurrent calls never take each other for a stale session, and
+    /// a session never takes a lock it already holds (advisory locks are
+    /// reentrant within a session).
+    acquiring: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
     next_handle: AtomicU64,
     /// Vacated terms this client is waiting out (the lock delay), by lock key.
     vacated: Mutex<HashMap<i64, delay::Vacated>>,
@@ -79,15 +93,15 @@ struct Inner {
 
 /// A [`LeaseStore`] on PostgreSQL session-level advisory locks.
 ///
-/// Each lease is `pg_try_advisory_lock(key)` held on a dedicated connection
-/// that stays pinned to the lease until it is released or lost; it never
-/// goes back to a pool while it holds the lock. The fencing token is minted
-/// in the same statement from the counter table (created if missing). The
-/// pinned session's `application_name` is the holder id (63 bytes at most)
-/// and its TCP keepalive / user timeout follow the lease TTL, so the server
-/// frees a silent holder's lock about one TTL after it last heard from it;
-/// its `idle_session_timeout` is the TTL too, so the server also ends the
-/// session of a holder that is reachable but stopped (PostgreSQL 14+).
+/// Each lease is `pg_try_advisory_lock(key)` held on a pinned session: a
+/// connection that holds the locks of many leases of this store (at most
+/// [`PostgresOptions::pinned_sessions`] of them) and never goes back to a
+/// pool. The fencing token is minted in the same statement from the counter
+/// table (created if missing). A session's TCP keepalive / user timeout and
+/// `idle_session_timeout` follow the longest TTL of its leases, so the
+/// server frees a silent holder's locks about one TTL after it last heard
+/// from it, and ends the sessions of a holder process that is reachable but
+/// stopped (PostgreSQL 14+). A session's loss ends every lease on it.
 ///
 /// Connections are opened lazily: creating the store never fails because
 /// the server is down. Cheap to clone; clones share connections and leases.
@@ -123,6 +137,8 @@ impl PostgresStore {
         PostgresStore {
             inner: Arc::new(Inner {
                 sql: Statements::new(&options.table),
+                pool: Pool::new(options.pinned_sessions),
+                hub: Hub::new(),
                 options,
                 conns,
                 schema_ready: AtomicBool::new(false),
@@ -234,104 +250,221 @@ impl PostgresStore {
             .map_err(|_| Error::indeterminate(format!("postgres did not answer within {limit:?}")))
     }
 
-    fn leases(&self) -> MutexGuard<'_, HashMap<LeaseKey, Arc<Pinned>>> {
+    fn leases(&self) -> MutexGuard<'_, HashMap<i64, Arc<Pinned>>> {
         // Map updates are single inserts/removes; a panic cannot corrupt it.
         self.inner.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The lease on `key` held through this store, if any.
     fn pinned(&self, key: &LeaseKey) -> Option<Arc<Pinned>> {
-        self.leases().get(key).cloned()
+        self.leases()
+            .get(&self.lock_key(key))
+            .filter(|p| p.key == *key)
+            .cloned()
     }
 
-    /// Forgets the pinned lease `handle` on `key` (if still the current one).
-    fn unpin(&self, key: &LeaseKey, handle: u64) {
+    /// The pinned lease matching `lease` (key, handle and holder).
+    fn pinned_for(&self, lease: &Lease) -> Option<Arc<Pinned>> {
+        self.pinned(&lease.key)
+            .filter(|p| p.handle == lease.handle && p.holder == lease.holder)
+    }
+
+    /// Forgets the pinned lease `handle` on `lock_key` (if still the current one).
+    fn unpin(&self, lock_key: i64, handle: u64) {
         let mut leases = self.leases();
-        if leases.get(key).is_some_and(|p| p.handle == handle)
-            && let Some(p) = leases.remove(key)
+        if leases.get(&lock_key).is_some_and(|p| p.handle == handle)
+            && let Some(p) = leases.remove(&lock_key)
         {
             p.ended.notify_one();
         }
+    }
+
+    /// Waits (within `limit`) for the session's turn to run a statement.
+    async fn slot(
+        &self,
+        session: &Session,
+        limit: Duration,
+    ) -> Result<tokio::sync::OwnedMutexGuard<Slot>> {
+        tokio::time::timeout(limit, Arc::clone(&session.slot).lock_owned())
+            .await
+            .map_err(|_| {
+                Error::indeterminate(format!(
+                    "the pinned session was busy for {limit:?} (a statement on it is waiting                      for the server)"
+                ))
+            })
+    }
+
+    /// Ends a session whose connection failed or went unanswered: it is
+    /// closed (the server frees its locks when it sees that), taken out of
+    /// the pool, and every lease on it is lost.
+    fn lose(&self, session: &Session, slot: &mut Slot, why: &str) {
+        slot.conn = None;
+        slot.lost = true;
+        let leases = slot.held.len();
+        for (lock_key, term) in slot.held.drain() {
+            self.unpin(lock_key, term.handle);
+        }
+        session.note(slot);
+        self.inner.pool.remove(session.id);
+        if leases > 0 {
+            tracing::warn!(session = session.id, pid = ?slot.pid, leases, "{why}: the pinned postgres session is closed and every lease on it is lost");
+        }
+    }
+
+    /// Runs `f` in a task of its own, so that a caller that stops waiting
+    /// (an elector's request timeout) never cancels a statement on a shared
+    /// session halfway: that would end every lease on it. The task finishes
+    /// within the operation's own bounds.
+    async fn detached<T, F>(&self, operation: &'static str, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        tokio::spawn(f).await.map_err(|e| {
+            Error::indeterminate(format!("the {operation} task failed: {e}"))
+                .with_store(STORE)
+                .with_operation(operation)
+        })?
     }
 }
 
 impl PostgresStore {
     /// Renews the lease on its pinned session (see [`LeaseStore::renew`]).
+    ///
+    /// A session lock ends only by an unlock on its own session (this store
+    /// unlocks only when it releases) or with the session, so any statement
+    /// that reached the same backend after this renewal was sent proves the
+    /// lock still held: renewals of many leases on one session share one
+    /// `SELECT pg_backend_pid()`. Once per TTL the session's locks are also
+    /// looked up in `pg_locks`.
     async fn renew_pinned(&self, lease: &Lease) -> Result<()> {
+        let sent = Instant::now();
         let lost = |message: String| {
             Error::not_holder(message)
                 .with_store(STORE)
                 .with_operation("renew")
                 .with_key(lease.key.as_str())
         };
-        let Some(pinned) = self
-            .pinned(&lease.key)
-            .filter(|p| p.handle == lease.handle && p.holder == lease.holder)
-        else {
+        let Some(pinned) = self.pinned_for(lease) else {
             return Err(lost(format!(
                 "this store holds no session for the lease with token {}",
                 lease.token
             )));
         };
-        let mut state = pinned.state.lock().await;
-        if state.token != lease.token {
-            return Err(lost(format!(
-                "token {} was replaced by a newer term (token {})",
-                lease.token, state.token
-            )));
-        }
-        let Some(mut conn) = state.conn.take() else {
-            return Err(lost(
-                "the pinned session was closed after an earlier failure".into(),
-            ));
-        };
-        let lock_key = pinned.lock_key;
         let limit = self.inner.options.operation_timeout.min(lease.ttl);
-        let sent = Instant::now();
-        // A session advisory lock ends only by an unlock on its own session
-        // (this store unlocks only when it releases) or with the session
-        // (which fails the statement), so confirming the backend pid proves
-        // the lock is still held; pg_locks is read once per TTL regardless.
-        let look = sent.saturating_duration_since(state.locks_checked) >= lease.ttl;
-        // Taken out of the slot for the statement: if this future is dropped
-        // (only with its runtime: `renew` runs it in a task of its own), the
-        // connection closes and the lease is lost, never left in doubt.
-        let outcome = tokio::time::timeout(limit, async {
-            if look {
-                self.check_held(&mut conn, lock_key).await
-            } else {
-                Ok((self.backend_pid(&mut conn).await?, true))
+        let mut slot = self
+            .slot(&pinned.session, limit)
+            .await
+            .map_err(|e| e.with_store(STORE).with_operation("renew"))?;
+        if slot.lost {
+            return Err(lost(
+                "the pinned session was lost (closed after a failure); so is every lease on it"
+                    .into(),
+            ));
+        }
+        match slot.held.get(&pinned.lock_key) {
+            Some(term) if term.handle == lease.handle && term.token == lease.token => {}
+            Some(term) if term.handle == lease.handle => {
+                return Err(lost(format!(
+                    "token {} was replaced by a newer term (token {})",
+                    lease.token, term.token
+                )));
             }
-        })
-        .await;
+            _ => {
+                return Err(lost(format!(
+                    "the lease with token {} was released or given up",
+                    lease.token
+                )));
+            }
+        }
+        let check_all = sent.saturating_duration_since(slot.locks_checked)
+            >= slot.settings.unwrap_or(lease.ttl);
+        if !check_all && slot.proven.is_some_and(|p| p >= sent) {
+            // Another renewal on this session answered after we were sent.
+            pinned.set_state(PinnedState {
+                token: lease.token,
+                valid_until: sent + lease.ttl,
+            });
+            return Ok(());
+        }
+        let left = limit.saturating_sub(sent.elapsed());
+        let statement_sent = Instant::now();
+        let outcome = match slot.conn.as_mut() {
+            Some(conn) => {
+                tokio::time::timeout(left, async {
+                    if check_all {
+                        self.locks_held(conn)
+                            .await
+                            .map(|(pid, keys)| (pid, Some(keys)))
+                    } else {
+                        self.backend_pid(conn).await.map(|pid| (pid, None))
+                    }
+                })
+                .await
+            }
+            None => Ok(Err(sqlx::Error::PoolClosed)),
+        };
         let failure = match outcome {
-            Ok(Ok((pid, true))) if pid == state.pid => {
-                state.conn = Some(conn);
-                state.valid_until = sent + lease.ttl;
-                if look {
-                    state.locks_checked = sent;
+            Ok(Ok((pid, keys))) if Some(pid) == slot.pid => {
+                slot.proven = Some(statement_sent);
+                if let Some(keys) = keys {
+                    slot.locks_checked = statement_sent;
+                    self.drop_unheld(&pinned.session, &mut slot, &keys);
                 }
-                return Ok(());
+                if slot.held.contains_key(&pinned.lock_key) {
+                    pinned.set_state(PinnedState {
+                        token: lease.token,
+                        valid_until: sent + lease.ttl,
+                    });
+                    return Ok(());
+                }
+                return Err(lost(format!(
+                    "the session no longer holds advisory lock {} (it was unlocked by someone)",
+                    pinned.lock_key
+                )));
             }
-            Ok(Ok((pid, _))) if pid != state.pid => {
-                lost(pooler_error(state.pid, pid).message().to_owned())
+            Ok(Ok((pid, _))) => {
+                let e = acquire::pooler_error(slot.pid.unwrap_or_default(), pid);
+                lost(e.message().to_owned())
             }
-            Ok(Ok(_)) => lost(format!(
-                "the session no longer holds advisory lock {lock_key} (it was unlocked by someone)"
-            )),
             Ok(Err(e)) => lost(
-                "the pinned session failed: the server has dropped or will drop its lock".into(),
+                "the pinned session failed: the server has dropped or will drop its locks".into(),
             )
             .with_source(e),
             Err(_) => lost(format!(
                 "renewal got no answer within {limit:?}; the pinned session was closed and its \
-                 lock given up"
+                 locks given up"
             )),
         };
-        drop(conn);
-        drop(state);
-        self.unpin(&lease.key, pinned.handle);
+        self.lose(&pinned.session, &mut slot, "a renewal failed");
         tracing::debug!(key = %lease.key, error = %failure, "postgres lease lost");
         Err(failure)
+    }
+
+    /// Forgets the terms whose locks `pg_locks` no longer shows on the
+    /// session (`keys`: the locks it holds): those leases are lost.
+    fn drop_unheld(&self, session: &Session, slot: &mut Slot, keys: &[i64]) {
+        let gone: Vec<i64> = slot
+            .held
+            .keys()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        for lock_key in gone {
+            if let Some(term) = slot.held.remove(&lock_key) {
+                tracing::warn!(lock_key, holder = %term.holder, "a pinned session no longer holds a lease's lock; the lease is lost");
+                self.unpin(lock_key, term.handle);
+            }
+        }
+        session.note(slot);
+    }
+
+    /// Releases `lease` (see [`LeaseStore::release`]).
+    async fn release_pinned(&self, lease: &Lease) -> Result<bool> {
+        let Some(pinned) = self.pinned_for(lease) else {
+            return Ok(false);
+        };
+        self.end_term(&pinned, lease.token).await
     }
 }
 
@@ -350,61 +483,62 @@ impl LeaseStore for PostgresStore {
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
         check_ttl(ttl)?;
         self.ensure_schema().await?;
-        let lock_key = self.lock_key(key);
-        let turn = Turn::take(self, key);
-        let _turn = turn.mutex.lock().await;
-        if let Some(pinned) = self.pinned(key).filter(|p| &p.holder == holder) {
-            if let Some(lease) = self.reacquire(&pinned, key, lock_key, ttl).await {
-                return Ok(Acquire::Acquired(lease));
+        let (store, key, holder) = (self.clone(), key.clone(), holder.clone());
+        self.detached("acquire", async move {
+            let lock_key = store.lock_key(&key);
+            let turn = Turn::take(&store, lock_key);
+            let _turn = turn.mutex.lock().await;
+            let existing = store.leases().get(&lock_key).cloned();
+            if let Some(pinned) = existing {
+                if pinned.key == key && pinned.holder == holder {
+                    let again = store
+                        .reacquire(&pinned, &key, lock_key, ttl)
+                        .await
+                        .map_err(|e| {
+                            e.with_store(STORE)
+                                .with_operation("acquire")
+                                .with_key(key.as_str())
+                        })?;
+                    if let Some(lease) = again {
+                        return Ok(Acquire::Acquired(lease));
+                    }
+                } else {
+                    // Held through this very store: no need to ask the
+                    // server (and a session must not lock it twice).
+                    let token = pinned.state().token;
+                    return Ok(Acquire::Held(LeaseInfo::new(
+                        pinned.holder.clone(),
+                        token,
+                        None,
+                    )));
+                }
             }
-            self.unpin(key, pinned.handle);
-        }
-        self.acquire_fresh(key, lock_key, holder, ttl).await
+            store.acquire_fresh(&key, lock_key, &holder, ttl).await
+        })
+        .await
     }
 
     async fn renew(&self, lease: &Lease) -> Result<()> {
         check_ttl(lease.ttl)?;
-        // In a task of its own: a caller that drops the renewal (an elector
-        // shutting down mid-renewal) must not close the pinned session
-        // under the statement, or its release finds no session, the lock
-        // ends without a release, and followers wait out the lock delay.
-        // The statement finishes (bounded by the operation timeout) and the
-        // release, which waits for the session, then runs as usual.
+        // Detached: a caller that drops the renewal (an elector shutting
+        // down mid-renewal) must not cancel the statement on the shared
+        // session; it finishes (bounded by the operation timeout) and the
+        // release that follows runs as usual.
         let (store, lease) = (self.clone(), lease.clone());
-        tokio::spawn(async move { store.renew_pinned(&lease).await })
+        self.detached("renew", async move { store.renew_pinned(&lease).await })
             .await
-            .map_err(|e| {
-                Error::indeterminate(format!("the renewal task failed: {e}"))
-                    .with_store(STORE)
-                    .with_operation("renew")
-            })?
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
-        let err = |e: Error| {
-            e.with_store(STORE)
-                .with_operation("release")
-                .with_key(lease.key.as_str())
-        };
-        let Some(pinned) = self
-            .pinned(&lease.key)
-            .filter(|p| p.handle == lease.handle && p.holder == lease.holder)
-        else {
-            return Ok(false);
-        };
-        let mut state = pinned.state.lock().await;
-        if state.token != lease.token {
-            return Ok(false);
-        }
-        let conn = state.conn.take();
-        drop(state);
-        self.unpin(&lease.key, pinned.handle);
-        let Some(conn) = conn else {
-            return Ok(false);
-        };
-        self.unlock(conn, pinned.lock_key, lease.token)
-            .await
-            .map_err(err)
+        let (store, lease) = (self.clone(), lease.clone());
+        self.detached("release", async move {
+            store.release_pinned(&lease).await.map_err(|e| {
+                e.with_store(STORE)
+                    .with_operation("release")
+                    .with_key(lease.key.as_str())
+            })
+        })
+        .await
     }
 
     async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
@@ -426,6 +560,25 @@ impl LeaseStore for PostgresStore {
         };
         self.ensure_schema().await?;
         let lock_key = self.lock_key(key);
+        // Held through this very store: end just that term on its shared
+        // session (terminating the session would end every lease on it).
+        let local = self.leases().get(&lock_key).cloned();
+        if let Some(pinned) = local {
+            let token = pinned.state().token;
+            let store = self.clone();
+            let ended = self
+                .detached("force_release", async move {
+                    store.end_term(&pinned, token).await.map(|ended| {
+                        ended.then(|| LeaseInfo::new(pinned.holder.clone(), token, None))
+                    })
+                })
+                .await
+                .map_err(err)?;
+            if let Some(info) = ended {
+                tracing::info!(key = %key, holder = %info.holder, token = info.token.0, "postgres lease force-released on this store's own session");
+                return Ok(Some(info));
+            }
+        }
         let Some((info, pid)) = self.lookup(lock_key).await.map_err(err)? else {
             return Ok(None);
         };
@@ -444,17 +597,19 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        crate::watch::subscribe(
-            &self.inner.conns,
-            self.inner.options.operation_timeout,
-            self.channel(key),
-        )
-        .await
-        .map_err(|e| {
-            e.with_store(STORE)
-                .with_operation("watch")
-                .with_key(key.as_str())
-        })
+        self.inner
+            .hub
+            .subscribe(
+                &self.inner.conns,
+                self.inner.options.operation_timeout,
+                self.channel(key),
+            )
+            .await
+            .map_err(|e| {
+                e.with_store(STORE)
+                    .with_operation("watch")
+                    .with_key(key.as_str())
+            })
     }
 }
 
@@ -463,6 +618,7 @@ impl fmt::Debug for PostgresStore {
         f.debug_struct("PostgresStore")
             .field("options", &self.inner.options)
             .field("pinned_leases", &self.leases().len())
+            .field("pinned_sessions", &self.inner.pool.len())
             .finish()
     }
 }

@@ -12,17 +12,19 @@ use sqlx::{AssertSqlSafe, Row};
 use tokio::time::Instant;
 
 use super::{Pinned, PostgresStore, STORE, VACATED};
-use crate::conn::{Conn, classify, is_connection_error};
+use crate::conn::{classify, is_connection_error};
 use crate::keys;
 
 /// What the server says about the session pinned to a lease: which backend
-/// holds the lock and the TCP settings the store applied to it.
+/// holds the lock, the settings the store applied to it, and how many
+/// leases share it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SessionInfo {
     /// The backend's pid (`pg_backend_pid()`, the `pid` in `pg_stat_activity`).
     pub pid: i32,
-    /// The session's `application_name` (the holder id, 63 bytes at most).
+    /// The session's `application_name`: the store's (every lease on the
+    /// session shares it; the counter table names each lease's holder).
     pub application_name: String,
     /// `SHOW tcp_keepalives_idle` (0 on a Unix socket, where it has no effect).
     pub tcp_keepalives_idle: String,
@@ -32,10 +34,12 @@ pub struct SessionInfo {
     pub tcp_keepalives_count: String,
     /// `SHOW tcp_user_timeout`.
     pub tcp_user_timeout: String,
-    /// `SHOW idle_session_timeout` (the lease TTL in milliseconds, so the
-    /// server ends a holder's session that stopped renewing; `None` on
-    /// servers before PostgreSQL 14, which lack it).
+    /// `SHOW idle_session_timeout` (1.25 × the longest TTL of the
+    /// session's leases, so the server ends the session of a holder process
+    /// that stopped; `None` on servers before PostgreSQL 14, which lack it).
     pub idle_session_timeout: Option<String>,
+    /// How many leases of this store share the session (its locks).
+    pub leases: usize,
 }
 
 impl PostgresStore {
@@ -45,138 +49,141 @@ impl PostgresStore {
     /// no earlier than the elector's own validity ends. It ends as a release
     /// (followers are notified and no lock delay applies, since the holder
     /// cannot believe it leads any more).
-    pub(super) fn spawn_expiry(&self, key: LeaseKey, pinned: Arc<Pinned>) {
+    pub(super) fn spawn_expiry(&self, pinned: Arc<Pinned>) {
         let store = self.clone();
         tokio::spawn(async move {
             loop {
-                let until = pinned.state.lock().await.valid_until;
+                let until = pinned.state().valid_until;
                 tokio::select! {
                     _ = tokio::time::sleep_until(until) => {}
                     _ = pinned.ended.notified() => return,
                 }
-                let mut state = pinned.state.lock().await;
+                let state = pinned.state();
                 if state.valid_until > Instant::now() {
                     continue; // renewed meanwhile
                 }
-                let Some(conn) = state.conn.take() else {
-                    return;
-                };
-                let token = state.token;
-                drop(state);
-                store.unpin(&key, pinned.handle);
-                tracing::warn!(key = %key, holder = %pinned.holder, token = token.0, "postgres lease not renewed within its TTL; giving it up");
-                // Errors only mean the session is closed: the lock is freed.
-                let _ = store.unlock(conn, pinned.lock_key, token).await;
+                tracing::warn!(key = %pinned.key, holder = %pinned.holder, token = state.token.0, "postgres lease not renewed within its TTL; giving it up");
+                // Errors only mean the session is lost: the lock is freed.
+                let _ = store.end_term(&pinned, state.token).await;
+                return;
             }
         });
     }
 
-    /// Marks the term released, unlocks, notifies followers and returns the
-    /// connection to the idle set (or closes it on any failure).
-    pub(super) async fn unlock(
-        &self,
-        mut conn: Conn,
-        lock_key: i64,
-        token: FencingToken,
-    ) -> Result<bool> {
+    /// Ends term `token` of the pinned lease: marks it released, unlocks,
+    /// notifies followers, and forgets the lease. `Ok(false)` when the
+    /// term is not held any more. A failure loses the session (closing it
+    /// frees its locks) and every lease on it.
+    pub(super) async fn end_term(&self, pinned: &Pinned, token: FencingToken) -> Result<bool> {
         let limit = self.inner.options.operation_timeout;
-        let token = i64::try_from(token.0).unwrap_or(i64::MAX);
-        let sql = self.inner.sql.release(lock_key, token, conn.idle_timeout);
-        let outcome = tokio::time::timeout(limit, async {
-            let rows = sqlx::raw_sql(AssertSqlSafe(sql))
-                .fetch_all(&mut conn.inner)
-                .await?;
-            match rows.first() {
-                Some(row) => row.try_get::<bool, _>("ok"),
-                None => Err(sqlx::Error::Protocol(
-                    "the release returned no unlock result".into(),
-                )),
-            }
-        })
-        .await;
-        match outcome {
-            Ok(Ok(true)) => {
-                self.inner.conns.put_back(conn);
-                Ok(true)
-            }
-            // Not held any more (unlocked behind our back): close it anyway.
-            Ok(Ok(false)) => Ok(false),
-            Ok(Err(e)) => Err(classify(
-                e,
-                false,
-                "unlock failed; the pinned session was closed, so the server frees the lock when \
-                 it sees the connection end",
-            )),
-            Err(_) => Err(Error::indeterminate(format!(
-                "unlock got no answer within {limit:?}; the pinned session was closed, so the \
-                 server frees the lock when it sees the connection end"
-            ))),
+        let session = &pinned.session;
+        let mut slot = self.slot(session, limit).await?;
+        let current = slot
+            .held
+            .get(&pinned.lock_key)
+            .is_some_and(|t| t.handle == pinned.handle && t.token == token);
+        if slot.lost || !current {
+            return Ok(false);
         }
+        let sql = self
+            .inner
+            .sql
+            .release(pinned.lock_key, i64::try_from(token.0).unwrap_or(i64::MAX));
+        let outcome = match slot.conn.as_mut() {
+            Some(conn) => {
+                tokio::time::timeout(limit, async {
+                    let rows = sqlx::raw_sql(AssertSqlSafe(sql))
+                        .fetch_all(&mut conn.inner)
+                        .await?;
+                    match rows.first() {
+                        Some(row) => row.try_get::<bool, _>("ok"),
+                        None => Err(sqlx::Error::Protocol(
+                            "the release returned no unlock result".into(),
+                        )),
+                    }
+                })
+                .await
+            }
+            None => Ok(Err(sqlx::Error::PoolClosed)),
+        };
+        let result = match outcome {
+            // Released; or not held any more (which only an unlock on this
+            // session could do): either way the term is over.
+            Ok(Ok(unlocked)) => {
+                slot.held.remove(&pinned.lock_key);
+                session.note(&slot);
+                Ok(unlocked)
+            }
+            Ok(Err(e)) => {
+                self.lose(session, &mut slot, "a release failed");
+                Err(classify(
+                    e,
+                    false,
+                    "unlock failed; the pinned session was closed, so the server frees its \
+                     locks when it sees the connection end",
+                ))
+            }
+            Err(_) => {
+                self.lose(session, &mut slot, "a release got no answer");
+                Err(Error::indeterminate(format!(
+                    "unlock got no answer within {limit:?}; the pinned session was closed, so \
+                     the server frees its locks when it sees the connection end"
+                )))
+            }
+        };
+        drop(slot);
+        self.unpin(pinned.lock_key, pinned.handle);
+        result
     }
 
     /// Asks the session pinned to the lease on `key` (held through this
-    /// store) who it is and which TCP settings it runs with; `None` when this
+    /// store) who it is and which settings it runs with; `None` when this
     /// store holds no lease on `key`. For operators and tests.
     ///
     /// # Errors
     ///
-    /// When the session does not answer; the lease is then given up, as a
-    /// failed renewal would.
+    /// When the session does not answer; it is then closed and every lease
+    /// on it is lost, as after a failed renewal.
     pub async fn pinned_session(&self, key: &LeaseKey) -> Result<Option<SessionInfo>> {
         let Some(pinned) = self.pinned(key) else {
             return Ok(None);
         };
-        let mut state = pinned.state.lock().await;
-        let Some(mut conn) = state.conn.take() else {
-            return Ok(None);
-        };
-        let limit = self.inner.options.operation_timeout;
-        let outcome = tokio::time::timeout(limit, async {
-            let row = sqlx::query(
-                "SELECT pg_backend_pid() AS pid, \
-                        current_setting('application_name') AS app, \
-                        current_setting('tcp_keepalives_idle') AS idle, \
-                        current_setting('tcp_keepalives_interval') AS intvl, \
-                        current_setting('tcp_keepalives_count') AS cnt, \
-                        current_setting('tcp_user_timeout') AS uto, \
-                        current_setting('idle_session_timeout', true) AS ist",
-            )
-            .fetch_one(&mut conn.inner)
-            .await?;
-            Ok::<_, sqlx::Error>(SessionInfo {
-                pid: row.try_get("pid")?,
-                application_name: row.try_get("app")?,
-                tcp_keepalives_idle: row.try_get("idle")?,
-                tcp_keepalives_interval: row.try_get("intvl")?,
-                tcp_keepalives_count: row.try_get("cnt")?,
-                tcp_user_timeout: row.try_get("uto")?,
-                idle_session_timeout: row.try_get("ist")?,
-            })
-        })
-        .await;
         let err = |e: Error| {
             e.with_store(STORE)
                 .with_operation("pinned_session")
                 .with_key(key.as_str())
         };
-        match outcome {
-            Ok(Ok(info)) => {
-                state.conn = Some(conn);
-                Ok(Some(info))
+        let limit = self.inner.options.operation_timeout;
+        let store = self.clone();
+        self.detached("pinned_session", async move {
+            let session = &pinned.session;
+            let mut slot = store.slot(session, limit).await?;
+            if slot.lost || !slot.held.contains_key(&pinned.lock_key) {
+                return Ok(None);
             }
-            Ok(Err(e)) => {
-                drop(state);
-                self.unpin(key, pinned.handle);
-                Err(err(classify(e, false, "the pinned session failed")))
+            let leases = slot.held.len();
+            let outcome = match slot.conn.as_mut() {
+                Some(conn) => {
+                    tokio::time::timeout(limit, session_info(&mut conn.inner, leases)).await
+                }
+                None => Ok(Err(sqlx::Error::PoolClosed)),
+            };
+            match outcome {
+                Ok(Ok(info)) => Ok(Some(info)),
+                Ok(Err(e)) => {
+                    store.lose(session, &mut slot, "a session inspection failed");
+                    Err(classify(e, false, "the pinned session failed"))
+                }
+                Err(_) => {
+                    store.lose(session, &mut slot, "a session inspection got no answer");
+                    Err(Error::indeterminate(format!(
+                        "the pinned session did not answer within {limit:?}"
+                    )))
+                }
             }
-            Err(_) => {
-                drop(state);
-                self.unpin(key, pinned.handle);
-                Err(err(Error::indeterminate(format!(
-                    "the pinned session did not answer within {limit:?}"
-                ))))
-            }
-        }
+        })
+        .await
+        .map_err(err)
     }
 
     /// Runs `op` on an idle connection within `limit`, returning the
@@ -306,4 +313,32 @@ pub(super) fn holder_info(
         .and_then(|h| HolderId::new(h).ok())
         .or_else(|| HolderId::new(format!("postgres backend {lock_pid}")).ok());
     Ok(holder.map(|h| LeaseInfo::new(h, token, None)))
+}
+
+/// What the server says about a session (`leases`: how many share it).
+async fn session_info(
+    conn: &mut PgConnection,
+    leases: usize,
+) -> std::result::Result<SessionInfo, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT pg_backend_pid() AS pid, \
+                current_setting('application_name') AS app, \
+                current_setting('tcp_keepalives_idle') AS idle, \
+                current_setting('tcp_keepalives_interval') AS intvl, \
+                current_setting('tcp_keepalives_count') AS cnt, \
+                current_setting('tcp_user_timeout') AS uto, \
+                current_setting('idle_session_timeout', true) AS ist",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(SessionInfo {
+        pid: row.try_get("pid")?,
+        application_name: row.try_get("app")?,
+        tcp_keepalives_idle: row.try_get("idle")?,
+        tcp_keepalives_interval: row.try_get("intvl")?,
+        tcp_keepalives_count: row.try_get("cnt")?,
+        tcp_user_timeout: row.try_get("uto")?,
+        idle_session_timeout: row.try_get("ist")?,
+        leases,
+    })
 }

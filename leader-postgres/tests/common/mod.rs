@@ -75,6 +75,24 @@ pub async fn admin(url: &str) -> PgConnection {
         .expect("admin connection to the test server")
 }
 
+/// Terminates the backend that holds `holder`'s lease (found through the
+/// counter table and `pg_locks`: pinned sessions are shared, so they carry
+/// the store's `application_name`, not a holder's); returns how many.
+pub async fn terminate_holder(url: &str, holder: &str) -> i64 {
+    let mut admin = admin(url).await;
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid, 5000)) FROM (SELECT DISTINCT k.pid \
+         FROM leader_fencing f JOIN pg_locks k ON k.locktype = 'advisory' AND k.granted \
+          AND k.objsubid = 1 AND k.classid = ((f.lock_key >> 32) & 4294967295)::oid \
+          AND k.objid = (f.lock_key & 4294967295)::oid AND k.pid = f.pid \
+         WHERE f.holder = $1) held",
+    )
+    .bind(holder)
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate the holder's session")
+}
+
 /// Polls `check` every 20 ms until it returns true or `limit` passes.
 pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
 where
