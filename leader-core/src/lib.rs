@@ -9,6 +9,7 @@ mod lock;
 pub mod memory;
 mod names;
 mod store;
+pub mod store_config;
 mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
