@@ -93,7 +93,7 @@ pub async fn held_leases(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts
             ""
         }
     );
-    let (store, counters) = CountingStore::wrap(Arc::new(RedisStore::builder(url).build()?));
+    let (store, counters) = CountingStore::wrap(Arc::new(RedisStore::from_url(url)?));
     let locks = Locks::new(
         store,
         ElectionConfig::new("scale").with_timing(lease, renewal),
@@ -188,7 +188,7 @@ pub async fn contention(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts)
             ""
         }
     );
-    let (store, counters) = CountingStore::wrap(Arc::new(RedisStore::builder(url).build()?));
+    let (store, counters) = CountingStore::wrap(Arc::new(RedisStore::from_url(url)?));
     let t0 = Instant::now();
     let electors = (0..n)
         .map(|_| Elector::start(store.clone(), cfg.clone()))

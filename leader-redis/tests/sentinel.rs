@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leader_core::{Acquire, ElectionConfig, Elector, HolderId, LeaseKey, LeaseStore};
-use leader_redis::RedisStore;
+use leader_redis::{RedisConfig, RedisStore};
 use redis::AsyncCommands;
 use support::{RedisProc, SentinelSet, eventually, free_port, raw};
 use tokio::time::Instant;
@@ -21,20 +21,24 @@ fn prefix() -> String {
 }
 
 fn store(set: &SentinelSet) -> RedisStore {
-    RedisStore::builder(&set.connection_string())
-        .response_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .expect("store")
+    RedisStore::new(
+        RedisConfig::from_url(&set.connection_string())
+            .expect("valid URL")
+            .with_request_timeout(Duration::from_millis(500))
+            .with_connect_timeout(Duration::from_secs(1)),
+    )
+    .expect("store")
 }
 
 #[tokio::test]
 async fn sentinel_store_resolves_the_master_waits_for_the_replica_and_follows_a_failover() {
     let set = SentinelSet::start().await;
-    let store = RedisStore::builder(&set.connection_string())
-        .wait_replicas(1, Duration::from_secs(1))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&set.connection_string())
+            .expect("valid URL")
+            .with_wait_replicas(1, Duration::from_secs(1)),
+    )
+    .expect("store");
     let k = LeaseKey::new(&prefix(), "svc").expect("key");
     let a = HolderId::new("a").expect("holder");
     let lease = match store
@@ -197,10 +201,12 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
     let x = RedisProc::start(free_port(), &[]).await;
     let y = RedisProc::start(free_port(), &[]).await;
     let sentinel = RedisProc::sentinel(free_port(), x.port).await;
-    let store = RedisStore::builder(&format!("127.0.0.1:{},serviceName=mymaster", sentinel.port))
-        .sentinel_check_interval(Duration::from_millis(100))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&format!("127.0.0.1:{},serviceName=mymaster", sentinel.port))
+            .expect("valid URL")
+            .with_sentinel_check_interval(Duration::from_millis(100)),
+    )
+    .expect("store");
     let k = LeaseKey::new(&prefix(), "svc").expect("key");
     let lease = match store
         .acquire(&k, &HolderId::new("a").expect("holder"), TTL)
@@ -260,7 +266,7 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
 async fn the_cards_sentinel_string_with_a_password_works() {
     let set = SentinelSet::start_with_password(Some("s3cret")).await;
     let connection = format!("{},password=s3cret", set.connection_string());
-    let store = RedisStore::new(&connection).expect("store");
+    let store = RedisStore::from_url(&connection).expect("store");
     assert!(!format!("{store:?}").contains("s3cret"));
     let k = LeaseKey::new(&prefix(), "svc").expect("key");
     let a = HolderId::new("a").expect("holder");
@@ -280,8 +286,8 @@ async fn the_cards_sentinel_string_with_a_password_works() {
         Some(leader_core::LeaseEvent::Vacated)
     );
 
-    let wrong =
-        RedisStore::new(&format!("{},password=wrong", set.connection_string())).expect("store");
+    let wrong = RedisStore::from_url(&format!("{},password=wrong", set.connection_string()))
+        .expect("store");
     let err = wrong
         .acquire(&k, &a, TTL)
         .await

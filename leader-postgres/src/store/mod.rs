@@ -21,9 +21,9 @@ mod session;
 
 pub use session::SessionInfo;
 
+use crate::config::{PostgresConfig, TableName};
 use crate::conn::{Conn, Connector};
 use crate::keys;
-use crate::options::PostgresOptions;
 use crate::sql::Statements;
 use acquire::{Turn, pooler_error};
 
@@ -58,7 +58,9 @@ struct PinnedState {
 }
 
 struct Inner {
-    options: PostgresOptions,
+    options: PostgresConfig,
+    /// The counter table, checked when the store was built.
+    table: TableName,
     sql: Statements,
     conns: Connector,
     /// The counter table is known to exist (reset when a statement says it
@@ -113,17 +115,26 @@ enum Minted {
 }
 
 impl PostgresStore {
-    /// A store for `options`. Connects on first use.
-    pub fn new(options: PostgresOptions) -> Self {
+    /// A store for `config`. Does not connect: the connection is made on
+    /// first use, so this succeeds while Postgres is down.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) as
+    /// [`PostgresConfig::validate`] reports it.
+    pub fn new(config: PostgresConfig) -> Result<Self> {
+        config.validate()?;
+        let table = config.table_name()?;
         let conns = Connector::new(
-            options.connect.clone(),
-            options.connect_timeout,
-            options.max_idle_connections,
+            config.connect.clone(),
+            config.connect_timeout,
+            config.max_idle_connections,
         );
-        PostgresStore {
+        Ok(PostgresStore {
             inner: Arc::new(Inner {
-                sql: Statements::new(&options.table),
-                options,
+                sql: Statements::new(&table),
+                table,
+                options: config,
                 conns,
                 schema_ready: AtomicBool::new(false),
                 schema_lock: tokio::sync::Mutex::new(()),
@@ -133,24 +144,26 @@ impl PostgresStore {
                 vacated: Mutex::new(HashMap::new()),
                 warned_old_server: AtomicBool::new(false),
             }),
-        }
+        })
     }
 
-    /// Parses `url` (see [`PostgresOptions::from_url`]) and builds a store.
+    /// A store for a `postgres://` or `postgresql://` URL; see
+    /// [`PostgresConfig::from_url`].
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the bad part of the URL.
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
+    /// naming the bad part of the URL (never the password).
     pub fn from_url(url: &str) -> Result<Self> {
-        Ok(Self::new(PostgresOptions::from_url(url)?))
+        Self::new(PostgresConfig::from_url(url)?)
     }
 
-    /// The options this store was built with.
-    pub fn options(&self) -> &PostgresOptions {
+    /// The settings this store was built with.
+    pub fn config(&self) -> &PostgresConfig {
         &self.inner.options
     }
 
-    /// The advisory lock key used for `key`: an explicit one from the options,
+    /// The advisory lock key used for `key`: an explicit one from the config,
     /// else [`keys::hashed_lock_key`] of the full lease key.
     pub fn lock_key(&self, key: &LeaseKey) -> i64 {
         self.inner
@@ -188,14 +201,14 @@ impl PostgresStore {
         let missing =
             matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
         if missing {
-            tracing::warn!(table = ?self.inner.options.table, "the counter table is missing; creating it again");
+            tracing::warn!(table = ?self.inner.table, "the counter table is missing; creating it again");
             self.inner.schema_ready.store(false, Ordering::Release);
         }
         missing
     }
 
     async fn create_schema(&self) -> Result<()> {
-        let table = self.inner.options.table.as_written();
+        let table = self.inner.table.as_written();
         let (exists, create) = (
             self.inner.sql.table_exists.clone(),
             self.inner.sql.create_table.clone(),
