@@ -140,7 +140,7 @@ pub struct PostgresConfig {
     table: String,
     lock_keys: BTreeMap<String, i64>,
     pub(crate) connect_timeout: Duration,
-    pub(crate) operation_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     application_name: String,
     pub(crate) max_idle_connections: usize,
     pub(crate) lock_delay: bool,
@@ -266,7 +266,7 @@ impl PostgresConfig {
             table: DEFAULT_TABLE.to_owned(),
             lock_keys: BTreeMap::new(),
             connect_timeout,
-            operation_timeout: request_timeout,
+            request_timeout,
             application_name,
             max_idle_connections: 2,
             lock_delay: true,
@@ -301,7 +301,7 @@ impl PostgresConfig {
     /// Bounds one statement (default [`DEFAULT_REQUEST_TIMEOUT`]). A renewal
     /// is bounded by the smaller of this and the lease TTL.
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.operation_timeout = timeout;
+        self.request_timeout = timeout;
         self
     }
 
@@ -365,7 +365,7 @@ impl PostgresConfig {
             }
         }
         check_timeout("connect_timeout", self.connect_timeout)?;
-        check_timeout("request_timeout", self.operation_timeout)
+        check_timeout("request_timeout", self.request_timeout)
     }
 
     /// The counter table as configured (`table` or `schema.table`).
@@ -393,7 +393,7 @@ impl PostgresConfig {
 
     /// The bound on one statement.
     pub fn request_timeout(&self) -> Duration {
-        self.operation_timeout
+        self.request_timeout
     }
 
     /// How many lock-free connections are kept open.
@@ -447,7 +447,7 @@ impl fmt::Debug for PostgresConfig {
             .field("table", &self.table)
             .field("lock_keys", &self.lock_keys)
             .field("connect_timeout", &self.connect_timeout)
-            .field("request_timeout", &self.operation_timeout)
+            .field("request_timeout", &self.request_timeout)
             .field("application_name", &self.application_name)
             .field("max_idle_connections", &self.max_idle_connections)
             .field("lock_delay", &self.lock_delay)

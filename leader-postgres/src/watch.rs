@@ -16,7 +16,7 @@ use crate::conn::{Connector, classify};
 /// Subscribes to `channel`.
 pub(crate) async fn subscribe(
     conns: &Connector,
-    operation_timeout: Duration,
+    request_timeout: Duration,
     channel: String,
 ) -> Result<LeaseEvents> {
     let connect_timeout = conns.connect_timeout();
@@ -30,7 +30,7 @@ pub(crate) async fn subscribe(
         .idle_timeout(None)
         .test_before_acquire(false)
         .connect_lazy_with(conns.options().clone());
-    let listener = tokio::time::timeout(connect_timeout + operation_timeout, async {
+    let listener = tokio::time::timeout(connect_timeout + request_timeout, async {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.eager_reconnect(false);
         listener.listen(&channel).await?;
@@ -47,7 +47,7 @@ pub(crate) async fn subscribe(
             pool.close().await;
             return Err(Error::unavailable(format!(
                 "could not LISTEN for releases within {:?}",
-                connect_timeout + operation_timeout
+                connect_timeout + request_timeout
             )));
         }
     };

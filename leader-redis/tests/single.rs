@@ -260,13 +260,13 @@ async fn building_never_connects_and_the_store_recovers_after_restart() {
 }
 
 #[tokio::test]
-async fn a_hung_server_makes_operations_indeterminate_within_the_response_timeout() {
+async fn a_hung_server_makes_operations_indeterminate_within_the_request_timeout() {
     let redis = owned_server().await;
-    let response_timeout = Duration::from_millis(300);
+    let request_timeout = Duration::from_millis(300);
     let store = RedisStore::new(
         RedisConfig::from_url(redis.url())
             .expect("valid URL")
-            .with_request_timeout(response_timeout)
+            .with_request_timeout(request_timeout)
             .with_connect_timeout(Duration::from_millis(300)),
     )
     .expect("store");
@@ -278,9 +278,9 @@ async fn a_hung_server_makes_operations_indeterminate_within_the_response_timeou
     let took = started.elapsed();
     redis.resume().expect("SIGCONT");
     assert_eq!(err.kind(), ErrorKind::Indeterminate, "{err}");
-    assert!(took >= response_timeout, "gave up early: {took:?}");
+    assert!(took >= request_timeout, "gave up early: {took:?}");
     assert!(
-        took < response_timeout * 10,
+        took < request_timeout * 10,
         "hung past the timeout: {took:?}"
     );
     eventually(Duration::from_secs(10), "renew after resume", || async {

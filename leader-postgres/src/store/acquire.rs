@@ -53,7 +53,7 @@ impl PostgresStore {
             .bind(ka.interval_secs.to_string())
             .bind(ka.count.to_string())
             .bind(ka.user_timeout_ms.to_string())
-            .bind(self.inner.options.lock_delay)
+            .bind(self.inner.config.lock_delay)
             .bind(ttl_ms)
             .bind(idle_timeout)
             .bind(waited)
@@ -139,7 +139,7 @@ impl PostgresStore {
     ) -> Option<Lease> {
         let mut state = pinned.state.lock().await;
         let mut conn = state.conn.take()?;
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let sent = Instant::now();
         match tokio::time::timeout(
             limit,
@@ -175,7 +175,7 @@ impl PostgresStore {
                 .with_operation("acquire")
                 .with_key(key.as_str())
         };
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let mut terminated_stale = false;
         for attempt in 0..3 {
             let (mut conn, reused) = self.inner.conns.take().await.map_err(err)?;
@@ -290,7 +290,7 @@ impl PostgresStore {
         lock_key: i64,
         pid: i32,
     ) -> Result<()> {
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         match self
             .with_timeout(limit, self.check_held(conn, lock_key))
             .await?

@@ -58,7 +58,7 @@ struct PinnedState {
 }
 
 struct Inner {
-    options: PostgresConfig,
+    config: PostgresConfig,
     /// The counter table, checked when the store was built.
     table: TableName,
     sql: Statements,
@@ -134,7 +134,7 @@ impl PostgresStore {
             inner: Arc::new(Inner {
                 sql: Statements::new(&table),
                 table,
-                options: config,
+                config,
                 conns,
                 schema_ready: AtomicBool::new(false),
                 schema_lock: tokio::sync::Mutex::new(()),
@@ -160,14 +160,14 @@ impl PostgresStore {
 
     /// The settings this store was built with.
     pub fn config(&self) -> &PostgresConfig {
-        &self.inner.options
+        &self.inner.config
     }
 
     /// The advisory lock key used for `key`: an explicit one from the config,
     /// else [`keys::hashed_lock_key`] of the full lease key.
     pub fn lock_key(&self, key: &LeaseKey) -> i64 {
         self.inner
-            .options
+            .config
             .explicit_lock_key(key.as_str(), key.resource())
             .unwrap_or_else(|| keys::hashed_lock_key(key.as_str()))
     }
@@ -214,7 +214,7 @@ impl PostgresStore {
             self.inner.sql.create_table.clone(),
         );
         let what = format!("could not check or create the counter table {table:?}");
-        self.on_idle(self.inner.options.operation_timeout, &what, |conn| {
+        self.on_idle(self.inner.config.request_timeout, &what, |conn| {
             let (exists, create, table) = (exists.clone(), create.clone(), table.clone());
             Box::pin(async move {
                 let present: bool = sqlx::query(AssertSqlSafe(exists))
@@ -298,7 +298,7 @@ impl PostgresStore {
             ));
         };
         let lock_key = pinned.lock_key;
-        let limit = self.inner.options.operation_timeout.min(lease.ttl);
+        let limit = self.inner.config.request_timeout.min(lease.ttl);
         let sent = Instant::now();
         // A session advisory lock ends only by an unlock on its own session
         // (this store unlocks only when it releases) or with the session
@@ -442,7 +442,7 @@ impl LeaseStore for PostgresStore {
         let Some((info, pid)) = self.lookup(lock_key).await.map_err(err)? else {
             return Ok(None);
         };
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         if !self
             .terminate(pid, lock_key, info.token, limit)
             .await
@@ -459,7 +459,7 @@ impl LeaseStore for PostgresStore {
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
         crate::watch::subscribe(
             &self.inner.conns,
-            self.inner.options.operation_timeout,
+            self.inner.config.request_timeout,
             self.channel(key),
         )
         .await
@@ -474,7 +474,7 @@ impl LeaseStore for PostgresStore {
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("options", &self.inner.options)
+            .field("config", &self.inner.config)
             .field("pinned_leases", &self.leases().len())
             .finish()
     }

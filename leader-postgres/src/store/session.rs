@@ -79,7 +79,7 @@ impl PostgresStore {
         lock_key: i64,
         token: FencingToken,
     ) -> Result<bool> {
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let token = i64::try_from(token.0).unwrap_or(i64::MAX);
         let sql = self.inner.sql.release(lock_key, token, conn.idle_timeout);
         let outcome = tokio::time::timeout(limit, async {
@@ -130,7 +130,7 @@ impl PostgresStore {
         let Some(mut conn) = state.conn.take() else {
             return Ok(None);
         };
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let outcome = tokio::time::timeout(limit, async {
             let row = sqlx::query(
                 "SELECT pg_backend_pid() AS pid, \
@@ -247,7 +247,7 @@ impl PostgresStore {
     /// Who holds `lock_key` now, read on an idle connection.
     pub(super) async fn lookup(&self, lock_key: i64) -> Result<Option<(LeaseInfo, i32)>> {
         let sql = self.inner.sql.holder.clone();
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         self.on_idle(limit, "reading the holder failed", |conn| {
             let sql = sql.clone();
             Box::pin(async move {
