@@ -86,7 +86,7 @@ pub fn decode_url_password(raw: &str) -> Result<Secret> {
 }
 
 /// Parses the value of a duration option in the grammar of the election
-/// configuration ([`parse_duration`](crate::parse_duration)): seconds
+/// configuration ([`parse_duration`]): seconds
 /// (`"2"`, `"0.5"`) or units (`"500ms"`, `"1m 30s"`).
 ///
 /// # Errors
