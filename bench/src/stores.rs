@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use leader_core::{LeaseStore, MemoryStore};
 use leader_etcd::EtcdStore;
-use leader_postgres::{PostgresOptions, PostgresStore};
+use leader_postgres::{PostgresConfig, PostgresStore};
 use leader_redis::RedisStore;
 use leader_testkit::servers::{EtcdServer, PostgresServer, RedisServer};
 
@@ -128,11 +128,11 @@ impl Factory {
     pub fn open(&self) -> Result<Arc<dyn LeaseStore>> {
         Ok(match self.kind {
             Kind::Memory => self.memory.clone(),
-            Kind::Redis => Arc::new(RedisStore::builder(&self.url).build()?),
+            Kind::Redis => Arc::new(RedisStore::from_url(&self.url)?),
             Kind::Etcd => Arc::new(EtcdStore::from_url(&self.url)?),
             Kind::Postgres => Arc::new(PostgresStore::new(
-                PostgresOptions::from_url(&self.url)?.lock_delay(self.lock_delay),
-            )),
+                PostgresConfig::from_url(&self.url)?.with_lock_delay(self.lock_delay),
+            )?),
         })
     }
 }

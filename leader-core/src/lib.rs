@@ -11,6 +11,7 @@ mod metadata;
 mod names;
 mod observer;
 mod store;
+pub mod store_config;
 mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

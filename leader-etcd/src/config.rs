@@ -15,17 +15,26 @@
 //! the CA certificate(s) to trust instead of the system's roots), `cert` and
 //! `key` (a PEM client certificate and its key, for mutual TLS), `domain` (the
 //! name to verify the server certificate against), `connect_timeout` and
-//! `request_timeout` (`500ms`, `2s`, ...). Reserved characters in user names
-//! and passwords (`@ : , / ? & %`) must be percent-encoded.
+//! `request_timeout` (`timeout` is an older alias). Durations are written as
+//! in the election configuration: seconds (`2`, `0.5`) or units (`500ms`,
+//! `2s`). Reserved characters in user names and passwords (`@ : , / ? & %`)
+//! must be percent-encoded. Aliases kept from earlier versions: `username`
+//! for `user`, `ssl` for `tls`, `ca_file`/`cacert` for `ca`, `cert_file` for
+//! `cert`, `key_file` for `key`, `tls_domain` for `domain`, `timeout` for
+//! `request_timeout`.
 //!
 //! Errors name the part that is wrong and never contain the password.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
+use leader_core::store_config::{
+    Secret, check_timeout, decode_url_part, decode_url_password, parse_bool_option,
+    parse_duration_option, unknown_option,
+};
 use leader_core::{Error, Result};
-use percent_encoding::percent_decode_str;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -37,15 +46,26 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// unknown outcome ([`ErrorKind::Indeterminate`](leader_core::ErrorKind::Indeterminate)).
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A password that never shows in `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-struct Secret(String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
+/// The URL options understood, aliases last; anything else is refused.
+const URL_OPTIONS: &[&str] = &[
+    "user",
+    "password",
+    "tls",
+    "ca",
+    "cert",
+    "key",
+    "domain",
+    "connect_timeout",
+    "request_timeout",
+    "username",
+    "ssl",
+    "ca_file",
+    "cacert",
+    "cert_file",
+    "key_file",
+    "tls_domain",
+    "timeout",
+];
 
 /// TLS settings: the CA to trust, an optional client identity and the name
 /// to verify.
@@ -197,7 +217,10 @@ fn check_certs(what: &str, pem: &[u8]) -> Result<()> {
 /// How to reach etcd: endpoints (several = one cluster), optional
 /// user/password, optional TLS and timeouts.
 ///
-/// `Debug` never shows the password.
+/// Build it from a URL with [`EtcdConfig::from_url`] (or `str::parse`), or
+/// from endpoints with [`EtcdConfig::new`]; adjust it with the `with_*`
+/// methods; [`EtcdStore::new`](crate::EtcdStore::new) checks it with
+/// [`EtcdConfig::validate`]. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
     endpoints: Vec<String>,
@@ -228,6 +251,14 @@ impl EtcdConfig {
     ///
     /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the bad endpoint.
     pub fn new<I, S>(endpoints: I) -> Result<Self>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Self::from_endpoints(endpoints).map_err(in_store)
+    }
+
+    fn from_endpoints<I, S>(endpoints: I) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
@@ -274,6 +305,10 @@ impl EtcdConfig {
     /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the bad part
     /// (scheme, host, port, option); never containing the password.
     pub fn from_url(url: &str) -> Result<Self> {
+        Self::parse_url(url).map_err(in_store)
+    }
+
+    fn parse_url(url: &str) -> Result<Self> {
         let url = url.trim();
         let Some((scheme, rest)) = url.split_once("://") else {
             return Err(Error::invalid_config(
@@ -341,15 +376,15 @@ impl EtcdConfig {
                 Some((u, p)) => (u, Some(p)),
                 None => (userinfo, None),
             };
-            let user = decode("user name", user)?;
+            let user = decode_url_part("user name", user)?;
             let password = match password {
-                Some(p) => decode("password", p)?,
-                None => String::new(),
+                Some(p) => decode_url_password(p)?,
+                None => Secret::new(""),
             };
             if user.is_empty() {
                 return Err(Error::invalid_config("the etcd url has an empty user name"));
             }
-            config.user = Some((user, Secret(password)));
+            config.user = Some((user, password));
         }
         if let Some(query) = query {
             config.apply_query(query)?;
@@ -367,37 +402,27 @@ impl EtcdConfig {
         let mut domain = None;
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (name, raw) = pair.split_once('=').unwrap_or((pair, ""));
-            let name = decode("option name", name)?;
-            // Never echo a password value; other values are safe to show.
-            let value = decode(&format!("option {name}"), raw)?;
+            let name = decode_url_part("option name", name)?;
+            if name == "password" {
+                // Never echo a password value, not even in a decoding error.
+                password = Some(decode_url_password(raw)?);
+                continue;
+            }
+            let value = decode_url_part(&format!("option {name}"), raw)?;
             match name.as_str() {
                 "user" | "username" => user = Some(value),
-                "password" => password = Some(value),
-                "tls" | "ssl" => {
-                    tls_on = match value.as_str() {
-                        "true" | "1" | "yes" => true,
-                        "false" | "0" | "no" => false,
-                        _ => {
-                            return Err(Error::invalid_config(format!(
-                                "option {name}={value:?} is not a boolean (true or false)"
-                            )));
-                        }
-                    }
-                }
+                "tls" | "ssl" => tls_on = parse_bool_option(&name, &value)?,
                 "ca" | "ca_file" | "cacert" => ca = Some(PathBuf::from(value)),
                 "cert" | "cert_file" => cert = Some(PathBuf::from(value)),
                 "key" | "key_file" => key = Some(PathBuf::from(value)),
                 "domain" | "tls_domain" => domain = Some(value),
-                "connect_timeout" => self.connect_timeout = parse_duration(&name, &value)?,
+                "connect_timeout" => {
+                    self.connect_timeout = parse_duration_option(&name, &value)?;
+                }
                 "request_timeout" | "timeout" => {
-                    self.request_timeout = parse_duration(&name, &value)?
+                    self.request_timeout = parse_duration_option(&name, &value)?;
                 }
-                _ => {
-                    return Err(Error::invalid_config(format!(
-                        "unknown etcd url option {name:?} (known: user, password, tls, ca, cert, \
-                         key, domain, connect_timeout, request_timeout)"
-                    )));
-                }
+                _ => return Err(unknown_option(&name, URL_OPTIONS)),
             }
         }
         match (user, password) {
@@ -410,10 +435,10 @@ impl EtcdConfig {
                 if u.is_empty() {
                     return Err(Error::invalid_config("option user is empty"));
                 }
-                self.user = Some((u, Secret(p.unwrap_or_default())));
+                self.user = Some((u, p.unwrap_or_else(|| Secret::new(""))));
             }
             (None, Some(p)) => match &mut self.user {
-                Some((_, secret)) if secret.0.is_empty() => *secret = Secret(p),
+                Some((_, secret)) if secret.is_empty() => *secret = p,
                 Some(_) => {
                     return Err(Error::invalid_config(
                         "the etcd url gives a password both before the host and as an option",
@@ -459,7 +484,7 @@ impl EtcdConfig {
 
     /// Authenticates as `user` with `password`.
     pub fn with_user(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        self.user = Some((user.into(), Secret(password.into())));
+        self.user = Some((user.into(), Secret::new(password)));
         self
     }
 
@@ -507,19 +532,17 @@ impl EtcdConfig {
         self.request_timeout
     }
 
-    /// Checks the timeouts; called by the store's constructor.
-    pub(crate) fn validate(&self) -> Result<()> {
-        for (name, value) in [
-            ("connect_timeout", self.connect_timeout),
-            ("request_timeout", self.request_timeout),
-        ] {
-            if value.is_zero() || value > Duration::from_secs(3600) {
-                return Err(Error::invalid_config(format!(
-                    "{name} must be between 1ms and 1h, got {value:?}"
-                )));
-            }
-        }
-        Ok(())
+    /// Checks the settings that the `with_*` methods accept unchecked (the
+    /// timeouts); [`EtcdStore::new`](crate::EtcdStore::new) calls it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
+    /// naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        check_timeout("connect_timeout", self.connect_timeout)
+            .and_then(|()| check_timeout("request_timeout", self.request_timeout))
+            .map_err(in_store)
     }
 
     /// The endpoint URLs for etcd-client, with the scheme that matches TLS.
@@ -544,7 +567,7 @@ impl EtcdConfig {
             .with_require_leader(true);
         if let Some((user, password)) = &self.user {
             options = options
-                .with_user(user.clone(), password.0.clone())
+                .with_user(user.clone(), password.expose().to_owned())
                 .with_auto_token_refresh(true);
         }
         if let Some(tls) = &self.tls {
@@ -554,21 +577,17 @@ impl EtcdConfig {
     }
 }
 
-fn decode(what: &str, raw: &str) -> Result<String> {
-    percent_decode_str(raw)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| {
-            Error::invalid_config(format!("the {what} in the etcd url is not valid UTF-8"))
-        })
+impl FromStr for EtcdConfig {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self> {
+        EtcdConfig::from_url(url)
+    }
 }
 
-fn parse_duration(name: &str, value: &str) -> Result<std::time::Duration> {
-    humantime::parse_duration(value).map_err(|e| {
-        Error::invalid_config(format!(
-            "option {name}={value:?} is not a duration like 500ms or 2s: {e}"
-        ))
-    })
+/// Marks a configuration error as the etcd store's.
+fn in_store(e: Error) -> Error {
+    e.with_store("etcd")
 }
 
 /// Validates `host[:port]` (IPv6 in brackets) and returns `host:port`.
@@ -662,24 +681,30 @@ mod tests {
         assert!(c.tls().is_some());
         assert_eq!(c.connect_timeout(), Duration::from_millis(250));
         assert_eq!(c.request_timeout(), Duration::from_secs(3));
+
+        // The election configuration's grammar: bare seconds, fractions; and
+        // the older `timeout` alias.
+        let c = EtcdConfig::from_url("etcd://h:1?connect_timeout=0.5&timeout=2")
+            .expect("seconds and the alias");
+        assert_eq!(c.connect_timeout(), Duration::from_millis(500));
+        assert_eq!(c.request_timeout(), Duration::from_secs(2));
+        let c: EtcdConfig = "etcd://h:1".parse().expect("FromStr");
+        assert_eq!(c.request_timeout(), DEFAULT_REQUEST_TIMEOUT);
     }
 
     #[test]
     fn parses_credentials_in_userinfo_and_options() {
         let c = EtcdConfig::from_url("etcd://root:p%40ss%2Cw:rd@h1:1,h2:2").expect("userinfo");
         assert_eq!(c.user(), Some("root"));
-        assert_eq!(
-            c.user.as_ref().map(|(_, p)| p.0.as_str()),
-            Some("p@ss,w:rd")
-        );
+        assert_eq!(c.user.as_ref().map(|(_, p)| p.expose()), Some("p@ss,w:rd"));
         assert_eq!(c.endpoints(), ["h1:1", "h2:2"]);
 
         let c = EtcdConfig::from_url("etcd://h:1?user=alice&password=s3cr%26t").expect("options");
         assert_eq!(c.user(), Some("alice"));
-        assert_eq!(c.user.as_ref().map(|(_, p)| p.0.as_str()), Some("s3cr&t"));
+        assert_eq!(c.user.as_ref().map(|(_, p)| p.expose()), Some("s3cr&t"));
 
         let c = EtcdConfig::from_url("etcd://bob@h:1?password=pw").expect("user + password option");
-        assert_eq!(c.user.as_ref().map(|(_, p)| p.0.as_str()), Some("pw"));
+        assert_eq!(c.user.as_ref().map(|(_, p)| p.expose()), Some("pw"));
     }
 
     #[test]
@@ -701,14 +726,14 @@ mod tests {
             ("etcd://a:1/path", "has a path"),
             ("etcd://a:1,https://b:2", "different scheme"),
             ("http://a:1,https://b:2", "different scheme"),
-            ("etcd://a:1?bogus=1", "unknown etcd url option \"bogus\""),
+            ("etcd://a:1?bogus=1", "unknown option 'bogus'"),
             (
                 "etcd://a:1?tls=maybe",
                 "option tls=\"maybe\" is not a boolean",
             ),
             (
                 "etcd://a:1?request_timeout=soon",
-                "option request_timeout=\"soon\"",
+                "option request_timeout: \"soon\" is not a duration",
             ),
             (
                 "etcd://a:1?ca=/nonexistent/ca.pem",
@@ -724,6 +749,7 @@ mod tests {
         ] {
             let err = EtcdConfig::from_url(url).expect_err(url);
             assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{url}");
+            assert_eq!(err.store(), Some("etcd"), "{url}");
             assert!(
                 err.to_string().contains(needle),
                 "error for {url:?} should contain {needle:?}: {err}"
@@ -765,6 +791,9 @@ mod tests {
             format!("etcd://root:{PW}@h:1/path"),
             format!("etcd://u:{PW}@h:1?password=again"),
             format!("etcd://root:{PW}%ff@h:1"),
+            format!("etcd://h:1?user=u&password={PW}%ff"),
+            format!("mongodb://root:{PW}@h:1"),
+            format!("etcd://root:{PW}@h:1?request_timeout=soon"),
         ] {
             let err = EtcdConfig::from_url(&url).expect_err(&url);
             assert!(!err.to_string().contains(PW), "{err}");
@@ -791,9 +820,20 @@ mod tests {
         let c = EtcdConfig::new(["h:1"]).expect("cfg");
         assert!(c.validate().is_ok());
         let err = c
+            .clone()
             .with_request_timeout(Duration::ZERO)
             .validate()
             .expect_err("zero");
+        assert!(err.to_string().contains("request_timeout"), "{err}");
+        assert_eq!(err.store(), Some("etcd"));
+        let err = c
+            .with_connect_timeout(Duration::from_secs(7200))
+            .validate()
+            .expect_err("two hours");
+        assert!(err.to_string().contains("connect_timeout"), "{err}");
+        let err = EtcdConfig::from_url("etcd://h:1?request_timeout=0")
+            .and_then(crate::EtcdStore::new)
+            .expect_err("zero through the URL");
         assert!(err.to_string().contains("request_timeout"), "{err}");
     }
 }

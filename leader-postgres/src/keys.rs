@@ -15,7 +15,7 @@
 //! each other and never have leaders at the same time. With a 64-bit hash
 //! this is vanishingly rare for honest names; when it matters (or to share a
 //! lock with other software), pin a key with
-//! [`PostgresOptions::lock_key`](crate::PostgresOptions::lock_key).
+//! [`PostgresConfig::with_lock_key`](crate::PostgresConfig::with_lock_key).
 
 use std::time::Duration;
 

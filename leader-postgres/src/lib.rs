@@ -1,14 +1,14 @@
 #![doc = include_str!("../README.md")]
 
+mod config;
 mod conn;
 pub mod keys;
-mod options;
 mod sql;
 mod store;
 mod watch;
 
-pub use options::{
-    DEFAULT_APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_OPERATION_TIMEOUT,
-    DEFAULT_PINNED_SESSIONS, DEFAULT_TABLE, PostgresOptions, TableName,
+pub use config::{
+    DEFAULT_APPLICATION_NAME, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PINNED_SESSIONS,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_TABLE, PostgresConfig, TableName,
 };
 pub use store::{PostgresStore, SessionInfo};

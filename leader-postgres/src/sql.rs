@@ -24,7 +24,7 @@
 //! dropped table, an old backup). Rows are never deleted by the library.
 //!
 //! `released` and `ttl_ms` implement the lock delay (see
-//! [`PostgresOptions::lock_delay`](crate::PostgresOptions::lock_delay)): a term
+//! [`PostgresConfig::with_lock_delay`](crate::PostgresConfig::with_lock_delay)): a term
 //! that ended without a release (crash, terminated session, partition) keeps
 //! its seat empty for one TTL after an acquirer first finds it free, on the
 //! acquirer's monotonic clock. `vacated_at` records the first sighting on the
@@ -32,7 +32,7 @@
 
 use std::sync::Arc;
 
-use crate::options::TableName;
+use crate::config::TableName;
 
 /// The predicate matching one bigint advisory lock (`$1`) in `pg_locks` (`k`)
 /// in the current database: Postgres shows the high half of the key in

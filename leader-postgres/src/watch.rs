@@ -60,7 +60,7 @@ impl Hub {
     pub(crate) async fn subscribe(
         &self,
         conns: &Connector,
-        operation_timeout: Duration,
+        request_timeout: Duration,
         channel: String,
     ) -> Result<LeaseEvents> {
         let seen = self.attempts.load(Ordering::Acquire);
@@ -76,7 +76,7 @@ impl Hub {
                         return Err(Error::unavailable(why.clone()));
                     }
                     link.last_attempt = self.attempts.fetch_add(1, Ordering::AcqRel) + 1;
-                    match connect(conns, operation_timeout).await {
+                    match connect(conns, request_timeout).await {
                         Ok(listener) => {
                             let (tx, rx) = mpsc::unbounded_channel();
                             tokio::spawn(run(listener, rx));
@@ -102,12 +102,12 @@ impl Hub {
                 done,
             })
             .map_err(|_| lost())?;
-        match tokio::time::timeout(operation_timeout, answer).await {
+        match tokio::time::timeout(request_timeout, answer).await {
             Ok(Ok(Ok(()))) => Ok(subscription),
             Ok(Ok(Err(why))) => Err(Error::unavailable(why)),
             Ok(Err(_)) => Err(lost()),
             Err(_) => Err(Error::indeterminate(format!(
-                "LISTEN got no answer within {operation_timeout:?}"
+                "LISTEN got no answer within {request_timeout:?}"
             ))),
         }
     }
@@ -117,7 +117,7 @@ impl Hub {
 /// `PgListener` needs one; it never reconnects by itself).
 async fn connect(
     conns: &Connector,
-    operation_timeout: Duration,
+    request_timeout: Duration,
 ) -> Result<(PgListener, sqlx::PgPool)> {
     let connect_timeout = conns.connect_timeout();
     let pool = PgPoolOptions::new()
@@ -128,7 +128,7 @@ async fn connect(
         .idle_timeout(None)
         .test_before_acquire(false)
         .connect_lazy_with(conns.options().clone());
-    let limit = connect_timeout + operation_timeout;
+    let limit = connect_timeout + request_timeout;
     let listener = tokio::time::timeout(limit, async {
         let mut listener = PgListener::connect_with(&pool).await?;
         listener.eager_reconnect(false);

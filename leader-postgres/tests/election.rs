@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::*;
 use leader_core::LeaseStore;
-use leader_postgres::PostgresStore;
 use leader_testkit::history::{CheckOptions, History, Op, Outcome};
 use leader_testkit::proxy::{FaultProxy, Mode};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -262,7 +261,7 @@ async fn kill_9_of_the_holder_process_hands_over() {
         });
         let mut child = holder_process(pg.url(), &prefix, "proc-a").await;
         let follower: Arc<dyn LeaseStore> =
-            Arc::new(PostgresStore::new(options(pg.url()).lock_delay(lock_delay)));
+            Arc::new(store_with(options(pg.url()).with_lock_delay(lock_delay)));
         let b = recorded(
             follower,
             election_config(&prefix, "svc", "proc-b", LEASE),

@@ -27,11 +27,7 @@ fn interval() -> Duration {
 
 /// A store whose leases share at most `sessions` pinned sessions.
 fn shared(url: &str, sessions: usize) -> PostgresStore {
-    PostgresStore::new(
-        options(url)
-            .pinned_sessions(sessions)
-            .expect("a valid session count"),
-    )
+    store_with(options(url).with_pinned_sessions(sessions))
 }
 
 /// `url` with the connections named `app` (to count them).

@@ -113,10 +113,7 @@ async fn same_holder_reacquire_is_a_new_term_and_retires_the_old_token() {
 #[tokio::test]
 async fn counter_table_is_created_with_the_configured_name_and_documented_schema() {
     let pg = server().await;
-    let opts = options(pg.url())
-        .table("fence_tokens")
-        .expect("valid table");
-    let s = leader_postgres::PostgresStore::new(opts);
+    let s = store_with(options(pg.url()).with_table("fence_tokens"));
     let key = key("schema");
     let lease = acquired(s.acquire(&key, &holder("h_1"), TTL).await.expect("acquire"));
     let mut admin = admin(pg.url()).await;
@@ -139,10 +136,7 @@ async fn counter_table_is_created_with_the_configured_name_and_documented_schema
 async fn explicit_lock_keys_are_used_and_visible_in_pg_locks() {
     let pg = server().await;
     let key = key("explicit");
-    let opts = options(pg.url())
-        .lock_key(key.resource(), 4_242)
-        .expect("valid");
-    let s = leader_postgres::PostgresStore::new(opts);
+    let s = store_with(options(pg.url()).with_lock_key(key.resource(), 4_242));
     assert_eq!(s.lock_key(&key), 4_242);
     let lease = acquired(s.acquire(&key, &holder("h_2"), TTL).await.expect("acquire"));
     let mut admin = admin(pg.url()).await;
@@ -206,9 +200,9 @@ async fn terminated_holder_session_fails_renewal_and_the_lock_delay_keeps_the_se
 #[tokio::test]
 async fn without_lock_delay_a_terminated_holders_lock_is_free_at_once() {
     let pg = server().await;
-    let opts = options(pg.url()).lock_delay(false);
-    let s = leader_postgres::PostgresStore::new(opts.clone());
-    let other = leader_postgres::PostgresStore::new(opts);
+    let opts = options(pg.url()).with_lock_delay(false);
+    let s = store_with(opts.clone());
+    let other = store_with(opts);
     let key = key("nodelay");
     let lease = acquired(
         s.acquire(&key, &holder("victim_2"), TTL)
@@ -338,7 +332,7 @@ async fn cancelled_renewal_gives_the_lease_up_instead_of_leaving_it_in_doubt() {
     let pg = server().await;
     let proxy = FaultProxy::start(pg.addr()).await.expect("proxy");
     let via_proxy = pg.url_via(proxy.addr());
-    let s = leader_postgres::PostgresStore::new(options(&via_proxy).lock_delay(false));
+    let s = store_with(options(&via_proxy).with_lock_delay(false));
     let key = key("cancel");
     let lease = acquired(s.acquire(&key, &holder("c_1"), TTL).await.expect("acquire"));
     // The renewal is sent into a partition and its future dropped (as an
@@ -362,7 +356,7 @@ async fn cancelled_renewal_gives_the_lease_up_instead_of_leaving_it_in_doubt() {
         ),
         Err(err) => assert_eq!(err.kind(), ErrorKind::NotHolder, "{err}"),
     }
-    let other = leader_postgres::PostgresStore::new(options(pg.url()).lock_delay(false));
+    let other = store_with(options(pg.url()).with_lock_delay(false));
     eventually(
         Duration::from_secs(10),
         "the closed session's lock to be freed",

@@ -14,7 +14,7 @@ const TTL: Duration = Duration::from_secs(2);
 async fn a_lost_counter_table_does_not_make_tokens_go_back() {
     let pg = server().await;
     let table = format!("fence_lost_{}", std::process::id());
-    let s = leader_postgres::PostgresStore::new(options(pg.url()).table(&table).expect("table"));
+    let s = store_with(options(pg.url()).with_table(&table));
     let key = key("lost-table");
     let mut last = None;
     for holder_id in ["lost_a", "lost_b", "lost_c"] {

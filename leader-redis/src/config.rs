@@ -1,9 +1,12 @@
-//! Connection configuration: `redis://` / `rediss://` URLs and the
-//! StackExchange.Redis-style strings of the original service's card.
+//! [`RedisConfig`]: where and how a [`RedisStore`](crate::RedisStore)
+//! connects, parsed from `redis://` / `rediss://` URLs or the
+//! StackExchange.Redis-style strings of the original service's card, plus
+//! the store's own settings (timeouts, replica acknowledgement, watch and
+//! Sentinel intervals).
 //!
 //! | form | topology |
 //! |---|---|
-//! | `redis://[user][:password@]host[:port][/db]` | one server |
+//! | `redis://[user][:password@]host[:port][/db][?connect_timeout=..&request_timeout=..]` | one server |
 //! | `rediss://...` | one server over TLS |
 //! | `host:port[,password=...][,ssl=true][,abortConnect=false]` | one server |
 //! | `s1:26379,s2:26379,serviceName=mymaster[,password=...]` | Sentinel |
@@ -18,6 +21,11 @@
 //! it, so that a typo in a security option (`sll=true`) cannot silently
 //! downgrade the connection.
 //!
+//! URL options (`connect_timeout`, `request_timeout`) take durations as the
+//! election configuration does: seconds (`2`, `0.5`) or units (`500ms`).
+//! The comma-separated form keeps StackExchange.Redis's milliseconds
+//! (`connectTimeout=1500`, `syncTimeout=250`).
+//!
 //! Errors name the part that is wrong (its position and what was expected)
 //! but never echo values: a password misplaced into an endpoint position must
 //! not end up in a log.
@@ -27,13 +35,27 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use leader_core::store_config::{
+    MAX_TIMEOUT, Secret, check_timeout, decode_url_part, decode_url_password,
+    parse_duration_option, unknown_option,
+};
 use leader_core::{Error, Result};
-use percent_encoding::percent_decode_str;
 
 /// The port used when an endpoint gives none.
 pub const DEFAULT_PORT: u16 = 6379;
 /// The port used for Sentinel endpoints that give none.
 pub const DEFAULT_SENTINEL_PORT: u16 = 26379;
+/// Default time to open a connection (and, for Sentinel, to ask the sentinels).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time to wait for the reply to one operation.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default interval of the pub/sub connection's liveness ping.
+pub const DEFAULT_WATCH_HEARTBEAT: Duration = Duration::from_secs(5);
+/// Default interval of the Sentinel master-change check.
+pub const DEFAULT_SENTINEL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The options of the URL form.
+const URL_OPTIONS: &[&str] = &["connect_timeout", "request_timeout"];
 
 /// StackExchange.Redis options that only tune that client's connection
 /// behaviour; accepted and ignored.
@@ -55,32 +77,13 @@ const KNOWN_OPTIONS: &str = "password, user, ssl, sslCaFile, serviceName, defaul
      (ignored: abortConnect, connectRetry, keepAlive, allowAdmin, resolveDns, \
      configCheckSeconds, name, tiebreaker, version)";
 
-/// A password or other secret. Its `Debug` and `Display` never show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    /// The secret itself, for handing to the Redis client.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
+/// Replica acknowledgement after acquire: see [`RedisConfig::with_wait_replicas`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitReplicas {
+    /// How many replicas must acknowledge the acquisition.
+    pub replicas: u32,
+    /// How long to wait for them.
+    pub timeout: Duration,
 }
 
 /// A `host:port` pair.
@@ -140,8 +143,15 @@ impl Topology {
     }
 }
 
-/// Parsed connection settings. Build with [`RedisConfig::parse`] (or
-/// `str::parse`), or [`RedisConfig::single`] and the `with_*` methods.
+/// Everything a [`RedisStore`](crate::RedisStore) needs: where to connect
+/// and how the store behaves.
+///
+/// Build it from a URL or connection string with [`RedisConfig::from_url`]
+/// (or `str::parse`), or in code with [`RedisConfig::single`] /
+/// [`RedisConfig::with_topology`]; adjust it with the `with_*` methods;
+/// [`RedisStore::new`](crate::RedisStore::new) checks it with
+/// [`RedisConfig::validate`]. Nothing connects until the store's first
+/// operation.
 ///
 /// `Debug` is written by hand and never shows a password.
 #[derive(Clone, PartialEq, Eq)]
@@ -154,8 +164,11 @@ pub struct RedisConfig {
     db: i64,
     tls: bool,
     ca_file: Option<PathBuf>,
-    connect_timeout: Option<Duration>,
-    response_timeout: Option<Duration>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    wait_replicas: Option<WaitReplicas>,
+    watch_heartbeat: Duration,
+    sentinel_check_interval: Duration,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -173,7 +186,10 @@ impl fmt::Debug for RedisConfig {
             .field("tls", &self.tls)
             .field("ca_file", &self.ca_file)
             .field("connect_timeout", &self.connect_timeout)
-            .field("response_timeout", &self.response_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("wait_replicas", &self.wait_replicas)
+            .field("watch_heartbeat", &self.watch_heartbeat)
+            .field("sentinel_check_interval", &self.sentinel_check_interval)
             .finish()
     }
 }
@@ -182,7 +198,7 @@ impl FromStr for RedisConfig {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        RedisConfig::parse(s)
+        RedisConfig::from_url(s)
     }
 }
 
@@ -192,7 +208,8 @@ impl RedisConfig {
         Self::with_topology(Topology::Single(Endpoint::new(host, port)))
     }
 
-    /// A configuration for `topology` with no credentials, no TLS, db 0.
+    /// A configuration for `topology` with no credentials, no TLS, db 0 and
+    /// the default timeouts.
     pub fn with_topology(topology: Topology) -> Self {
         RedisConfig {
             topology,
@@ -203,28 +220,34 @@ impl RedisConfig {
             db: 0,
             tls: false,
             ca_file: None,
-            connect_timeout: None,
-            response_timeout: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            wait_replicas: None,
+            watch_heartbeat: DEFAULT_WATCH_HEARTBEAT,
+            sentinel_check_interval: DEFAULT_SENTINEL_CHECK_INTERVAL,
         }
     }
 
     /// Parses a `redis://` / `rediss://` URL or a comma-separated
-    /// StackExchange.Redis-style string (see the module docs).
+    /// StackExchange.Redis-style string (see the crate docs), then checks
+    /// it as [`RedisConfig::validate`] does.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
     /// naming the part that is wrong; never echoing a password.
-    pub fn parse(input: &str) -> Result<Self> {
+    pub fn from_url(input: &str) -> Result<Self> {
         let input = input.trim();
-        if input.is_empty() {
-            return Err(invalid("the connection string is empty"));
-        }
-        if input.contains("://") {
+        let config = if input.is_empty() {
+            Err(invalid("the connection string is empty"))
+        } else if input.contains("://") {
             parse_url(input)
         } else {
             parse_options(input)
         }
+        .map_err(|e| e.with_store("redis"))?;
+        config.validate()?;
+        Ok(config)
     }
 
     /// The deployment kind and its endpoints.
@@ -267,14 +290,29 @@ impl RedisConfig {
         self.ca_file.as_deref()
     }
 
-    /// The connect timeout given in the string (`connectTimeout`), if any.
-    pub fn connect_timeout(&self) -> Option<Duration> {
+    /// Time allowed to open a connection.
+    pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
 
-    /// The response timeout given in the string (`syncTimeout`), if any.
-    pub fn response_timeout(&self) -> Option<Duration> {
-        self.response_timeout
+    /// Time allowed for the reply to one operation.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The replica acknowledgement waited for after each acquire, if any.
+    pub fn wait_replicas(&self) -> Option<WaitReplicas> {
+        self.wait_replicas
+    }
+
+    /// Interval of a watch's pub/sub liveness ping.
+    pub fn watch_heartbeat(&self) -> Duration {
+        self.watch_heartbeat
+    }
+
+    /// With Sentinel: how often the sentinels are asked whether the master moved.
+    pub fn sentinel_check_interval(&self) -> Duration {
+        self.sentinel_check_interval
     }
 
     /// Sets the ACL user and password.
@@ -296,20 +334,124 @@ impl RedisConfig {
         self
     }
 
-    /// Trusts the CA certificates in this PEM file (implies TLS).
+    /// Sets the ACL user and password for the sentinels.
+    pub fn with_sentinel_credentials(
+        mut self,
+        username: Option<&str>,
+        password: Option<&str>,
+    ) -> Self {
+        self.sentinel_username = username.map(str::to_owned);
+        self.sentinel_password = password.map(Secret::new);
+        self
+    }
+
+    /// Trusts the CA certificates in this PEM file instead of the system's
+    /// roots (implies TLS). The file is read when the store is built.
     pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.ca_file = Some(path.into());
         self.tls = true;
         self
     }
 
-    /// Checks combinations that each part alone cannot: db with Cluster, CA
-    /// without TLS.
+    /// Time allowed to open a connection (default
+    /// [`DEFAULT_CONNECT_TIMEOUT`], or the string's `connectTimeout`). A
+    /// connect failure is `Unavailable`.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Time allowed for the reply to one operation (default
+    /// [`DEFAULT_REQUEST_TIMEOUT`], or the string's `syncTimeout`). Past it
+    /// the outcome is unknown: the call fails `Indeterminate` and the
+    /// connection is replaced.
+    ///
+    /// Set it below the elector's renewal interval (the facade passes the
+    /// election's `RequestTimeoutSeconds`), so that a hung renewal fails in
+    /// time to be retried before the deadline.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// After each successful acquire, run `WAIT replicas timeout` and fail
+    /// the acquire (releasing the lease first) if fewer replicas
+    /// acknowledged it.
+    ///
+    /// What it protects: a failover right after the acquisition. Once `n`
+    /// replicas have the lease key, a replica promoted by Sentinel (or
+    /// Cluster) has it too, so a second candidate cannot take the seat at
+    /// once. What it does not protect: renewals are not waited for (a
+    /// failover can still roll the TTL back to the acquisition's), `WAIT`
+    /// does not make replication synchronous (an acknowledged write can
+    /// still be lost if the promoted replica is not one that acknowledged),
+    /// and it does nothing against split brain where an isolated old master
+    /// keeps accepting writes. Use fencing tokens for safety; this only
+    /// narrows the window. `WAIT` also holds the shared connection for up to
+    /// `timeout`, delaying other operations of this store.
+    ///
+    /// `timeout` must be below the request timeout (the elector bounds each
+    /// acquire by it); [`RedisConfig::validate`] refuses it otherwise.
+    pub fn with_wait_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_replicas = Some(WaitReplicas { replicas, timeout });
+        self
+    }
+
+    /// Interval at which a watch's pub/sub connection is pinged; a failed
+    /// ping ends the watch (`recv()` returns `None`). Default
+    /// [`DEFAULT_WATCH_HEARTBEAT`].
+    pub fn with_watch_heartbeat(mut self, interval: Duration) -> Self {
+        self.watch_heartbeat = interval;
+        self
+    }
+
+    /// With Sentinel: how often the sentinels are asked whether the master
+    /// moved while the connection to the old one still works (default
+    /// [`DEFAULT_SENTINEL_CHECK_INTERVAL`]). Connection errors and
+    /// `READONLY` replies re-resolve at once anyway.
+    pub fn with_sentinel_check_interval(mut self, interval: Duration) -> Self {
+        self.sentinel_check_interval = interval;
+        self
+    }
+
+    /// Checks every rule the `with_*` methods do not: combinations (db with
+    /// Cluster, CA without TLS, a `WAIT` timeout not below the request
+    /// timeout) and ranges (timeouts and intervals above zero and at most
+    /// an hour). [`RedisStore::new`](crate::RedisStore::new) calls it.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the conflict.
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the setting.
     pub fn validate(&self) -> Result<()> {
+        self.check().map_err(|e| e.with_store("redis"))
+    }
+
+    fn check(&self) -> Result<()> {
+        for (name, value) in [
+            ("connect_timeout", self.connect_timeout),
+            ("request_timeout", self.request_timeout),
+            ("watch_heartbeat", self.watch_heartbeat),
+            ("sentinel_check_interval", self.sentinel_check_interval),
+        ] {
+            check_timeout(name, value)?;
+        }
+        if let Some(w) = self.wait_replicas {
+            if w.replicas == 0 || w.timeout.is_zero() {
+                return Err(invalid(
+                    "wait_replicas needs at least one replica and a non-zero timeout",
+                ));
+            }
+            // The caller bounds the whole acquire (script and WAIT) by its
+            // request timeout: a WAIT as long would be cut off before it
+            // could answer or release.
+            if w.timeout >= self.request_timeout {
+                return Err(invalid(format!(
+                    "wait_replicas: the WAIT timeout ({:?}) must be below the request timeout \
+                     ({:?}; RequestTimeoutSeconds when built through the facade)",
+                    w.timeout, self.request_timeout
+                )));
+            }
+        }
         if self.db < 0 {
             return Err(invalid("the database number must not be negative"));
         }
@@ -330,17 +472,6 @@ impl RedisConfig {
 
 fn invalid(message: impl Into<String>) -> Error {
     Error::invalid_config(message).with_store("redis")
-}
-
-fn decode(what: &str, raw: &str) -> Result<String> {
-    percent_decode_str(raw)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| {
-            invalid(format!(
-                "the URL {what} is not valid UTF-8 after percent-decoding"
-            ))
-        })
 }
 
 fn parse_url(input: &str) -> Result<RedisConfig> {
@@ -368,11 +499,11 @@ fn parse_url(input: &str) -> Result<RedisConfig> {
     }
     let username = match url.username() {
         "" => None,
-        u => Some(decode("user name", u)?),
+        u => Some(decode_url_part("user name", u)?),
     };
     let password = match url.password() {
         None | Some("") => None,
-        Some(p) => Some(Secret::new(decode("password", p)?)),
+        Some(p) => Some(decode_url_password(p)?),
     };
     let path = url.path().trim_start_matches('/');
     let db = if path.is_empty() {
@@ -383,26 +514,25 @@ fn parse_url(input: &str) -> Result<RedisConfig> {
             .filter(|db| *db >= 0)
             .ok_or_else(|| invalid("the URL path must be a database number such as /0"))?
     };
-    if let Some((name, _)) = url.query_pairs().next() {
-        let shown: String = name.chars().take(32).collect();
-        return Err(invalid(format!(
-            "unknown URL query parameter '{shown}' (none are supported; set timeouts and the CA \
-             file on the store builder)"
-        )));
-    }
     if url.fragment().is_some() {
         return Err(invalid(
             "URL fragments (such as #insecure) are not supported",
         ));
     }
-    let config = RedisConfig {
+    let mut config = RedisConfig {
         username,
         password,
         db,
         tls,
         ..RedisConfig::with_topology(Topology::Single(Endpoint::new(host, port)))
     };
-    config.validate()?;
+    for (name, value) in url.query_pairs() {
+        match &*name {
+            "connect_timeout" => config.connect_timeout = parse_duration_option(&name, &value)?,
+            "request_timeout" => config.request_timeout = parse_duration_option(&name, &value)?,
+            other => return Err(unknown_option(other, URL_OPTIONS)),
+        }
+    }
     Ok(config)
 }
 
@@ -467,15 +597,17 @@ fn parse_bool(n: usize, key: &str, value: &str) -> Result<bool> {
 }
 
 fn parse_millis(n: usize, key: &str, value: &str) -> Result<Duration> {
+    // StackExchange.Redis's grammar (whole milliseconds), the store's range.
     value
         .parse::<u64>()
         .ok()
-        .filter(|ms| *ms > 0 && *ms <= 3_600_000)
         .map(Duration::from_millis)
+        .filter(|d| !d.is_zero() && *d <= MAX_TIMEOUT)
         .ok_or_else(|| {
             invalid(format!(
                 "connection string part {n}: option {key} must be a number of milliseconds \
-                 between 1 and 3600000"
+                 between 1 and {}",
+                MAX_TIMEOUT.as_millis()
             ))
         })
 }
@@ -556,9 +688,9 @@ fn parse_options(input: &str) -> Result<RedisConfig> {
                         ))
                     })?;
             }
-            "connecttimeout" => config.connect_timeout = Some(parse_millis(n, key, value)?),
+            "connecttimeout" => config.connect_timeout = parse_millis(n, key, value)?,
             "synctimeout" | "asynctimeout" => {
-                config.response_timeout = Some(parse_millis(n, key, value)?);
+                config.request_timeout = parse_millis(n, key, value)?;
             }
             "abortconnect" | "allowadmin" | "resolvedns" => {
                 parse_bool(n, key, value)?;
@@ -605,6 +737,5 @@ fn parse_options(input: &str) -> Result<RedisConfig> {
             "sentinelUser/sentinelPassword are only valid with serviceName (Sentinel)",
         ));
     }
-    config.validate()?;
     Ok(config)
 }

@@ -1,6 +1,5 @@
 #![doc = include_str!("../README.md")]
 
-mod builder;
 mod clients;
 mod config;
 mod conn;
@@ -11,10 +10,10 @@ mod scripts;
 mod store;
 mod watch;
 
-pub use builder::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, DEFAULT_SENTINEL_CHECK,
-    DEFAULT_WATCH_HEARTBEAT, RedisStoreBuilder, WaitReplicas,
+pub use config::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_SENTINEL_CHECK_INTERVAL, DEFAULT_SENTINEL_PORT, DEFAULT_WATCH_HEARTBEAT, Endpoint,
+    RedisConfig, Topology, WaitReplicas,
 };
-pub use config::{DEFAULT_PORT, DEFAULT_SENTINEL_PORT, Endpoint, RedisConfig, Secret, Topology};
 pub use keys::{KeyLayout, hash_tag};
 pub use store::RedisStore;

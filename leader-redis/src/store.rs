@@ -13,8 +13,7 @@ use leader_core::{
 };
 use redis::{RedisResult, Value};
 
-use crate::builder::{RedisStoreBuilder, WaitReplicas};
-use crate::config::RedisConfig;
+use crate::config::{RedisConfig, WaitReplicas};
 use crate::conn::{Conn, Connector};
 use crate::keys::KeyLayout;
 use crate::reply::{as_array, as_info, as_int, as_optional_info, ms_ceil, protocol};
@@ -22,11 +21,9 @@ use crate::scripts;
 use crate::watch;
 
 /// The shared state of a store and its clones.
-pub(crate) struct Inner {
-    pub(crate) connector: Arc<Connector>,
-    pub(crate) response_timeout: Duration,
-    pub(crate) wait_replicas: Option<WaitReplicas>,
-    pub(crate) watch_heartbeat: Duration,
+struct Inner {
+    connector: Arc<Connector>,
+    config: RedisConfig,
 }
 
 /// Leases on Redis. Cheap to clone; clones share connections.
@@ -41,8 +38,8 @@ impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
             .field("target", &self.inner.connector.description())
-            .field("response_timeout", &self.inner.response_timeout)
-            .field("wait_replicas", &self.inner.wait_replicas)
+            .field("request_timeout", &self.inner.config.request_timeout())
+            .field("wait_replicas", &self.inner.config.wait_replicas())
             .finish_non_exhaustive()
     }
 }
@@ -63,40 +60,41 @@ impl Drop for InFlight<'_> {
 }
 
 impl RedisStore {
-    /// A store for `connection` (a `redis://` URL or a comma-separated
-    /// string, see [`RedisConfig`]) with default settings. Does not connect.
+    /// A store for `config`. Does not connect: the connection is made on
+    /// first use, so this succeeds while Redis is down.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
-    /// for a malformed connection string.
-    pub fn new(connection: &str) -> Result<Self> {
-        Self::builder(connection).build()
+    /// as [`RedisConfig::validate`] reports it, or for an unreadable CA
+    /// file. Never an error because Redis is down.
+    pub fn new(config: RedisConfig) -> Result<Self> {
+        config.validate()?;
+        let connector = Arc::new(Connector::new(
+            &config,
+            config.connect_timeout(),
+            config.request_timeout(),
+            config.sentinel_check_interval(),
+        )?);
+        Ok(RedisStore {
+            inner: Arc::new(Inner { connector, config }),
+        })
     }
 
-    /// A builder for `connection`; parse errors surface from `build`.
-    pub fn builder(connection: &str) -> RedisStoreBuilder {
-        Self::builder_from_config(RedisConfig::parse(connection))
+    /// A store for a `redis://` / `rediss://` URL or a comma-separated
+    /// connection string; see [`RedisConfig::from_url`].
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
+    /// naming the bad part (never the password).
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::new(RedisConfig::from_url(url)?)
     }
 
-    /// A builder from an already parsed configuration.
-    pub fn builder_from(config: RedisConfig) -> RedisStoreBuilder {
-        Self::builder_from_config(Ok(config))
-    }
-
-    fn builder_from_config(config: Result<RedisConfig>) -> RedisStoreBuilder {
-        RedisStoreBuilder::new(config)
-    }
-
-    pub(crate) fn from_inner(inner: Inner) -> Self {
-        RedisStore {
-            inner: Arc::new(inner),
-        }
-    }
-
-    /// The response timeout in effect.
-    pub fn response_timeout(&self) -> Duration {
-        self.inner.response_timeout
+    /// The settings this store was built with.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
     }
 
     /// The keys a lease on `key` uses.
@@ -125,7 +123,8 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        self.run_for(op, key, self.inner.response_timeout, f).await
+        self.run_for(op, key, self.inner.config.request_timeout(), f)
+            .await
     }
 
     async fn run_for<T, F, Fut>(
@@ -174,7 +173,7 @@ impl RedisStore {
             .run_for(
                 op,
                 &lease.key,
-                wait.timeout + self.inner.response_timeout,
+                wait.timeout + self.inner.config.request_timeout(),
                 |conn| async move {
                     let mut cmd = redis::cmd("WAIT");
                     cmd.arg(wait.replicas).arg(timeout_ms);
@@ -271,7 +270,7 @@ impl LeaseStore for RedisStore {
                     return Err(protocol(op, "the acquire script returned a foreign term"));
                 }
                 let lease = Lease::new(key.clone(), holder.clone(), info.token, ttl);
-                if let Some(wait) = self.inner.wait_replicas {
+                if let Some(wait) = self.inner.config.wait_replicas() {
                     self.replicate(&lease, &layout, wait).await?;
                 }
                 Ok(Acquire::Acquired(lease))
@@ -378,8 +377,8 @@ impl LeaseStore for RedisStore {
         watch::subscribe(
             &self.inner.connector,
             layout.channel,
-            self.inner.response_timeout,
-            self.inner.watch_heartbeat,
+            self.inner.config.request_timeout(),
+            self.inner.config.watch_heartbeat(),
         )
         .await
         .map_err(|e| e.with_key(key.as_str()))

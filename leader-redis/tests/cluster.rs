@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leader_core::{Acquire, ErrorKind, HolderId, Lease, LeaseEvent, LeaseKey, LeaseStore};
-use leader_redis::RedisStore;
+use leader_redis::{RedisConfig, RedisStore};
 use leader_testkit::servers::{RedisCluster, TlsFiles};
 use redis::cluster_routing::Slot;
 use support::election::{RecordedElection, failover_config};
@@ -94,7 +94,7 @@ fn slot_of(key: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_work_on_every_node_and_with_hash_tags() {
     let cluster = RedisCluster::start(0, None).await.expect("redis cluster");
-    let store = RedisStore::new(&cluster.connection_string()).expect("store");
+    let store = RedisStore::from_url(&cluster.connection_string()).expect("store");
     let prefix = prefix();
     let a = HolderId::new("a").expect("holder");
     let mut ports = std::collections::BTreeSet::new();
@@ -121,10 +121,12 @@ async fn leases_work_on_every_node_and_with_hash_tags() {
     assert_eq!(err.kind(), ErrorKind::InvalidName, "{err}");
 
     // WAIT is routed to the key's master, which has no replica here.
-    let waiting = RedisStore::builder(&cluster.connection_string())
-        .wait_replicas(1, Duration::from_millis(100))
-        .build()
-        .expect("store");
+    let waiting = RedisStore::new(
+        RedisConfig::from_url(&cluster.connection_string())
+            .expect("valid URL")
+            .with_wait_replicas(1, Duration::from_millis(100)),
+    )
+    .expect("store");
     let k = LeaseKey::new(&prefix, "wait").expect("key");
     let err = waiting.acquire(&k, &a, TTL).await.expect_err("no replicas");
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
@@ -134,7 +136,7 @@ async fn leases_work_on_every_node_and_with_hash_tags() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn releases_reach_watchers_connected_to_other_nodes() {
     let cluster = RedisCluster::start(0, None).await.expect("redis cluster");
-    let store = RedisStore::new(&cluster.connection_string()).expect("store");
+    let store = RedisStore::from_url(&cluster.connection_string()).expect("store");
     let prefix = prefix();
     // Find a key whose slot is not on the first seed node (where the
     // subscription connects), so the PUBLISH has to cross nodes.
@@ -158,7 +160,7 @@ async fn releases_reach_watchers_connected_to_other_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_survives_its_slot_moving_to_another_node() {
     let cluster = RedisCluster::start(0, None).await.expect("redis cluster");
-    let store = RedisStore::new(&cluster.connection_string()).expect("store");
+    let store = RedisStore::from_url(&cluster.connection_string()).expect("store");
     let k = LeaseKey::new(&prefix(), "migrating").expect("key");
     let a = HolderId::new("a").expect("holder");
     let lease = acquired(&store, &k, &a).await;
@@ -271,10 +273,12 @@ async fn leases_and_notifications_work_on_a_tls_cluster() {
     let cluster = RedisCluster::start(0, Some(&files))
         .await
         .expect("redis cluster over TLS");
-    let store = RedisStore::builder(&cluster.connection_string())
-        .ca_file(&files.ca)
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&cluster.connection_string())
+            .expect("valid URL")
+            .with_ca_file(&files.ca),
+    )
+    .expect("store");
     let prefix = prefix();
     let a = HolderId::new("a").expect("holder");
     for i in 0..12 {
@@ -337,11 +341,13 @@ async fn killing_the_lease_masters_node_keeps_one_leader_and_increasing_tokens()
     let prefix = prefix();
     let store = || -> Arc<dyn LeaseStore> {
         Arc::new(
-            RedisStore::builder(&connection)
-                .response_timeout(Duration::from_millis(500))
-                .connect_timeout(Duration::from_secs(1))
-                .build()
-                .expect("store"),
+            RedisStore::new(
+                RedisConfig::from_url(&connection)
+                    .expect("valid URL")
+                    .with_request_timeout(Duration::from_millis(500))
+                    .with_connect_timeout(Duration::from_secs(1)),
+            )
+            .expect("store"),
         )
     };
     let election = RecordedElection::start(vec![

@@ -11,25 +11,25 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use leader_core::LeaseStore;
-use leader_redis::RedisStore;
+use leader_redis::{RedisConfig, RedisStore};
 use leader_testkit::proxy::FaultProxy;
 use leader_testkit::servers::{RedisCluster, RedisSentinelSet, RedisServer};
 use leader_testkit::suite::{Fixture, LinkedClient, Profile, ResourceCounts, ServerControl};
 
-/// A store client as the suite's electors use it: the response timeout is
+/// A store client as the suite's electors use it: the request timeout is
 /// the profile's interval (the electors' request timeout).
 fn client(connection: &str, ca: Option<&PathBuf>) -> leader_core::Result<Arc<dyn LeaseStore>> {
     // Connecting may take longer than one request (TLS handshakes of many
     // clients at once on a loaded machine); a failed connect is Unavailable
     // either way, and the electors bound each call by their own timeout.
     let profile = Profile::real_server();
-    let mut builder = RedisStore::builder(connection)
-        .response_timeout(profile.interval())
-        .connect_timeout(profile.lease);
+    let mut config = RedisConfig::from_url(connection)?
+        .with_request_timeout(profile.interval())
+        .with_connect_timeout(profile.lease);
     if let Some(ca) = ca {
-        builder = builder.ca_file(ca);
+        config = config.with_ca_file(ca);
     }
-    Ok(Arc::new(builder.build()?) as Arc<dyn LeaseStore>)
+    Ok(Arc::new(RedisStore::new(config)?) as Arc<dyn LeaseStore>)
 }
 
 /// Redis's server-side resources a client could leak: connections

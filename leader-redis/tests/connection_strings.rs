@@ -127,7 +127,7 @@ fn accepted_forms_parse_to_the_expected_settings() {
     ];
     for case in cases {
         let config =
-            RedisConfig::parse(case.input).unwrap_or_else(|e| panic!("{}: {e}", case.input));
+            RedisConfig::from_url(case.input).unwrap_or_else(|e| panic!("{}: {e}", case.input));
         assert_eq!(config.topology(), &case.topology, "{}", case.input);
         assert_eq!(config.username(), case.user, "{}", case.input);
         assert_eq!(
@@ -142,17 +142,39 @@ fn accepted_forms_parse_to_the_expected_settings() {
 }
 
 #[test]
-fn timeouts_in_the_string_apply_unless_the_builder_overrides_them() {
-    let config = RedisConfig::parse("h:1,connectTimeout=1500,syncTimeout=250").expect("valid");
-    assert_eq!(config.connect_timeout(), Some(Duration::from_millis(1500)));
-    assert_eq!(config.response_timeout(), Some(Duration::from_millis(250)));
-    let store = RedisStore::new("h:1,syncTimeout=250").expect("lazy build");
-    assert_eq!(store.response_timeout(), Duration::from_millis(250));
-    let store = RedisStore::builder("h:1,syncTimeout=250")
-        .response_timeout(Duration::from_millis(40))
-        .build()
-        .expect("lazy build");
-    assert_eq!(store.response_timeout(), Duration::from_millis(40));
+fn timeouts_in_the_string_apply_unless_a_setter_overrides_them() {
+    let config = RedisConfig::from_url("h:1,connectTimeout=1500,syncTimeout=250").expect("valid");
+    assert_eq!(config.connect_timeout(), Duration::from_millis(1500));
+    assert_eq!(config.request_timeout(), Duration::from_millis(250));
+    let store = RedisStore::from_url("h:1,syncTimeout=250").expect("lazy build");
+    assert_eq!(store.config().request_timeout(), Duration::from_millis(250));
+    let config = RedisConfig::from_url("h:1,syncTimeout=250")
+        .expect("valid")
+        .with_request_timeout(Duration::from_millis(40));
+    let store = RedisStore::new(config).expect("lazy build");
+    assert_eq!(store.config().request_timeout(), Duration::from_millis(40));
+    // Untouched: the defaults.
+    let config = RedisConfig::from_url("redis://h").expect("valid");
+    assert_eq!(
+        config.connect_timeout(),
+        leader_redis::DEFAULT_CONNECT_TIMEOUT
+    );
+    assert_eq!(
+        config.request_timeout(),
+        leader_redis::DEFAULT_REQUEST_TIMEOUT
+    );
+}
+
+#[test]
+fn url_options_take_durations_as_the_election_config_does() {
+    let config: RedisConfig = "redis://h:1/2?connect_timeout=1.5&request_timeout=250ms"
+        .parse()
+        .expect("valid");
+    assert_eq!(config.connect_timeout(), Duration::from_millis(1500));
+    assert_eq!(config.request_timeout(), Duration::from_millis(250));
+    assert_eq!(config.db(), 2);
+    let config = RedisConfig::from_url("rediss://h?request_timeout=3").expect("bare seconds");
+    assert_eq!(config.request_timeout(), Duration::from_secs(3));
 }
 
 #[test]
@@ -169,7 +191,19 @@ fn malformed_strings_are_refused_naming_the_wrong_part() {
         ("redis://h/-1", "database number"),
         (
             "redis://h/?timeout=3",
-            "unknown URL query parameter 'timeout'",
+            "unknown option 'timeout' (known: connect_timeout, request_timeout)",
+        ),
+        (
+            "redis://h/?request_timeout=soon",
+            "option request_timeout: \"soon\" is not a duration",
+        ),
+        (
+            "redis://h/?connect_timeout=0",
+            "connect_timeout must be above zero",
+        ),
+        (
+            "redis://h/?request_timeout=2h",
+            "request_timeout must be above zero and at most",
         ),
         ("redis://h/#insecure", "fragments"),
         ("h:6379,", "part 2 is empty"),
@@ -216,15 +250,16 @@ fn malformed_strings_are_refused_naming_the_wrong_part() {
         ),
     ];
     for (input, needle) in cases {
-        let err = RedisConfig::parse(input).expect_err(input);
+        let err = RedisConfig::from_url(input).expect_err(input);
         assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{input}: {err}");
+        assert_eq!(err.store(), Some("redis"), "{input}: {err}");
         let text = err.to_string();
         assert!(
             text.contains(needle),
             "{input:?}: {text:?} should contain {needle:?}"
         );
-        // The same error surfaces from the store builder.
-        let err = RedisStore::new(input).expect_err(input);
+        // The same error surfaces from the store's URL constructor.
+        let err = RedisStore::from_url(input).expect_err(input);
         assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{input}");
     }
 }
@@ -239,7 +274,7 @@ fn the_password_never_shows_in_errors_debug_or_display() {
         format!("n1:1,n2:2,password={SECRET}"),
     ];
     for input in &inputs {
-        let config = RedisConfig::parse(input).expect(input);
+        let config = RedisConfig::from_url(input).expect(input);
         assert_eq!(config.password().map(|p| p.expose()), Some(SECRET));
         for shown in [
             format!("{config:?}"),
@@ -249,10 +284,9 @@ fn the_password_never_shows_in_errors_debug_or_display() {
         ] {
             assert!(!shown.contains(SECRET), "{shown}");
         }
-        let store = RedisStore::new(input).expect("lazy build does not connect");
+        let store = RedisStore::from_url(input).expect("lazy build does not connect");
         assert!(!format!("{store:?}").contains(SECRET));
-        let builder = RedisStore::builder(input);
-        assert!(!format!("{builder:?}").contains(SECRET));
+        assert!(!format!("{:?}", store.config()).contains(SECRET));
     }
     // Malformed strings carrying the password, including a password
     // misplaced where an endpoint belongs.
@@ -263,37 +297,87 @@ fn the_password_never_shows_in_errors_debug_or_display() {
         format!("h:6379,password={SECRET},bogus=1"),
         format!("h:6379,{SECRET}:x"),
         format!("h:6379,pass/{SECRET}"),
+        format!("mongodb://:{SECRET}@h:6379"),
+        format!("redis://:{SECRET}@h:99999"),
+        format!("redis://:{SECRET}@h:6379/?request_timeout=soon"),
+        format!("redis://:{SECRET}%FF@h:6379"),
     ];
     for input in &malformed {
-        let err = RedisConfig::parse(input).expect_err(input);
+        let err = RedisConfig::from_url(input).expect_err(input);
         for shown in [err.to_string(), format!("{err:?}")] {
             assert!(!shown.contains(SECRET), "{input}: {shown}");
         }
     }
 }
 
+fn config(input: &str) -> RedisConfig {
+    RedisConfig::from_url(input).expect(input)
+}
+
 #[test]
-fn a_wait_timeout_not_below_the_response_timeout_is_refused() {
-    let response = Duration::from_millis(500);
-    for wait in [response, Duration::from_secs(2)] {
-        let err = RedisStore::builder("redis://h:6379")
-            .response_timeout(response)
-            .wait_replicas(1, wait)
-            .build()
-            .expect_err("WAIT as long as the request timeout");
+fn a_wait_timeout_not_below_the_request_timeout_is_refused() {
+    let request = Duration::from_millis(500);
+    for wait in [request, Duration::from_secs(2)] {
+        // Validation happens once, whatever order the setters ran in.
+        let err = RedisStore::new(
+            config("redis://h:6379")
+                .with_wait_replicas(1, wait)
+                .with_request_timeout(request),
+        )
+        .expect_err("WAIT as long as the request timeout");
         assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
         assert!(err.message().starts_with("wait_replicas"), "{err}");
-        assert!(err.message().contains("response timeout"), "{err}");
+        assert!(err.message().contains("request timeout"), "{err}");
     }
-    // The string's syncTimeout is the response timeout too.
-    let err = RedisStore::builder("h:6379,syncTimeout=300")
-        .wait_replicas(1, Duration::from_millis(300))
-        .build()
-        .expect_err("WAIT as long as syncTimeout");
+    // The string's syncTimeout is the request timeout too.
+    let err = RedisStore::new(
+        config("h:6379,syncTimeout=300").with_wait_replicas(1, Duration::from_millis(300)),
+    )
+    .expect_err("WAIT as long as syncTimeout");
     assert!(err.message().starts_with("wait_replicas"), "{err}");
-    RedisStore::builder("redis://h:6379")
-        .response_timeout(response)
-        .wait_replicas(1, Duration::from_millis(499))
-        .build()
-        .expect("a WAIT below the response timeout");
+    RedisStore::new(
+        config("redis://h:6379")
+            .with_request_timeout(request)
+            .with_wait_replicas(1, Duration::from_millis(499)),
+    )
+    .expect("a WAIT below the request timeout");
+}
+
+#[test]
+fn settings_out_of_range_are_refused_by_validate() {
+    for (bad, needle) in [
+        (
+            config("redis://h").with_connect_timeout(Duration::ZERO),
+            "connect_timeout",
+        ),
+        (
+            config("redis://h").with_request_timeout(Duration::from_secs(7200)),
+            "request_timeout",
+        ),
+        (
+            config("redis://h").with_watch_heartbeat(Duration::ZERO),
+            "watch_heartbeat",
+        ),
+        (
+            config("redis://h").with_sentinel_check_interval(Duration::ZERO),
+            "sentinel_check_interval",
+        ),
+        (
+            config("redis://h").with_wait_replicas(0, Duration::from_millis(100)),
+            "at least one replica",
+        ),
+        (config("n1:1,n2:2").with_db(1), "only database 0"),
+        (config("redis://h").with_db(-1), "must not be negative"),
+        (
+            config("redis://h").with_ca_file("/ca.pem").with_tls(false),
+            "TLS is off",
+        ),
+    ] {
+        let err = bad.validate().expect_err(needle);
+        assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{err}");
+        assert_eq!(err.store(), Some("redis"), "{err}");
+        assert!(err.message().contains(needle), "{needle}: {err}");
+        let err = RedisStore::new(bad).expect_err(needle);
+        assert!(err.message().contains(needle), "{needle}: {err}");
+    }
 }

@@ -25,7 +25,7 @@ fn config(prefix: &str, id: &str, lease: Duration, retry: Duration) -> ElectionC
 }
 
 fn store(url: &str) -> Arc<dyn LeaseStore> {
-    Arc::new(RedisStore::new(url).expect("store"))
+    Arc::new(RedisStore::from_url(url).expect("store"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +49,7 @@ async fn graceful_handover_is_pushed_not_polled() {
         (leader.as_ref() == Some(a.instance_id())).then_some(())
     })
     .await;
-    let channel = RedisStore::new(redis.url())
+    let channel = RedisStore::from_url(redis.url())
         .expect("store")
         .layout(a.key())
         .channel;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leader_core::{Acquire, ElectionConfig, ErrorKind, HolderId, LeaseKey, LeaseStore};
-use leader_redis::RedisStore;
+use leader_redis::{RedisConfig, RedisStore};
 use leader_testkit::history::{CheckOptions, History, RecordingStore, Violation};
 use leader_testkit::servers::{RedisSentinelSet, RedisServer};
 use redis::AsyncCommands;
@@ -26,20 +26,24 @@ fn prefix() -> String {
 }
 
 fn store(set: &RedisSentinelSet) -> RedisStore {
-    RedisStore::builder(&set.connection_string())
-        .response_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_secs(1))
-        .build()
-        .expect("store")
+    RedisStore::new(
+        RedisConfig::from_url(&set.connection_string())
+            .expect("valid URL")
+            .with_request_timeout(Duration::from_millis(500))
+            .with_connect_timeout(Duration::from_secs(1)),
+    )
+    .expect("store")
 }
 
 #[tokio::test]
 async fn sentinel_store_resolves_the_master_waits_for_the_replica_and_follows_a_failover() {
     let set = RedisSentinelSet::start(None).await.expect("sentinel set");
-    let store = RedisStore::builder(&set.connection_string())
-        .wait_replicas(1, Duration::from_secs(1))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&set.connection_string())
+            .expect("valid URL")
+            .with_wait_replicas(1, Duration::from_secs(1)),
+    )
+    .expect("store");
     let k = LeaseKey::new(&prefix(), "svc").expect("key");
     let a = HolderId::new("a").expect("holder");
     let lease = match store
@@ -208,18 +212,19 @@ async fn acquire_then_fail_over_to_a_lagging_replica(wait: bool) -> LagOutcome {
     let history = History::new();
     let recorded = |store: RedisStore| RecordingStore::new(Arc::new(store), history.clone());
     let connection = format!("{},password={password}", set.connection_string());
-    let builder = || {
-        RedisStore::builder(&connection)
-            .response_timeout(Duration::from_millis(500))
-            .connect_timeout(Duration::from_secs(1))
+    let config = || {
+        RedisConfig::from_url(&connection)
+            .expect("valid URL")
+            .with_request_timeout(Duration::from_millis(500))
+            .with_connect_timeout(Duration::from_secs(1))
     };
-    let a_store = if wait {
-        builder().wait_replicas(1, Duration::from_millis(300))
+    let a_config = if wait {
+        config().with_wait_replicas(1, Duration::from_millis(300))
     } else {
-        builder()
+        config()
     };
-    let a = recorded(a_store.build().expect("store a"));
-    let b = recorded(builder().build().expect("store b"));
+    let a = recorded(RedisStore::new(a_config).expect("store a"));
+    let b = recorded(RedisStore::new(config()).expect("store b"));
     let key = LeaseKey::new(&prefix(), "svc").expect("key");
     let first = a.acquire(&key, &HolderId::generate(), LAG_TTL).await;
     let on_replica: Option<String> = replica.get(key.as_str()).await.expect("GET on the replica");
@@ -312,10 +317,12 @@ async fn a_master_change_that_leaves_the_old_master_writable_is_followed() {
     let sentinel = RedisSentinelSet::start_sentinel(x.addr().port(), None)
         .await
         .expect("sentinel");
-    let store = RedisStore::builder(&format!("{},serviceName=mymaster", sentinel.addr()))
-        .sentinel_check_interval(Duration::from_millis(100))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&format!("{},serviceName=mymaster", sentinel.addr()))
+            .expect("valid URL")
+            .with_sentinel_check_interval(Duration::from_millis(100)),
+    )
+    .expect("store");
     let k = LeaseKey::new(&prefix(), "svc").expect("key");
     let lease = match store
         .acquire(&k, &HolderId::new("a").expect("holder"), TTL)
@@ -377,7 +384,7 @@ async fn the_cards_sentinel_string_with_a_password_works() {
         .await
         .expect("sentinel set with a password");
     let connection = format!("{},password=s3cret", set.connection_string());
-    let store = RedisStore::new(&connection).expect("store");
+    let store = RedisStore::from_url(&connection).expect("store");
     assert!(!format!("{store:?}").contains("s3cret"));
     let k = LeaseKey::new(&prefix(), "svc").expect("key");
     let a = HolderId::new("a").expect("holder");
@@ -397,8 +404,8 @@ async fn the_cards_sentinel_string_with_a_password_works() {
         Some(leader_core::LeaseEvent::Vacated)
     );
 
-    let wrong =
-        RedisStore::new(&format!("{},password=wrong", set.connection_string())).expect("store");
+    let wrong = RedisStore::from_url(&format!("{},password=wrong", set.connection_string()))
+        .expect("store");
     let err = wrong
         .acquire(&k, &a, TTL)
         .await

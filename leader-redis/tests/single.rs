@@ -9,7 +9,7 @@ use std::time::Duration;
 use leader_core::{
     Acquire, ErrorKind, FencingToken, HolderId, Lease, LeaseEvent, LeaseKey, LeaseStore,
 };
-use leader_redis::RedisStore;
+use leader_redis::{RedisConfig, RedisStore};
 use leader_testkit::servers::RedisServer;
 use redis::AsyncCommands;
 use support::{eventually, raw};
@@ -44,7 +44,7 @@ async fn operators_see_the_holder_and_tokens_never_repeat() {
     let redis = RedisServer::from_env_or_start()
         .await
         .expect("redis server");
-    let store = RedisStore::new(redis.url()).expect("store");
+    let store = RedisStore::from_url(redis.url()).expect("store");
     let mut c = raw(redis.url()).await;
     let k = key("honua-server");
     let layout = store.layout(&k);
@@ -142,7 +142,7 @@ async fn a_holder_written_by_hand_is_reported_with_token_zero() {
     let redis = RedisServer::from_env_or_start()
         .await
         .expect("redis server");
-    let store = RedisStore::new(redis.url()).expect("store");
+    let store = RedisStore::from_url(redis.url()).expect("store");
     let mut c = raw(redis.url()).await;
     let k = key("legacy");
     // The original C# service (or an operator) wrote the key with SET NX EX.
@@ -170,7 +170,7 @@ async fn a_holder_written_by_hand_is_reported_with_token_zero() {
 #[tokio::test]
 async fn scripts_are_reloaded_after_script_flush() {
     let redis = owned_server().await;
-    let store = RedisStore::new(redis.url()).expect("store");
+    let store = RedisStore::from_url(redis.url()).expect("store");
     let mut c = raw(redis.url()).await;
     let k = key("noscript");
     let lease = acquired(&store, &k, &holder("a"), TTL).await;
@@ -188,7 +188,7 @@ async fn foreign_values_under_our_keys_are_protocol_errors() {
     let redis = RedisServer::from_env_or_start()
         .await
         .expect("redis server");
-    let store = RedisStore::new(redis.url()).expect("store");
+    let store = RedisStore::from_url(redis.url()).expect("store");
     let mut c = raw(redis.url()).await;
     let k = key("tampered");
     let layout = store.layout(&k);
@@ -209,10 +209,12 @@ async fn foreign_values_under_our_keys_are_protocol_errors() {
 async fn building_never_connects_and_the_store_recovers_after_restart() {
     let redis = owned_server().await;
     redis.kill().await.expect("kill");
-    let store = RedisStore::builder(redis.url())
-        .connect_timeout(Duration::from_millis(500))
-        .build()
-        .expect("building with Redis down must not fail");
+    let store = RedisStore::new(
+        RedisConfig::from_url(redis.url())
+            .expect("valid URL")
+            .with_connect_timeout(Duration::from_millis(500)),
+    )
+    .expect("building with Redis down must not fail");
     let k = key("startup");
     let a = holder("a");
     let err = store.acquire(&k, &a, TTL).await.expect_err("redis is down");
@@ -261,11 +263,13 @@ async fn building_never_connects_and_the_store_recovers_after_restart() {
 async fn a_hung_server_makes_operations_indeterminate_within_the_response_timeout() {
     let redis = owned_server().await;
     let response_timeout = Duration::from_millis(300);
-    let store = RedisStore::builder(redis.url())
-        .response_timeout(response_timeout)
-        .connect_timeout(Duration::from_millis(300))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(redis.url())
+            .expect("valid URL")
+            .with_request_timeout(response_timeout)
+            .with_connect_timeout(Duration::from_millis(300)),
+    )
+    .expect("store");
     let k = key("hung");
     let lease = acquired(&store, &k, &holder("a"), TTL).await;
     redis.pause().expect("SIGSTOP");
@@ -288,11 +292,13 @@ async fn a_hung_server_makes_operations_indeterminate_within_the_response_timeou
 #[tokio::test]
 async fn release_and_force_release_notify_watchers_and_a_dead_subscription_ends() {
     let redis = owned_server().await;
-    let store = RedisStore::builder(redis.url())
-        .watch_heartbeat(Duration::from_millis(100))
-        .response_timeout(Duration::from_millis(300))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(redis.url())
+            .expect("valid URL")
+            .with_watch_heartbeat(Duration::from_millis(100))
+            .with_request_timeout(Duration::from_millis(300)),
+    )
+    .expect("store");
     let k = key("watched");
     let mut events = store.watch(&k).await.expect("watch");
     let lease = acquired(&store, &k, &holder("a"), TTL).await;
@@ -329,7 +335,7 @@ async fn wrong_credentials_are_auth_errors_without_the_password() {
         .await
         .expect("redis with a password");
     let k = key("auth");
-    let wrong = RedisStore::new(&format!(
+    let wrong = RedisStore::from_url(&format!(
         "127.0.0.1:{},password=wrong-pass",
         server.addr().port()
     ))
@@ -341,7 +347,7 @@ async fn wrong_credentials_are_auth_errors_without_the_password() {
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
     let shown = format!("{err} {err:?}");
     assert!(!shown.contains("wrong-pass"), "{shown}");
-    let right = RedisStore::new(&format!(
+    let right = RedisStore::from_url(&format!(
         "redis://:right-pass@127.0.0.1:{}",
         server.addr().port()
     ))
@@ -352,10 +358,12 @@ async fn wrong_credentials_are_auth_errors_without_the_password() {
 #[tokio::test]
 async fn wait_replicas_fails_and_releases_when_too_few_replicas_acknowledge() {
     let redis = owned_server().await;
-    let store = RedisStore::builder(redis.url())
-        .wait_replicas(1, Duration::from_millis(100))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(redis.url())
+            .expect("valid URL")
+            .with_wait_replicas(1, Duration::from_millis(100)),
+    )
+    .expect("store");
     let k = key("wait");
     let err = store
         .acquire(&k, &holder("a"), TTL)
@@ -435,7 +443,7 @@ async fn garbage_replies_are_protocol_errors() {
     let k = key("garbage");
     // A well-formed but wrong reply to the script.
     let port = fake_server(|_| b"+OK\r\n").await;
-    let store = RedisStore::new(&format!("127.0.0.1:{port}")).expect("store");
+    let store = RedisStore::from_url(&format!("127.0.0.1:{port}")).expect("store");
     let err = store
         .acquire(&k, &holder("a"), TTL)
         .await
@@ -450,7 +458,7 @@ async fn garbage_replies_are_protocol_errors() {
         _ => b"+OK\r\n",
     })
     .await;
-    let store = RedisStore::new(&format!("127.0.0.1:{port}")).expect("store");
+    let store = RedisStore::from_url(&format!("127.0.0.1:{port}")).expect("store");
     let err = store
         .acquire(&k, &holder("a"), TTL)
         .await
@@ -465,11 +473,13 @@ async fn network_faults_map_to_unavailable_or_indeterminate() {
         .await
         .expect("redis server");
     let proxy = FaultProxy::start(redis.addr()).await.expect("proxy");
-    let store = RedisStore::builder(&format!("redis://{}", proxy.addr()))
-        .response_timeout(Duration::from_millis(300))
-        .connect_timeout(Duration::from_millis(300))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&format!("redis://{}", proxy.addr()))
+            .expect("valid URL")
+            .with_request_timeout(Duration::from_millis(300))
+            .with_connect_timeout(Duration::from_millis(300)),
+    )
+    .expect("store");
     let k = key("faults");
     let lease = acquired(&store, &k, &holder("a"), TTL).await;
 
@@ -553,7 +563,7 @@ async fn acl_users_and_databases_from_the_url_are_used() {
         .expect("ACL SETUSER reader");
 
     let k = key("acl");
-    let store = RedisStore::new(&format!(
+    let store = RedisStore::from_url(&format!(
         "redis://app:app-pass@127.0.0.1:{}/3",
         server.addr().port()
     ))
@@ -565,7 +575,7 @@ async fn acl_users_and_databases_from_the_url_are_used() {
     let seen: Option<String> = c.get(k.as_str()).await.expect("GET in db 0");
     assert_eq!(seen, None);
 
-    let reader = RedisStore::new(&format!(
+    let reader = RedisStore::from_url(&format!(
         "127.0.0.1:{},user=reader,password=reader-pass",
         server.addr().port()
     ))
@@ -575,7 +585,7 @@ async fn acl_users_and_databases_from_the_url_are_used() {
         .await
         .expect_err("no EVALSHA");
     assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
-    let wrong = RedisStore::new(&format!(
+    let wrong = RedisStore::from_url(&format!(
         "redis://app:nope@127.0.0.1:{}",
         server.addr().port()
     ))
@@ -594,11 +604,13 @@ async fn a_call_cancelled_by_the_caller_does_not_leave_a_hung_connection_in_use(
     let proxy = FaultProxy::start(redis.addr()).await.expect("proxy");
     // A response timeout far longer than the caller's own timeout, as when
     // an elector wraps each call in a shorter deadline.
-    let store = RedisStore::builder(&format!("redis://{}", proxy.addr()))
-        .response_timeout(Duration::from_secs(30))
-        .connect_timeout(Duration::from_millis(300))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&format!("redis://{}", proxy.addr()))
+            .expect("valid URL")
+            .with_request_timeout(Duration::from_secs(30))
+            .with_connect_timeout(Duration::from_millis(300)),
+    )
+    .expect("store");
     let k = key("cancelled");
     let lease = acquired(&store, &k, &holder("a"), TTL).await;
     proxy.set_mode(Mode::Blackhole);

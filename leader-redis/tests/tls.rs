@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use leader_core::{Acquire, ErrorKind, HolderId, LeaseEvent, LeaseKey, LeaseStore};
-use leader_redis::RedisStore;
+use leader_redis::{RedisConfig, RedisStore};
 use leader_testkit::servers::{RedisServer, TlsFiles};
 
 const TTL: Duration = Duration::from_secs(30);
@@ -31,10 +31,12 @@ async fn leases_and_notifications_work_over_tls_with_a_custom_ca() {
         format!("rediss://127.0.0.1:{port}"),
         format!("127.0.0.1:{port},ssl=true,sslCaFile={ca},abortConnect=false"),
     ] {
-        let store = RedisStore::builder(&connection)
-            .ca_file(&files.ca)
-            .build()
-            .expect("store");
+        let store = RedisStore::new(
+            RedisConfig::from_url(&connection)
+                .expect("valid URL")
+                .with_ca_file(&files.ca),
+        )
+        .expect("store");
         let k = key("svc");
         let a = HolderId::new("a").expect("holder");
         let mut events = store.watch(&k).await.expect("watch over TLS");
@@ -59,10 +61,12 @@ async fn leases_and_notifications_work_over_tls_with_a_custom_ca() {
 async fn an_untrusted_server_certificate_is_unavailable_not_a_panic() {
     let (_server, _files, port) = tls_server().await;
     // Without the test CA the server's certificate is not trusted.
-    let store = RedisStore::builder(&format!("rediss://127.0.0.1:{port}"))
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&format!("rediss://127.0.0.1:{port}"))
+            .expect("valid URL")
+            .with_connect_timeout(Duration::from_secs(2)),
+    )
+    .expect("store");
     let err = store
         .acquire(&key("svc"), &HolderId::new("a").expect("holder"), TTL)
         .await
@@ -74,18 +78,22 @@ async fn an_untrusted_server_certificate_is_unavailable_not_a_panic() {
 fn a_missing_or_empty_ca_file_is_a_configuration_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("missing.pem");
-    let err = RedisStore::builder("rediss://127.0.0.1:6380")
-        .ca_file(&missing)
-        .build()
-        .expect_err("missing CA file");
+    let err = RedisStore::new(
+        RedisConfig::from_url("rediss://127.0.0.1:6380")
+            .expect("valid URL")
+            .with_ca_file(&missing),
+    )
+    .expect_err("missing CA file");
     assert_eq!(err.kind(), ErrorKind::InvalidConfig);
     assert!(err.to_string().contains("cannot read the CA file"), "{err}");
     let empty = dir.path().join("empty.pem");
     std::fs::write(&empty, "not a certificate").expect("write");
-    let err = RedisStore::builder("rediss://127.0.0.1:6380")
-        .ca_file(&empty)
-        .build()
-        .expect_err("no certificate in file");
+    let err = RedisStore::new(
+        RedisConfig::from_url("rediss://127.0.0.1:6380")
+            .expect("valid URL")
+            .with_ca_file(&empty),
+    )
+    .expect_err("no certificate in file");
     assert!(
         err.to_string().contains("holds no PEM certificate"),
         "{err}"
@@ -109,10 +117,12 @@ async fn a_ca_in_the_system_store_is_trusted_without_a_ca_file() {
 #[ignore = "run by the system-roots test in a child process with SSL_CERT_FILE set"]
 async fn system_roots_child() {
     let url = leader_testkit::system_roots::child_url();
-    let store = RedisStore::builder(&url)
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .expect("store");
+    let store = RedisStore::new(
+        RedisConfig::from_url(&url)
+            .expect("valid URL")
+            .with_connect_timeout(Duration::from_secs(5)),
+    )
+    .expect("store");
     let a = HolderId::new("a").expect("holder");
     let k = key("system-roots");
     let Acquire::Acquired(lease) = store.acquire(&k, &a, TTL).await.expect("acquire") else {

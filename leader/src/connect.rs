@@ -292,11 +292,11 @@ fn feature_off(kind: StoreKind) -> Error {
 
 #[cfg(feature = "redis")]
 fn redis_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn LeaseStore>> {
-    let mut builder = leader_redis::RedisStore::builder(url);
+    let mut config = leader_redis::RedisConfig::from_url(url)?;
     if let Some(t) = options.request_timeout {
-        builder = builder.response_timeout(t);
+        config = config.with_request_timeout(t);
     }
-    Ok(Arc::new(builder.build()?))
+    Ok(Arc::new(leader_redis::RedisStore::new(config)?))
 }
 
 #[cfg(not(feature = "redis"))]
@@ -320,11 +320,11 @@ fn etcd_store(_: &str, _: &StoreOptions) -> Result<Arc<dyn LeaseStore>> {
 
 #[cfg(feature = "postgres")]
 fn postgres_store(url: &str, options: &StoreOptions) -> Result<Arc<dyn LeaseStore>> {
-    let mut opts = leader_postgres::PostgresOptions::from_url(url)?;
+    let mut config = leader_postgres::PostgresConfig::from_url(url)?;
     if let Some(t) = options.request_timeout {
-        opts = opts.operation_timeout(t)?;
+        config = config.with_request_timeout(t);
     }
-    Ok(Arc::new(leader_postgres::PostgresStore::new(opts)))
+    Ok(Arc::new(leader_postgres::PostgresStore::new(config)?))
 }
 
 #[cfg(not(feature = "postgres"))]

@@ -119,7 +119,7 @@ fn parse_url(url: &str, password: Option<&str>) {
         );
     }
     #[cfg(feature = "redis")]
-    if let Err(e) = leader::redis::RedisConfig::parse(url) {
+    if let Err(e) = leader::redis::RedisConfig::from_url(url) {
         check(&e);
     }
     #[cfg(feature = "etcd")]
@@ -127,7 +127,7 @@ fn parse_url(url: &str, password: Option<&str>) {
         check(&e);
     }
     #[cfg(feature = "postgres")]
-    if let Err(e) = leader::postgres::PostgresOptions::from_url(url) {
+    if let Err(e) = leader::postgres::PostgresConfig::from_url(url) {
         check(&e);
     }
 }

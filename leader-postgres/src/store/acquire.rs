@@ -46,7 +46,7 @@ impl PostgresStore {
             .bind(lock_key)
             .bind(key.as_str())
             .bind(holder.as_str())
-            .bind(self.inner.options.lock_delay)
+            .bind(self.inner.config.lock_delay)
             .bind(ttl_ms)
             .bind(self.waited_out(lock_key))
             .fetch_one(&mut conn.inner)
@@ -91,7 +91,7 @@ impl PostgresStore {
             .bind(lock_key)
             .bind(key.as_str())
             .bind(holder.as_str())
-            .bind(self.inner.options.lock_delay)
+            .bind(self.inner.config.lock_delay)
             .bind(ttl_ms)
             .bind(waited);
         if settings.is_some() || !reacquire {
@@ -228,7 +228,7 @@ impl PostgresStore {
         lock_key: i64,
         ttl: Duration,
     ) -> Result<Option<Lease>> {
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let session = &pinned.session;
         let mut slot = self.slot(session, limit).await?;
         let ours = slot
@@ -306,7 +306,7 @@ impl PostgresStore {
     /// any term of it; loses the session if even that fails.
     async fn give_back(&self, session: &Session, slot: &mut Slot, lock_key: i64) {
         slot.held.remove(&lock_key);
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let unlocked = match slot.conn.as_mut() {
             Some(conn) => tokio::time::timeout(
                 limit,
@@ -341,7 +341,7 @@ impl PostgresStore {
                 .with_operation("acquire")
                 .with_key(key.as_str())
         };
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let mut terminated_stale = false;
         for attempt in 0..3 {
             let session = self.inner.pool.pick(ttl);
@@ -521,7 +521,7 @@ impl PostgresStore {
         lock_key: i64,
         pid: i32,
     ) -> Result<()> {
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         match self
             .with_timeout(limit, self.check_held(conn, lock_key))
             .await?

@@ -23,9 +23,9 @@ mod session;
 
 pub use session::SessionInfo;
 
+use crate::config::{PostgresConfig, TableName};
 use crate::conn::Connector;
 use crate::keys;
-use crate::options::PostgresOptions;
 use crate::sql::Statements;
 use crate::watch::Hub;
 use acquire::Turn;
@@ -66,7 +66,9 @@ impl Pinned {
 }
 
 struct Inner {
-    options: PostgresOptions,
+    /// The counter table, checked.
+    table: TableName,
+    config: PostgresConfig,
     sql: Statements,
     conns: Connector,
     /// The pinned sessions the leases share.
@@ -95,7 +97,7 @@ struct Inner {
 ///
 /// Each lease is `pg_try_advisory_lock(key)` held on a pinned session: a
 /// connection that holds the locks of many leases of this store (at most
-/// [`PostgresOptions::pinned_sessions`] of them) and never goes back to a
+/// [`PostgresConfig::with_pinned_sessions`] of them) and never goes back to a
 /// pool. The fencing token is minted in the same statement from the counter
 /// table (created if missing). A session's TCP keepalive / user timeout and
 /// `idle_session_timeout` follow the longest TTL of its leases, so the
@@ -127,19 +129,28 @@ enum Minted {
 }
 
 impl PostgresStore {
-    /// A store for `options`. Connects on first use.
-    pub fn new(options: PostgresOptions) -> Self {
+    /// A store for `config`. Does not connect: the connection is made on
+    /// first use, so this succeeds while Postgres is down.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) as
+    /// [`PostgresConfig::validate`] reports it.
+    pub fn new(config: PostgresConfig) -> Result<Self> {
+        config.validate()?;
+        let table = config.table_name()?;
         let conns = Connector::new(
-            options.connect.clone(),
-            options.connect_timeout,
-            options.max_idle_connections,
+            config.connect.clone(),
+            config.connect_timeout,
+            config.max_idle_connections,
         );
-        PostgresStore {
+        Ok(PostgresStore {
             inner: Arc::new(Inner {
-                sql: Statements::new(&options.table),
-                pool: Pool::new(options.pinned_sessions),
+                sql: Statements::new(&table),
+                pool: Pool::new(config.pinned_sessions),
                 hub: Hub::new(),
-                options,
+                table,
+                config,
                 conns,
                 schema_ready: AtomicBool::new(false),
                 schema_lock: tokio::sync::Mutex::new(()),
@@ -149,28 +160,30 @@ impl PostgresStore {
                 vacated: Mutex::new(HashMap::new()),
                 warned_old_server: AtomicBool::new(false),
             }),
-        }
+        })
     }
 
-    /// Parses `url` (see [`PostgresOptions::from_url`]) and builds a store.
+    /// A store for a `postgres://` or `postgresql://` URL; see
+    /// [`PostgresConfig::from_url`].
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) naming the bad part of the URL.
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
+    /// naming the bad part of the URL (never the password).
     pub fn from_url(url: &str) -> Result<Self> {
-        Ok(Self::new(PostgresOptions::from_url(url)?))
+        Self::new(PostgresConfig::from_url(url)?)
     }
 
-    /// The options this store was built with.
-    pub fn options(&self) -> &PostgresOptions {
-        &self.inner.options
+    /// The settings this store was built with.
+    pub fn config(&self) -> &PostgresConfig {
+        &self.inner.config
     }
 
-    /// The advisory lock key used for `key`: an explicit one from the options,
+    /// The advisory lock key used for `key`: an explicit one from the config,
     /// else [`keys::hashed_lock_key`] of the full lease key.
     pub fn lock_key(&self, key: &LeaseKey) -> i64 {
         self.inner
-            .options
+            .config
             .explicit_lock_key(key.as_str(), key.resource())
             .unwrap_or_else(|| keys::hashed_lock_key(key.as_str()))
     }
@@ -204,20 +217,20 @@ impl PostgresStore {
         let missing =
             matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
         if missing {
-            tracing::warn!(table = ?self.inner.options.table, "the counter table is missing; creating it again");
+            tracing::warn!(table = ?self.inner.table, "the counter table is missing; creating it again");
             self.inner.schema_ready.store(false, Ordering::Release);
         }
         missing
     }
 
     async fn create_schema(&self) -> Result<()> {
-        let table = self.inner.options.table.as_written();
+        let table = self.inner.table.as_written();
         let (exists, create) = (
             self.inner.sql.table_exists.clone(),
             self.inner.sql.create_table.clone(),
         );
         let what = format!("could not check or create the counter table {table:?}");
-        self.on_idle(self.inner.options.operation_timeout, &what, |conn| {
+        self.on_idle(self.inner.config.request_timeout, &what, |conn| {
             let (exists, create, table) = (exists.clone(), create.clone(), table.clone());
             Box::pin(async move {
                 let present: bool = sqlx::query(AssertSqlSafe(exists))
@@ -351,7 +364,7 @@ impl PostgresStore {
                 lease.token
             )));
         };
-        let limit = self.inner.options.operation_timeout.min(lease.ttl);
+        let limit = self.inner.config.request_timeout.min(lease.ttl);
         let mut slot = self
             .slot(&pinned.session, limit)
             .await
@@ -582,7 +595,7 @@ impl LeaseStore for PostgresStore {
         let Some((info, pid)) = self.lookup(lock_key).await.map_err(err)? else {
             return Ok(None);
         };
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         if !self
             .terminate(pid, lock_key, info.token, limit)
             .await
@@ -601,7 +614,7 @@ impl LeaseStore for PostgresStore {
             .hub
             .subscribe(
                 &self.inner.conns,
-                self.inner.options.operation_timeout,
+                self.inner.config.request_timeout,
                 self.channel(key),
             )
             .await
@@ -616,7 +629,7 @@ impl LeaseStore for PostgresStore {
 impl fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresStore")
-            .field("options", &self.inner.options)
+            .field("config", &self.inner.config)
             .field("pinned_leases", &self.leases().len())
             .field("pinned_sessions", &self.inner.pool.len())
             .finish()

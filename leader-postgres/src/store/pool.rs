@@ -1,5 +1,5 @@
 //! The pinned sessions that the leases of one store share: at most
-//! [`PostgresOptions::pinned_sessions`](crate::PostgresOptions::pinned_sessions)
+//! [`PostgresConfig::with_pinned_sessions`](crate::PostgresConfig::with_pinned_sessions)
 //! connections, each holding the advisory locks of many leases.
 //!
 //! A session's statements run one at a time under its [`Slot`] mutex, each

@@ -75,7 +75,7 @@ impl PostgresStore {
     /// term is not held any more. A failure loses the session (closing it
     /// frees its locks) and every lease on it.
     pub(super) async fn end_term(&self, pinned: &Pinned, token: FencingToken) -> Result<bool> {
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let session = &pinned.session;
         let mut slot = self.slot(session, limit).await?;
         let current = slot
@@ -153,7 +153,7 @@ impl PostgresStore {
                 .with_operation("pinned_session")
                 .with_key(key.as_str())
         };
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         let store = self.clone();
         self.detached("pinned_session", async move {
             let session = &pinned.session;
@@ -254,7 +254,7 @@ impl PostgresStore {
     /// Who holds `lock_key` now, read on an idle connection.
     pub(super) async fn lookup(&self, lock_key: i64) -> Result<Option<(LeaseInfo, i32)>> {
         let sql = self.inner.sql.holder.clone();
-        let limit = self.inner.options.operation_timeout;
+        let limit = self.inner.config.request_timeout;
         self.on_idle(limit, "reading the holder failed", |conn| {
             let sql = sql.clone();
             Box::pin(async move {

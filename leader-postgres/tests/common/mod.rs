@@ -9,7 +9,7 @@ use std::sync::Arc;
 use leader_core::{
     Acquire, ElectionConfig, Elector, HolderId, Lease, LeaseInfo, LeaseKey, LeaseStore,
 };
-use leader_postgres::{PostgresOptions, PostgresStore};
+use leader_postgres::{PostgresConfig, PostgresStore};
 use leader_testkit::history::{History, Op, Outcome, RecordingStore};
 use leader_testkit::servers::PostgresServer;
 use sqlx::{Connection, PgConnection};
@@ -31,13 +31,18 @@ pub async fn private_server() -> PostgresServer {
 
 /// A store on `url` with short timeouts suited to tests.
 pub fn store(url: &str) -> PostgresStore {
-    PostgresStore::new(options(url))
+    store_with(options(url))
 }
 
-pub fn options(url: &str) -> PostgresOptions {
-    PostgresOptions::from_url(url)
-        .and_then(|o| o.operation_timeout(Duration::from_secs(5)))
+/// A store for `config`, which the test built to be valid.
+pub fn store_with(config: PostgresConfig) -> PostgresStore {
+    PostgresStore::new(config).expect("valid test config")
+}
+
+pub fn options(url: &str) -> PostgresConfig {
+    PostgresConfig::from_url(url)
         .expect("test URL parses")
+        .with_request_timeout(Duration::from_secs(5))
 }
 
 /// A key unique to this test run.

@@ -9,7 +9,7 @@
 //! #     // Stands in for the store crate in this example.
 //! #     pub struct RedisStore;
 //! #     impl RedisStore {
-//! #         pub fn new(_url: &str) -> leader_core::Result<leader_core::MemoryStore> {
+//! #         pub fn from_url(_url: &str) -> leader_core::Result<leader_core::MemoryStore> {
 //! #             Ok(leader_core::MemoryStore::new())
 //! #         }
 //! #     }
@@ -21,7 +21,7 @@
 //! async fn fixture() -> ServerFixture<RedisServer> {
 //!     let server = RedisServer::from_env_or_start().await.expect("redis-server");
 //!     ServerFixture::new("redis", server, |url| async move {
-//!         Ok(Arc::new(leader_redis::RedisStore::new(&url)?) as Arc<dyn LeaseStore>)
+//!         Ok(Arc::new(leader_redis::RedisStore::from_url(&url)?) as Arc<dyn LeaseStore>)
 //!     })
 //! }
 //!

@@ -1,17 +1,20 @@
-//! Connection and store options: `postgres://` URLs plus the store's own
+//! Connection and store settings: `postgres://` URLs plus the store's own
 //! settings (counter table, explicit lock keys, timeouts).
 //!
 //! The password is kept only inside the sqlx connect options and is never
-//! printed: [`PostgresOptions`] has a hand-written `Debug`, and every error
+//! printed: [`PostgresConfig`] has a hand-written `Debug`, and every error
 //! names the offending part of the URL without echoing its value when that
 //! value could be a secret.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
+use leader_core::store_config::{
+    check_timeout, decode_url_part, decode_url_password, parse_duration_option, unknown_option,
+};
 use leader_core::{Error, Result};
-use percent_encoding::percent_decode_str;
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use url::Url;
 
@@ -22,9 +25,9 @@ pub const DEFAULT_APPLICATION_NAME: &str = "leader-postgres";
 /// The default bound on opening one connection.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default bound on one statement (a renewal is also bounded by its TTL).
-pub const DEFAULT_OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The default number of pinned sessions the leases of one store share
-/// (see [`PostgresOptions::pinned_sessions`]).
+/// (see [`PostgresConfig::with_pinned_sessions`]).
 pub const DEFAULT_PINNED_SESSIONS: usize = 4;
 
 /// The URL query parameters understood; anything else is refused.
@@ -34,6 +37,7 @@ const URL_PARAMETERS: &[&str] = &[
     "sslcert",
     "sslkey",
     "connect_timeout",
+    "request_timeout",
     "application_name",
     "host",
     "port",
@@ -128,33 +132,36 @@ fn check_identifier(what: &str, part: &str) -> Result<()> {
 /// Everything [`PostgresStore`](crate::PostgresStore) needs: where to connect
 /// and how the store behaves.
 ///
-/// Build it from a URL with [`PostgresOptions::from_url`] and adjust it with
-/// the builder methods. `Debug` never shows the password.
+/// Build it from a URL with [`PostgresConfig::from_url`] (or `str::parse`)
+/// and adjust it with the `with_*` methods;
+/// [`PostgresStore::new`](crate::PostgresStore::new) checks it with
+/// [`PostgresConfig::validate`]. `Debug` never shows the password.
 #[derive(Clone)]
-pub struct PostgresOptions {
+pub struct PostgresConfig {
     pub(crate) connect: PgConnectOptions,
     has_password: bool,
-    pub(crate) table: TableName,
-    pub(crate) lock_keys: BTreeMap<String, i64>,
+    table: String,
+    lock_keys: BTreeMap<String, i64>,
     pub(crate) connect_timeout: Duration,
-    pub(crate) operation_timeout: Duration,
-    pub(crate) application_name: String,
+    pub(crate) request_timeout: Duration,
+    application_name: String,
     pub(crate) max_idle_connections: usize,
     pub(crate) lock_delay: bool,
     pub(crate) pinned_sessions: usize,
 }
 
-impl PostgresOptions {
+impl PostgresConfig {
     /// Parses a `postgres://` or `postgresql://` URL:
     /// `postgres://user:password@host:port/database?sslmode=require&connect_timeout=5`.
     ///
     /// Understood query parameters: `sslmode`, `sslrootcert`, `sslcert`,
-    /// `sslkey`, `connect_timeout` (seconds, as in libpq), `application_name`
-    /// (for connections that hold no lease), `host` (a socket directory when it
-    /// starts with `/`), `port`, `user`, `dbname`, `password`. Anything else is
-    /// refused so that a typo does not silently change behaviour. Parts the URL
-    /// leaves out fall back to sqlx's defaults, which read the libpq
-    /// environment variables (`PGUSER`, `PGPASSWORD`, `PGSSLMODE`, ...).
+    /// `sslkey`, `connect_timeout` and `request_timeout` (seconds as in libpq,
+    /// or with units: `500ms`), `application_name` (for connections that hold
+    /// no lease), `host` (a socket directory when it starts with `/`),
+    /// `port`, `user`, `dbname`, `password`. Anything else is refused so that
+    /// a typo does not silently change behaviour. Parts the URL leaves out
+    /// fall back to sqlx's defaults, which read the libpq environment
+    /// variables (`PGUSER`, `PGPASSWORD`, `PGSSLMODE`, ...).
     ///
     /// # Errors
     ///
@@ -162,6 +169,12 @@ impl PostgresOptions {
     /// the bad part (scheme, port, parameter name, ...). The password is never
     /// part of a message.
     pub fn from_url(url: &str) -> Result<Self> {
+        Self::parse_url(url)
+            .and_then(|config| config.validate().map(|()| config))
+            .map_err(in_store)
+    }
+
+    fn parse_url(url: &str) -> Result<Self> {
         let parsed = Url::parse(url).map_err(|e| {
             // url's error text never contains the input, so it is safe.
             Error::invalid_config(format!("postgres URL cannot be parsed: {e}"))
@@ -169,18 +182,20 @@ impl PostgresOptions {
         match parsed.scheme() {
             "postgres" | "postgresql" => {}
             other => {
-                return Err(Error::unsupported(format!(
-                    "URL scheme {other:?} is not a postgres URL; use postgres:// or postgresql://"
+                let shown: String = other.chars().take(16).collect();
+                return Err(Error::invalid_config(format!(
+                    "URL scheme {shown:?} is not a postgres URL; use postgres:// or postgresql://"
                 )));
             }
         }
         let mut connect = PgConnectOptions::new_without_pgpass();
         let mut has_password = false;
         let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
+        let mut request_timeout = DEFAULT_REQUEST_TIMEOUT;
         let mut application_name = DEFAULT_APPLICATION_NAME.to_owned();
 
         if let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) {
-            let host = decode("host", host)?;
+            let host = decode_url_part("host", host)?;
             connect = if host.starts_with('/') {
                 connect.socket(&host)
             } else {
@@ -191,19 +206,15 @@ impl PostgresOptions {
             connect = connect.port(port);
         }
         if !parsed.username().is_empty() {
-            connect = connect.username(&decode("user name", parsed.username())?);
+            connect = connect.username(&decode_url_part("user name", parsed.username())?);
         }
         if let Some(password) = parsed.password() {
-            // Never include the value (or a decoding error quoting it).
-            let password = percent_decode_str(password).decode_utf8().map_err(|_| {
-                Error::invalid_config("the password in the URL is not valid percent-encoded UTF-8")
-            })?;
-            connect = connect.password(&password);
+            connect = connect.password(decode_url_password(password)?.expose());
             has_password = true;
         }
         let path = parsed.path().trim_start_matches('/');
         if !path.is_empty() {
-            connect = connect.database(&decode("database name", path)?);
+            connect = connect.database(&decode_url_part("database name", path)?);
         }
 
         for (name, value) in parsed.query_pairs() {
@@ -220,15 +231,8 @@ impl PostgresOptions {
                 "sslrootcert" => connect = connect.ssl_root_cert(&*value),
                 "sslcert" => connect = connect.ssl_client_cert(&*value),
                 "sslkey" => connect = connect.ssl_client_key(&*value),
-                "connect_timeout" => {
-                    let secs: u64 = value.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
-                        Error::invalid_config(format!(
-                            "URL parameter connect_timeout={value:?} must be a whole number of \
-                             seconds above zero"
-                        ))
-                    })?;
-                    connect_timeout = Duration::from_secs(secs);
-                }
+                "connect_timeout" => connect_timeout = parse_duration_option(&name, &value)?,
+                "request_timeout" => request_timeout = parse_duration_option(&name, &value)?,
                 "application_name" => application_name = value.into_owned(),
                 "host" => {
                     connect = if value.starts_with('/') {
@@ -238,9 +242,9 @@ impl PostgresOptions {
                     };
                 }
                 "port" => {
-                    let port: u16 = value.parse().map_err(|_| {
+                    let port: u16 = value.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
                         Error::invalid_config(format!(
-                            "URL parameter port={value:?} is not a port number"
+                            "option port={value:?} is not a port number (1-65535)"
                         ))
                     })?;
                     connect = connect.port(port);
@@ -251,12 +255,7 @@ impl PostgresOptions {
                     connect = connect.password(&value);
                     has_password = true;
                 }
-                other => {
-                    return Err(Error::invalid_config(format!(
-                        "unknown postgres URL parameter {other:?}; supported: {}",
-                        URL_PARAMETERS.join(", ")
-                    )));
-                }
+                other => return Err(unknown_option(other, URL_PARAMETERS)),
             }
         }
         let connect = connect
@@ -265,13 +264,13 @@ impl PostgresOptions {
             // token repeat. Stronger server settings (remote_apply) are
             // replaced by `on`, which still waits for synchronous standbys.
             .options([("synchronous_commit", "on")]);
-        Ok(PostgresOptions {
+        Ok(PostgresConfig {
             connect,
             has_password,
-            table: TableName::new(DEFAULT_TABLE)?,
+            table: DEFAULT_TABLE.to_owned(),
             lock_keys: BTreeMap::new(),
             connect_timeout,
-            operation_timeout: DEFAULT_OPERATION_TIMEOUT,
+            request_timeout,
             application_name,
             max_idle_connections: 2,
             lock_delay: true,
@@ -281,14 +280,9 @@ impl PostgresOptions {
 
     /// Uses `name` (`table` or `schema.table`, lowercase identifiers) as the
     /// fencing counter table instead of [`DEFAULT_TABLE`].
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) when the
-    /// name is not a plain identifier.
-    pub fn table(mut self, name: &str) -> Result<Self> {
-        self.table = TableName::new(name)?;
-        Ok(self)
+    pub fn with_table(mut self, name: impl Into<String>) -> Self {
+        self.table = name.into();
+        self
     }
 
     /// Pins the advisory lock key of one lease instead of hashing its name.
@@ -296,64 +290,29 @@ impl PostgresOptions {
     /// `name` is matched against the full lease key (prefix + resource) first,
     /// then against the resource name alone. Use this to share a lock with
     /// other software that uses a known key, or to resolve a hash collision.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) when
-    /// the name is blank or another name already uses `key` (two names on one
-    /// key would share one lock).
-    pub fn lock_key(mut self, name: &str, key: i64) -> Result<Self> {
-        if name.trim().is_empty() {
-            return Err(Error::invalid_config(
-                "an explicit lock key needs a non-blank lease key or resource name",
-            ));
-        }
-        if let Some((other, _)) = self
-            .lock_keys
-            .iter()
-            .find(|(other, k)| **k == key && other.as_str() != name)
-        {
-            return Err(Error::invalid_config(format!(
-                "explicit lock key {key} is given to both {other:?} and {name:?}; each name needs \
-                 its own key"
-            )));
-        }
-        self.lock_keys.insert(name.to_owned(), key);
-        Ok(self)
+    /// A blank name, or one key given to two names (they would share one
+    /// lock), is refused by [`PostgresConfig::validate`].
+    pub fn with_lock_key(mut self, name: impl Into<String>, key: i64) -> Self {
+        self.lock_keys.insert(name.into(), key);
+        self
     }
 
     /// Bounds opening one connection (default [`DEFAULT_CONNECT_TIMEOUT`]).
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) for zero.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Result<Self> {
-        if timeout.is_zero() {
-            return Err(Error::invalid_config("connect timeout must be above zero"));
-        }
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
-        Ok(self)
+        self
     }
 
-    /// Bounds one statement (default [`DEFAULT_OPERATION_TIMEOUT`]). A renewal
+    /// Bounds one statement (default [`DEFAULT_REQUEST_TIMEOUT`]). A renewal
     /// is bounded by the smaller of this and the lease TTL.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) for zero.
-    pub fn operation_timeout(mut self, timeout: Duration) -> Result<Self> {
-        if timeout.is_zero() {
-            return Err(Error::invalid_config(
-                "operation timeout must be above zero",
-            ));
-        }
-        self.operation_timeout = timeout;
-        Ok(self)
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
     }
 
     /// How many lock-free connections the store keeps open for the next
     /// acquisition or query (default 2; 0 closes each one after use).
-    pub fn max_idle_connections(mut self, count: usize) -> Self {
+    pub fn with_max_idle_connections(mut self, count: usize) -> Self {
         self.max_idle_connections = count;
         self
     }
@@ -374,13 +333,14 @@ impl PostgresOptions {
     /// Graceful releases (and leases this store expires itself) are not
     /// delayed. Turn it off only if fast failover after a crash matters more
     /// than a short overlap after a session is killed.
-    pub fn lock_delay(mut self, enabled: bool) -> Self {
+    pub fn with_lock_delay(mut self, enabled: bool) -> Self {
         self.lock_delay = enabled;
         self
     }
 
     /// How many pinned sessions (server connections) the leases of this
-    /// store share at most (default [`DEFAULT_PINNED_SESSIONS`]).
+    /// store share at most (default [`DEFAULT_PINNED_SESSIONS`]; at least 1,
+    /// checked by [`PostgresConfig::validate`]).
     ///
     /// A session holds the advisory locks of many leases, so a process
     /// holding 10,000 leases needs this many connections, not 10,000. The
@@ -388,23 +348,64 @@ impl PostgresOptions {
     /// backend, a statement without an answer) ends every lease on it, and
     /// statements on one session run one after another. Sessions are opened
     /// as leases need them, up to this bound.
+    pub fn with_pinned_sessions(mut self, count: usize) -> Self {
+        self.pinned_sessions = count;
+        self
+    }
+
+    /// How many pinned sessions the leases of this store share at most.
+    pub fn pinned_sessions(&self) -> usize {
+        self.pinned_sessions
+    }
+
+    /// Checks what the `with_*` methods accept unchecked: the counter table
+    /// name, the explicit lock keys and the timeouts.
+    /// [`PostgresStore::new`](crate::PostgresStore::new) calls it.
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig) for zero.
-    pub fn pinned_sessions(mut self, count: usize) -> Result<Self> {
-        if count == 0 {
+    /// [`ErrorKind::InvalidConfig`](leader_core::ErrorKind::InvalidConfig)
+    /// naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        self.check().map_err(in_store)
+    }
+
+    fn check(&self) -> Result<()> {
+        self.table_name()?;
+        for (name, key) in &self.lock_keys {
+            if name.trim().is_empty() {
+                return Err(Error::invalid_config(
+                    "an explicit lock key needs a non-blank lease key or resource name",
+                ));
+            }
+            if let Some((other, _)) = self
+                .lock_keys
+                .iter()
+                .find(|(other, k)| *k == key && *other != name)
+            {
+                return Err(Error::invalid_config(format!(
+                    "explicit lock key {key} is given to both {other:?} and {name:?}; each name \
+                     needs its own key"
+                )));
+            }
+        }
+        if self.pinned_sessions == 0 {
             return Err(Error::invalid_config(
                 "pinned_sessions must be at least 1: leases need a session to hold their locks",
             ));
         }
-        self.pinned_sessions = count;
-        Ok(self)
+        check_timeout("connect_timeout", self.connect_timeout)?;
+        check_timeout("request_timeout", self.request_timeout)
     }
 
-    /// The counter table in use.
-    pub fn table_name(&self) -> &TableName {
+    /// The counter table as configured (`table` or `schema.table`).
+    pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The counter table as a checked identifier.
+    pub(crate) fn table_name(&self) -> Result<TableName> {
+        TableName::new(&self.table)
     }
 
     /// The explicit lock key configured for a lease key or resource name.
@@ -415,29 +416,50 @@ impl PostgresOptions {
             .copied()
     }
 
-    /// The connect timeout in use.
-    pub fn get_connect_timeout(&self) -> Duration {
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
 
-    /// The operation timeout in use.
-    pub fn get_operation_timeout(&self) -> Duration {
-        self.operation_timeout
+    /// The bound on one statement.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// How many lock-free connections are kept open.
+    pub fn max_idle_connections(&self) -> usize {
+        self.max_idle_connections
+    }
+
+    /// Whether the lock delay is on.
+    pub fn lock_delay(&self) -> bool {
+        self.lock_delay
+    }
+
+    /// The `application_name` of connections that hold no lease.
+    pub fn application_name(&self) -> &str {
+        &self.application_name
     }
 }
 
-fn decode(what: &str, raw: &str) -> Result<String> {
-    percent_decode_str(raw)
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| Error::invalid_config(format!("the {what} in the URL is not valid UTF-8")))
+impl FromStr for PostgresConfig {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Self> {
+        PostgresConfig::from_url(url)
+    }
 }
 
-impl fmt::Debug for PostgresOptions {
+/// Marks a configuration error as the Postgres store's.
+fn in_store(e: Error) -> Error {
+    e.with_store("postgres")
+}
+
+impl fmt::Debug for PostgresConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Hand-written: PgConnectOptions' own Debug prints the password.
         let c = &self.connect;
-        f.debug_struct("PostgresOptions")
+        f.debug_struct("PostgresConfig")
             .field("host", &c.get_host())
             .field("port", &c.get_port())
             .field("socket", &c.get_socket())
@@ -455,7 +477,7 @@ impl fmt::Debug for PostgresOptions {
             .field("table", &self.table)
             .field("lock_keys", &self.lock_keys)
             .field("connect_timeout", &self.connect_timeout)
-            .field("operation_timeout", &self.operation_timeout)
+            .field("request_timeout", &self.request_timeout)
             .field("application_name", &self.application_name)
             .field("max_idle_connections", &self.max_idle_connections)
             .field("lock_delay", &self.lock_delay)
@@ -464,7 +486,7 @@ impl fmt::Debug for PostgresOptions {
     }
 }
 
-impl fmt::Display for PostgresOptions {
+impl fmt::Display for PostgresConfig {
     /// `postgres://user@host:port/database`, without the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.connect;
@@ -494,20 +516,26 @@ mod tests {
             let url = format!(
                 "{scheme}://alice:{SECRET}@db.example:6543/app?sslmode=require&connect_timeout=7"
             );
-            let o = PostgresOptions::from_url(&url).expect("valid URL");
+            let o = PostgresConfig::from_url(&url).expect("valid URL");
             assert_eq!(o.connect.get_host(), "db.example");
             assert_eq!(o.connect.get_port(), 6543);
             assert_eq!(o.connect.get_username(), "alice");
             assert_eq!(o.connect.get_database(), Some("app"));
             assert!(matches!(o.connect.get_ssl_mode(), PgSslMode::Require));
-            assert_eq!(o.connect_timeout, Duration::from_secs(7));
+            assert_eq!(o.connect_timeout(), Duration::from_secs(7));
+            assert_eq!(o.request_timeout(), DEFAULT_REQUEST_TIMEOUT);
             assert_eq!(o.to_string(), "postgres://alice@db.example:6543/app");
         }
+        let o: PostgresConfig = "postgres://h/db?connect_timeout=1.5&request_timeout=250ms"
+            .parse()
+            .expect("the election grammar for durations");
+        assert_eq!(o.connect_timeout(), Duration::from_millis(1500));
+        assert_eq!(o.request_timeout(), Duration::from_millis(250));
     }
 
     #[test]
     fn socket_directory_via_host_parameter() {
-        let o = PostgresOptions::from_url("postgres:///db?host=/var/run/pg&port=5555&user=u")
+        let o = PostgresConfig::from_url("postgres:///db?host=/var/run/pg&port=5555&user=u")
             .expect("valid URL");
         assert_eq!(
             o.connect.get_socket().map(|p| p.display().to_string()),
@@ -519,7 +547,7 @@ mod tests {
     #[test]
     fn password_never_appears_in_debug_display_or_errors() {
         let url = format!("postgres://alice:{SECRET}@h/db");
-        let o = PostgresOptions::from_url(&url).expect("valid URL");
+        let o = PostgresConfig::from_url(&url).expect("valid URL");
         let shown = format!("{o:?} {o} {o:#?}");
         for needle in [SECRET, DECODED_SECRET, "s3cr"] {
             assert!(!shown.contains(needle), "password leaked: {shown}");
@@ -531,12 +559,13 @@ mod tests {
             format!("postgres://alice:{SECRET}@h:99999/db"),
             format!("postgres://alice:{SECRET}@h/db?sslmode=sometimes"),
             format!("postgres://alice:{SECRET}@h/db?connect_timeout=0"),
+            format!("postgres://alice:{SECRET}@h/db?request_timeout=soon"),
             format!("mysql://alice:{SECRET}@h/db"),
             format!("postgres://alice:{SECRET}@h/db?password={SECRET}&port=x"),
             "postgres://alice:%FF%FE@h/db".to_owned(),
         ];
         for url in bad {
-            let err = PostgresOptions::from_url(&url).expect_err(&url);
+            let err = PostgresConfig::from_url(&url).expect_err(&url);
             let text = format!("{err} {err:?}");
             for needle in [SECRET, DECODED_SECRET, "s3cr", "%FF"] {
                 assert!(!text.contains(needle), "password leaked in {text}");
@@ -546,29 +575,30 @@ mod tests {
 
     #[test]
     fn errors_name_the_bad_part() {
-        for (url, kind, needle) in [
-            ("mysql://h/db", ErrorKind::Unsupported, "mysql"),
-            (
-                "postgres://h/db?nope=1",
-                ErrorKind::InvalidConfig,
-                "\"nope\"",
-            ),
-            (
-                "postgres://h/db?sslmode=x",
-                ErrorKind::InvalidConfig,
-                "sslmode",
-            ),
+        for (url, needle) in [
+            ("mysql://h/db", "\"mysql\" is not a postgres URL"),
+            ("postgres://h/db?nope=1", "unknown option 'nope'"),
+            ("postgres://h/db?sslmode=x", "sslmode"),
             (
                 "postgres://h/db?connect_timeout=-1",
-                ErrorKind::InvalidConfig,
-                "connect_timeout",
+                "option connect_timeout",
             ),
-            ("postgres://h/db?port=abc", ErrorKind::InvalidConfig, "port"),
-            ("postgres://h:99999/db", ErrorKind::InvalidConfig, "port"),
-            ("not a url", ErrorKind::InvalidConfig, "cannot be parsed"),
+            (
+                "postgres://h/db?connect_timeout=0",
+                "connect_timeout must be above zero",
+            ),
+            (
+                "postgres://h/db?request_timeout=soon",
+                "option request_timeout",
+            ),
+            ("postgres://h/db?port=abc", "option port=\"abc\""),
+            ("postgres://h/db?port=0", "option port=\"0\""),
+            ("postgres://h:99999/db", "invalid port number"),
+            ("not a url", "cannot be parsed"),
         ] {
-            let err = PostgresOptions::from_url(url).expect_err(url);
-            assert_eq!(err.kind(), kind, "{url}: {err}");
+            let err = PostgresConfig::from_url(url).expect_err(url);
+            assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{url}: {err}");
+            assert_eq!(err.store(), Some("postgres"), "{url}");
             assert!(
                 err.to_string().contains(needle),
                 "{url}: {err} lacks {needle}"
@@ -578,10 +608,18 @@ mod tests {
 
     #[test]
     fn table_names_are_validated_identifiers() {
-        let o = PostgresOptions::from_url("postgres://h/db").expect("valid URL");
-        assert_eq!(o.table_name().quoted(), "\"leader_fencing\"");
-        let o = o.table("ops.leader_tokens_2").expect("valid table");
-        assert_eq!(o.table_name().quoted(), "\"ops\".\"leader_tokens_2\"");
+        let o = PostgresConfig::from_url("postgres://h/db").expect("valid URL");
+        assert_eq!(o.table(), DEFAULT_TABLE);
+        assert_eq!(
+            o.table_name().expect("default").quoted(),
+            "\"leader_fencing\""
+        );
+        let o = o.with_table("ops.leader_tokens_2");
+        o.validate().expect("valid table");
+        assert_eq!(
+            o.table_name().expect("valid").quoted(),
+            "\"ops\".\"leader_tokens_2\""
+        );
         for bad in [
             "",
             "Leader",
@@ -592,9 +630,7 @@ mod tests {
             "sch.",
             &"a".repeat(64),
         ] {
-            let err = PostgresOptions::from_url("postgres://h/db")
-                .and_then(|o| o.table(bad))
-                .expect_err(bad);
+            let err = o.clone().with_table(bad).validate().expect_err(bad);
             assert_eq!(err.kind(), ErrorKind::InvalidConfig, "{bad}");
             assert!(err.to_string().contains("counter table"), "{err}");
         }
@@ -602,32 +638,54 @@ mod tests {
 
     #[test]
     fn explicit_lock_keys_match_full_key_then_resource() {
-        let o = PostgresOptions::from_url("postgres://h/db")
-            .and_then(|o| o.lock_key("svc", 7))
-            .and_then(|o| o.lock_key("p:svc", 8))
-            .expect("valid keys");
+        let o = PostgresConfig::from_url("postgres://h/db")
+            .expect("valid URL")
+            .with_lock_key("svc", 7)
+            .with_lock_key("p:svc", 8);
+        o.validate().expect("valid keys");
         assert_eq!(o.explicit_lock_key("p:svc", "svc"), Some(8));
         assert_eq!(o.explicit_lock_key("q:svc", "svc"), Some(7));
         assert_eq!(o.explicit_lock_key("q:other", "other"), None);
-        let err = o.lock_key("other", 7).expect_err("duplicate key");
+        let err = o
+            .clone()
+            .with_lock_key("other", 7)
+            .validate()
+            .expect_err("duplicate key");
         assert_eq!(err.kind(), ErrorKind::InvalidConfig);
-        assert!(err.to_string().contains("7"), "{err}");
+        assert!(err.to_string().contains("lock key 7"), "{err}");
+        let err = o.with_lock_key(" ", 9).validate().expect_err("blank name");
+        assert!(err.to_string().contains("non-blank"), "{err}");
     }
 
     #[test]
     fn zero_timeouts_are_refused() {
-        let o = PostgresOptions::from_url("postgres://h/db").expect("valid URL");
-        assert!(o.clone().connect_timeout(Duration::ZERO).is_err());
-        assert!(o.operation_timeout(Duration::ZERO).is_err());
+        let o = PostgresConfig::from_url("postgres://h/db").expect("valid URL");
+        let err = o
+            .clone()
+            .with_connect_timeout(Duration::ZERO)
+            .validate()
+            .expect_err("zero connect timeout");
+        assert!(err.to_string().contains("connect_timeout"), "{err}");
+        let err = o
+            .with_request_timeout(Duration::ZERO)
+            .validate()
+            .expect_err("zero request timeout");
+        assert!(err.to_string().contains("request_timeout"), "{err}");
     }
 
     #[test]
     fn pinned_sessions_must_be_at_least_one() {
-        let o = PostgresOptions::from_url("postgres://h/db").expect("valid URL");
-        assert_eq!(o.pinned_sessions, DEFAULT_PINNED_SESSIONS);
-        let err = o.clone().pinned_sessions(0).expect_err("zero sessions");
+        let o = PostgresConfig::from_url("postgres://h/db").expect("valid URL");
+        assert_eq!(o.pinned_sessions(), DEFAULT_PINNED_SESSIONS);
+        let err = o
+            .clone()
+            .with_pinned_sessions(0)
+            .validate()
+            .expect_err("zero sessions");
         assert_eq!(err.kind(), ErrorKind::InvalidConfig);
         assert!(err.to_string().contains("pinned_sessions"), "{err}");
-        assert_eq!(o.pinned_sessions(1).expect("one").pinned_sessions, 1);
+        let one = o.with_pinned_sessions(1);
+        one.validate().expect("one session is enough");
+        assert_eq!(one.pinned_sessions(), 1);
     }
 }
