@@ -10,7 +10,9 @@ use leader_core::{Error, Result};
 
 use crate::config::RedisConfig;
 use crate::conn::Connector;
+use crate::expiry::ExpiryNotifications;
 use crate::store::{Inner, RedisStore};
+use crate::subscriptions::Subscriptions;
 
 /// Default time to open a connection (and, for Sentinel, to ask the sentinels).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -41,6 +43,7 @@ pub struct RedisStoreBuilder {
     ca_file: Option<PathBuf>,
     watch_heartbeat: Duration,
     sentinel_check: Duration,
+    expiry_notifications: ExpiryNotifications,
 }
 
 impl fmt::Debug for RedisStoreBuilder {
@@ -67,6 +70,7 @@ impl RedisStoreBuilder {
             ca_file: None,
             watch_heartbeat: DEFAULT_WATCH_HEARTBEAT,
             sentinel_check: DEFAULT_SENTINEL_CHECK,
+            expiry_notifications: ExpiryNotifications::default(),
         }
     }
 
@@ -119,10 +123,21 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Interval at which a watch's pub/sub connection is pinged; a failed
-    /// ping ends the watch (`recv()` returns `None`). Default 5 s.
+    /// Interval at which the store's shared pub/sub connection is pinged
+    /// (and channels nobody watches any more are unsubscribed); a failed
+    /// ping ends every watch (`recv()` returns `None`). Default 5 s.
     pub fn watch_heartbeat(mut self, interval: Duration) -> Self {
         self.watch_heartbeat = interval;
+        self
+    }
+
+    /// Whether followers use the server's expired-key events instead of
+    /// polling for a crashed leader's lease to run out (default
+    /// [`ExpiryNotifications::Detect`]: when `CONFIG GET
+    /// notify-keyspace-events` shows them enabled). The library never
+    /// changes the server's configuration.
+    pub fn expiry_notifications(mut self, mode: ExpiryNotifications) -> Self {
+        self.expiry_notifications = mode;
         self
     }
 
@@ -195,11 +210,18 @@ impl RedisStoreBuilder {
             response_timeout,
             self.sentinel_check,
         )?);
+        let subscriptions = Subscriptions::new(
+            connector.clone(),
+            response_timeout,
+            self.watch_heartbeat,
+            self.expiry_notifications,
+            config.db(),
+        );
         Ok(RedisStore::from_inner(Inner {
             connector,
             response_timeout,
             wait_replicas: self.wait_replicas,
-            watch_heartbeat: self.watch_heartbeat,
+            subscriptions,
         }))
     }
 }

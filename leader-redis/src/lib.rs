@@ -5,10 +5,12 @@ mod clients;
 mod config;
 mod conn;
 mod error;
+mod expiry;
 mod keys;
 mod reply;
 mod scripts;
 mod store;
+mod subscriptions;
 mod watch;
 
 pub use builder::{
@@ -16,5 +18,6 @@ pub use builder::{
     DEFAULT_WATCH_HEARTBEAT, RedisStoreBuilder, WaitReplicas,
 };
 pub use config::{DEFAULT_PORT, DEFAULT_SENTINEL_PORT, Endpoint, RedisConfig, Secret, Topology};
+pub use expiry::ExpiryNotifications;
 pub use keys::{KeyLayout, hash_tag};
 pub use store::RedisStore;

@@ -17,16 +17,17 @@ use crate::builder::{RedisStoreBuilder, WaitReplicas};
 use crate::config::RedisConfig;
 use crate::conn::{Conn, Connector};
 use crate::keys::KeyLayout;
-use crate::reply::{as_array, as_info, as_int, as_optional_info, ms_ceil, protocol};
+use crate::reply::{as_array, as_info, as_int, as_optional_info, as_token, ms_ceil, protocol};
 use crate::scripts;
-use crate::watch;
+use crate::subscriptions::Subscriptions;
 
 /// The shared state of a store and its clones.
 pub(crate) struct Inner {
     pub(crate) connector: Arc<Connector>,
     pub(crate) response_timeout: Duration,
     pub(crate) wait_replicas: Option<WaitReplicas>,
-    pub(crate) watch_heartbeat: Duration,
+    /// The one pub/sub connection every watch of this store shares.
+    pub(crate) subscriptions: Subscriptions,
 }
 
 /// Leases on Redis. Cheap to clone; clones share connections.
@@ -44,21 +45,6 @@ impl fmt::Debug for RedisStore {
             .field("response_timeout", &self.inner.response_timeout)
             .field("wait_replicas", &self.inner.wait_replicas)
             .finish_non_exhaustive()
-    }
-}
-
-/// Marks the connection as abandoned when dropped while armed.
-struct InFlight<'a> {
-    connector: &'a Connector,
-    generation: u64,
-    armed: bool,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.connector.abandon(self.generation);
-        }
     }
 }
 
@@ -139,31 +125,11 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let connector = &self.inner.connector;
-        let (generation, conn) = connector
-            .get(op)
+        self.inner
+            .connector
+            .run(op, limit, f)
             .await
-            .map_err(|e| e.with_key(key.as_str()))?;
-        // If the caller drops this future before the reply (its own
-        // timeout), the connection may be hung: have the next call replace it.
-        let mut in_flight = InFlight {
-            connector,
-            generation,
-            armed: true,
-        };
-        let outcome = tokio::time::timeout(limit, f(conn)).await;
-        in_flight.armed = false;
-        match outcome {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(connector
-                .fail(generation, e, op)
-                .await
-                .with_key(key.as_str())),
-            Err(_) => Err(connector
-                .timed_out(generation, op, limit)
-                .await
-                .with_key(key.as_str())),
-        }
+            .map_err(|e| e.with_key(key.as_str()))
     }
 
     async fn replicate(&self, lease: &Lease, layout: &KeyLayout, wait: WaitReplicas) -> Result<()> {
@@ -234,7 +200,14 @@ impl LeaseStore for RedisStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(FencingSource::Counter).with_notifications(NotificationSupport::Release)
+        // Expiries are pushed only while the shared subscription is up on a
+        // server that publishes them (see `ExpiryNotifications`).
+        let notifications = if self.inner.subscriptions.pushes_expiries() {
+            NotificationSupport::ReleaseAndExpiry
+        } else {
+            NotificationSupport::Release
+        };
+        Capabilities::new(FencingSource::Counter).with_notifications(notifications)
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
@@ -266,11 +239,14 @@ impl LeaseStore for RedisStore {
         };
         match as_int(op, flag, "acquire flag")? {
             1 => {
-                let info = as_info(op, rest)?;
-                if &info.holder != holder || info.token.0 == 0 {
-                    return Err(protocol(op, "the acquire script returned a foreign term"));
+                let [token] = rest else {
+                    return Err(protocol(op, "expected the token of the new term"));
+                };
+                let token = as_token(op, token)?;
+                if token.0 == 0 {
+                    return Err(protocol(op, "the acquire script minted token 0"));
                 }
-                let lease = Lease::new(key.clone(), holder.clone(), info.token, ttl);
+                let lease = Lease::new(key.clone(), holder.clone(), token, ttl);
                 if let Some(wait) = self.inner.wait_replicas {
                     self.replicate(&lease, &layout, wait).await?;
                 }
@@ -375,13 +351,10 @@ impl LeaseStore for RedisStore {
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
         let layout = self.checked_layout(key, "watch")?;
-        watch::subscribe(
-            &self.inner.connector,
-            layout.channel,
-            self.inner.response_timeout,
-            self.inner.watch_heartbeat,
-        )
-        .await
-        .map_err(|e| e.with_key(key.as_str()))
+        self.inner
+            .subscriptions
+            .watch(&layout)
+            .await
+            .map_err(|e| e.with_key(key.as_str()))
     }
 }
