@@ -226,8 +226,10 @@ async fn a_broken_shared_connection_ends_every_watch_and_reopens_once_for_all() 
     );
     // The command connection and the one pub/sub connection.
     assert_eq!(proxy.open_connections(), 2);
-    release_cycle(&direct, &keys[7]).await;
-    vacated(&mut watches[7], "a release after recovery").await;
+    for (k, events) in keys.iter().zip(&mut watches) {
+        release_cycle(&direct, k).await;
+        vacated(events, "a release after recovery").await;
+    }
 }
 
 fn election(
@@ -597,4 +599,44 @@ async fn a_crashed_leader_is_replaced_on_the_expiry_event() {
     );
     println!("crash failover on the expiry event: {took:?} (lease {lease:?})");
     b.shutdown().await;
+}
+
+/// Pub/sub connections on every node of `cluster`.
+async fn cluster_pubsub_connections(cluster: &support::Cluster) -> usize {
+    let mut total = 0;
+    for node in &cluster.nodes {
+        total += pubsub_connections(&format!("redis://127.0.0.1:{}", node.port)).await;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_one_connection_hears_the_leases_of_every_node_and_expiries_are_not_used() {
+    let cluster = support::Cluster::start().await;
+    for node in &cluster.nodes {
+        set_keyspace_events(&format!("redis://127.0.0.1:{}", node.port), "Ex").await;
+    }
+    let store = RedisStore::new(&cluster.connection_string()).expect("store");
+    let p = prefix();
+    // Sixteen keys hash to slots all over the three masters.
+    let keys: Vec<LeaseKey> = (0..16).map(|i| key(&p, &format!("svc-{i}"))).collect();
+    let mut watches = Vec::new();
+    for k in &keys {
+        watches.push(store.watch(k).await.expect("watch"));
+    }
+    assert_eq!(
+        cluster_pubsub_connections(&cluster).await,
+        1,
+        "one pub/sub connection for the whole cluster"
+    );
+    // Each node publishes only its own keys' expiries: not used.
+    assert_eq!(
+        store.capabilities().notifications,
+        NotificationSupport::Release
+    );
+    // Classic PUBLISH reaches every node, so every release is heard.
+    for (k, events) in keys.iter().zip(&mut watches) {
+        release_cycle(&store, k).await;
+        vacated(events, "a release on some node").await;
+    }
 }
