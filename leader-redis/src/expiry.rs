@@ -27,7 +27,10 @@ pub enum ExpiryNotifications {
     /// Ask the server with `CONFIG GET notify-keyspace-events` each time the
     /// subscription connection opens, and use the events when they are
     /// enabled. When `CONFIG` is denied (ACLs, managed services that rename
-    /// it), expiries are polled as without the events. The default.
+    /// it), expiries are polled as without the events. Events turned off
+    /// on a running server are noticed when the connection next opens;
+    /// until then a crashed leader is replaced at the safety poll. The
+    /// default.
     #[default]
     Detect,
     /// Use the events without asking: for servers that publish them but deny

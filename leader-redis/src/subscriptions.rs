@@ -111,8 +111,9 @@ impl Subscriptions {
             reply,
         };
         live.requests.send(request).await.map_err(|_| ended())?;
-        // The session may be busy with a ping before it subscribes.
-        let limit = self.response_timeout * 2;
+        // The session may be busy with its heartbeat (an unsubscribe and a
+        // ping, each bounded by the response timeout) before it subscribes.
+        let limit = self.response_timeout * 3;
         match tokio::time::timeout(limit, answer).await {
             Ok(Ok(subscribed)) => subscribed,
             Ok(Err(_)) => Err(ended()),
