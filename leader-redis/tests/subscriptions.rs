@@ -18,7 +18,7 @@ use leader_core::{
     Acquire, ElectionConfig, Elector, HolderId, LeaseEvent, LeaseEvents, LeaseKey, LeaseStore,
     NotificationSupport,
 };
-use leader_redis::{ExpiryNotifications, RedisStore};
+use leader_redis::{ExpiryNotifications, KeyLayout, RedisStore};
 use leader_testkit::proxy::{FaultProxy, Mode};
 use leader_testkit::servers::RedisServer;
 use support::{eventually, raw};
@@ -255,12 +255,18 @@ async fn leading(elector: &Elector) {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_electors_on_one_client_share_its_subscription_and_each_wakes_for_its_own_key() {
-    let redis = private_server().await;
+/// Leaders of "one" and "two" on a client of their own, then a follower
+/// of each on `followers` (views of one shared client); returns once both
+/// followers are subscribed, checking that each client has one pub/sub
+/// connection.
+async fn leaders_and_subscribed_followers(
+    url: &str,
+    followers: [Arc<FaultyStore>; 2],
+    lease: Duration,
+    retry: Duration,
+) -> ([Elector; 2], [Elector; 2]) {
     let p = prefix();
-    let (lease, retry) = (Duration::from_secs(30), Duration::from_secs(10));
-    let leaders_store: Arc<dyn LeaseStore> = Arc::new(RedisStore::new(redis.url()).expect("store"));
+    let leaders_store: Arc<dyn LeaseStore> = Arc::new(RedisStore::new(url).expect("store"));
     let l1 = Elector::start(
         leaders_store.clone(),
         election(&p, "one", "l1", lease, retry),
@@ -269,25 +275,37 @@ async fn two_electors_on_one_client_share_its_subscription_and_each_wakes_for_it
     let l2 = Elector::start(leaders_store, election(&p, "two", "l2", lease, retry)).expect("l2");
     leading(&l1).await;
     leading(&l2).await;
-    let shared = RedisStore::new(redis.url()).expect("store");
-    let f1_store = Arc::new(FaultyStore::new(Arc::new(shared.clone())));
-    let f2_store = Arc::new(FaultyStore::new(Arc::new(shared.clone())));
-    let f1 = Elector::start(f1_store.clone(), election(&p, "one", "f1", lease, retry)).expect("f1");
-    let f2 = Elector::start(f2_store.clone(), election(&p, "two", "f2", lease, retry)).expect("f2");
-    let channels = [
-        shared.layout(l1.key()).channel,
-        shared.layout(l2.key()).channel,
-    ];
+    let [s1, s2] = followers;
+    let f1 = Elector::start(s1, election(&p, "one", "f1", lease, retry)).expect("f1");
+    let f2 = Elector::start(s2, election(&p, "two", "f2", lease, retry)).expect("f2");
+    let channels = [l1.key(), l2.key()].map(|k| KeyLayout::new(k.as_str()).channel);
     // Each channel: the leaders' client and the followers' client.
     eventually(SOON, "both followers to subscribe", || {
-        subscribed(redis.url(), &channels, 2)
+        subscribed(url, &channels, 2)
     })
     .await;
     assert_eq!(
-        pubsub_connections(redis.url()).await,
+        pubsub_connections(url).await,
         2,
         "one connection per client (two electors on each)"
     );
+    ([l1, l2], [f1, f2])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_electors_on_one_client_share_its_subscription_and_each_wakes_for_its_own_key() {
+    let redis = private_server().await;
+    let (lease, retry) = (Duration::from_secs(30), Duration::from_secs(10));
+    let shared = RedisStore::new(redis.url()).expect("store");
+    let f1_store = Arc::new(FaultyStore::new(Arc::new(shared.clone())));
+    let f2_store = Arc::new(FaultyStore::new(Arc::new(shared.clone())));
+    let ([l1, l2], [f1, f2]) = leaders_and_subscribed_followers(
+        redis.url(),
+        [f1_store.clone(), f2_store.clone()],
+        lease,
+        retry,
+    )
+    .await;
     let f2_polls = f2_store.calls(Op::Acquire);
 
     let mut f1_state = f1.subscribe();
@@ -317,35 +335,24 @@ async fn two_electors_on_one_client_share_its_subscription_and_each_wakes_for_it
 async fn electors_poll_while_the_shared_subscription_is_down_and_resubscribe_together() {
     let redis = private_server().await;
     let proxy = FaultProxy::start(redis.addr()).await.expect("proxy");
-    let p = prefix();
     let (lease, retry) = (Duration::from_secs(30), Duration::from_secs(2));
-    let leaders_store: Arc<dyn LeaseStore> = Arc::new(RedisStore::new(redis.url()).expect("store"));
-    let l1 = Elector::start(
-        leaders_store.clone(),
-        election(&p, "one", "l1", lease, retry),
-    )
-    .expect("l1");
-    let l2 = Elector::start(leaders_store, election(&p, "two", "l2", lease, retry)).expect("l2");
-    leading(&l1).await;
-    leading(&l2).await;
     let shared = RedisStore::builder(&redis.url_via(proxy.addr()))
         .watch_heartbeat(Duration::from_millis(200))
         .response_timeout(Duration::from_millis(500))
         .build()
         .expect("store");
     let counted = Arc::new(FaultyStore::new(Arc::new(shared.clone())));
-    let f1 = Elector::start(counted.clone(), election(&p, "one", "f1", lease, retry)).expect("f1");
-    let f2 = Elector::start(counted.clone(), election(&p, "two", "f2", lease, retry)).expect("f2");
+    let ([l1, l2], [f1, f2]) = leaders_and_subscribed_followers(
+        redis.url(),
+        [counted.clone(), counted.clone()],
+        lease,
+        retry,
+    )
+    .await;
     let channels = [
         shared.layout(l1.key()).channel,
         shared.layout(l2.key()).channel,
     ];
-    // Each channel: the leaders' client and the followers' client.
-    eventually(SOON, "both followers to subscribe", || {
-        subscribed(redis.url(), &channels, 2)
-    })
-    .await;
-    assert_eq!(pubsub_connections(redis.url()).await, 2);
     let polls = counted.calls(Op::Acquire);
 
     // The shared connection breaks (and the command connection with it).
