@@ -101,6 +101,7 @@ pub async fn run(plan: &Plan, servers: &Servers) -> Result<()> {
         }
     }
     let [a, b, c] = s;
+    let to_rslock = (fmt_ratio(a.p50(), c.p50()), fmt_ratio(a.p99(), c.p99()));
     print(
         &[
             ("leader-redis (fencing token, term record)", a),
@@ -146,6 +147,10 @@ pub async fn run(plan: &Plan, servers: &Servers) -> Result<()> {
             ("sqlx PgAdvisoryLock (try_acquire + release_now)", c),
         ],
         1,
+    );
+    println!(
+        "\nleader-redis cycle vs rslock's: {} at p50, {} at p99 (issue 16 target: within 1.15x at p50).",
+        to_rslock.0, to_rslock.1
     );
     println!(
         "\nThe peers give no fencing token, no holder identity readable by others and no handover notification; rslock's unlock is fire-and-forget (errors are not reported)."

@@ -35,6 +35,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::expiry::ExpiryNotifications;
 use leader_core::store_config::{
     MAX_TIMEOUT, Secret, check_timeout, decode_url_part, decode_url_password,
     parse_duration_option, unknown_option,
@@ -169,6 +170,7 @@ pub struct RedisConfig {
     wait_replicas: Option<WaitReplicas>,
     watch_heartbeat: Duration,
     sentinel_check_interval: Duration,
+    expiry_notifications: ExpiryNotifications,
 }
 
 impl fmt::Debug for RedisConfig {
@@ -190,6 +192,7 @@ impl fmt::Debug for RedisConfig {
             .field("wait_replicas", &self.wait_replicas)
             .field("watch_heartbeat", &self.watch_heartbeat)
             .field("sentinel_check_interval", &self.sentinel_check_interval)
+            .field("expiry_notifications", &self.expiry_notifications)
             .finish()
     }
 }
@@ -225,6 +228,7 @@ impl RedisConfig {
             wait_replicas: None,
             watch_heartbeat: DEFAULT_WATCH_HEARTBEAT,
             sentinel_check_interval: DEFAULT_SENTINEL_CHECK_INTERVAL,
+            expiry_notifications: ExpiryNotifications::default(),
         }
     }
 
@@ -305,9 +309,14 @@ impl RedisConfig {
         self.wait_replicas
     }
 
-    /// Interval of a watch's pub/sub liveness ping.
+    /// Interval of the shared pub/sub connection's liveness ping.
     pub fn watch_heartbeat(&self) -> Duration {
         self.watch_heartbeat
+    }
+
+    /// Whether followers use the server's expired-key events.
+    pub fn expiry_notifications(&self) -> ExpiryNotifications {
+        self.expiry_notifications
     }
 
     /// With Sentinel: how often the sentinels are asked whether the master moved.
@@ -397,11 +406,22 @@ impl RedisConfig {
         self
     }
 
-    /// Interval at which a watch's pub/sub connection is pinged; a failed
-    /// ping ends the watch (`recv()` returns `None`). Default
+    /// Interval at which the store's shared pub/sub connection is pinged
+    /// (and channels nobody watches any more are unsubscribed); a failed
+    /// ping ends every watch (`recv()` returns `None`). Default
     /// [`DEFAULT_WATCH_HEARTBEAT`].
     pub fn with_watch_heartbeat(mut self, interval: Duration) -> Self {
         self.watch_heartbeat = interval;
+        self
+    }
+
+    /// Whether followers use the server's expired-key events instead of
+    /// polling for a crashed leader's lease to run out (default
+    /// [`ExpiryNotifications::Detect`]: when `CONFIG GET
+    /// notify-keyspace-events` shows them enabled). The library never
+    /// changes the server's configuration.
+    pub fn with_expiry_notifications(mut self, mode: ExpiryNotifications) -> Self {
+        self.expiry_notifications = mode;
         self
     }
 

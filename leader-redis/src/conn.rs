@@ -10,6 +10,7 @@
 //! (`Indeterminate`), and so that Sentinel re-resolution happens at all.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use leader_core::{Error, ErrorKind, Result};
 use redis::aio::{ConnectionLike, MultiplexedConnection, PubSub};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, RedisFuture, RedisResult, Value};
 use tokio::sync::Mutex;
 
 use crate::clients::{Target, build_target};
@@ -95,6 +96,21 @@ impl fmt::Debug for Connector {
             .field("target", &self.description)
             .field("connect_timeout", &self.connect_timeout)
             .finish_non_exhaustive()
+    }
+}
+
+/// Marks the connection as abandoned when dropped while armed.
+struct InFlight<'a> {
+    connector: &'a Connector,
+    generation: u64,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.connector.abandon(self.generation);
+        }
     }
 }
 
@@ -183,6 +199,35 @@ impl Connector {
             master,
         });
         Ok((generation, conn))
+    }
+
+    /// Runs one command exchange on the current connection under `limit`,
+    /// classifying failures and replacing broken connections.
+    pub(crate) async fn run<T, F, Fut>(
+        self: &Arc<Self>,
+        op: &'static str,
+        limit: Duration,
+        f: F,
+    ) -> Result<T>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let (generation, conn) = self.get(op).await?;
+        // If the caller drops this future before the reply (its own
+        // timeout), the connection may be hung: have the next call replace it.
+        let mut in_flight = InFlight {
+            connector: self,
+            generation,
+            armed: true,
+        };
+        let outcome = tokio::time::timeout(limit, f(conn)).await;
+        in_flight.armed = false;
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.fail(generation, e, op).await),
+            Err(_) => Err(self.timed_out(generation, op, limit).await),
+        }
     }
 
     /// Connects; for Sentinel also returns the master's `host:port`.

@@ -4,10 +4,12 @@ mod clients;
 mod config;
 mod conn;
 mod error;
+mod expiry;
 mod keys;
 mod reply;
 mod scripts;
 mod store;
+mod subscriptions;
 mod watch;
 
 pub use config::{
@@ -15,5 +17,6 @@ pub use config::{
     DEFAULT_SENTINEL_CHECK_INTERVAL, DEFAULT_SENTINEL_PORT, DEFAULT_WATCH_HEARTBEAT, Endpoint,
     RedisConfig, Topology, WaitReplicas,
 };
+pub use expiry::ExpiryNotifications;
 pub use keys::{KeyLayout, hash_tag};
 pub use store::RedisStore;

@@ -16,14 +16,16 @@ use redis::{RedisResult, Value};
 use crate::config::{RedisConfig, WaitReplicas};
 use crate::conn::{Conn, Connector};
 use crate::keys::KeyLayout;
-use crate::reply::{as_array, as_info, as_int, as_optional_info, ms_ceil, protocol};
+use crate::reply::{as_array, as_info, as_int, as_optional_info, as_token, ms_ceil, protocol};
 use crate::scripts;
-use crate::watch;
+use crate::subscriptions::Subscriptions;
 
 /// The shared state of a store and its clones.
 struct Inner {
     connector: Arc<Connector>,
     config: RedisConfig,
+    /// The one pub/sub connection every watch of this store shares.
+    subscriptions: Subscriptions,
 }
 
 /// Leases on Redis. Cheap to clone; clones share connections.
@@ -44,21 +46,6 @@ impl fmt::Debug for RedisStore {
     }
 }
 
-/// Marks the connection as abandoned when dropped while armed.
-struct InFlight<'a> {
-    connector: &'a Connector,
-    generation: u64,
-    armed: bool,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.connector.abandon(self.generation);
-        }
-    }
-}
-
 impl RedisStore {
     /// A store for `config`. Does not connect: the connection is made on
     /// first use, so this succeeds while Redis is down.
@@ -76,8 +63,19 @@ impl RedisStore {
             config.request_timeout(),
             config.sentinel_check_interval(),
         )?);
+        let subscriptions = Subscriptions::new(
+            connector.clone(),
+            config.request_timeout(),
+            config.watch_heartbeat(),
+            config.expiry_notifications(),
+            config.db(),
+        );
         Ok(RedisStore {
-            inner: Arc::new(Inner { connector, config }),
+            inner: Arc::new(Inner {
+                connector,
+                config,
+                subscriptions,
+            }),
         })
     }
 
@@ -138,31 +136,11 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let connector = &self.inner.connector;
-        let (generation, conn) = connector
-            .get(op)
+        self.inner
+            .connector
+            .run(op, limit, f)
             .await
-            .map_err(|e| e.with_key(key.as_str()))?;
-        // If the caller drops this future before the reply (its own
-        // timeout), the connection may be hung: have the next call replace it.
-        let mut in_flight = InFlight {
-            connector,
-            generation,
-            armed: true,
-        };
-        let outcome = tokio::time::timeout(limit, f(conn)).await;
-        in_flight.armed = false;
-        match outcome {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(connector
-                .fail(generation, e, op)
-                .await
-                .with_key(key.as_str())),
-            Err(_) => Err(connector
-                .timed_out(generation, op, limit)
-                .await
-                .with_key(key.as_str())),
-        }
+            .map_err(|e| e.with_key(key.as_str()))
     }
 
     async fn replicate(&self, lease: &Lease, layout: &KeyLayout, wait: WaitReplicas) -> Result<()> {
@@ -233,7 +211,14 @@ impl LeaseStore for RedisStore {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new(FencingSource::Counter).with_notifications(NotificationSupport::Release)
+        // Expiries are pushed only while the shared subscription is up on a
+        // server that publishes them (see `ExpiryNotifications`).
+        let notifications = if self.inner.subscriptions.pushes_expiries() {
+            NotificationSupport::ReleaseAndExpiry
+        } else {
+            NotificationSupport::Release
+        };
+        Capabilities::new(FencingSource::Counter).with_notifications(notifications)
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
@@ -265,11 +250,14 @@ impl LeaseStore for RedisStore {
         };
         match as_int(op, flag, "acquire flag")? {
             1 => {
-                let info = as_info(op, rest)?;
-                if &info.holder != holder || info.token.0 == 0 {
-                    return Err(protocol(op, "the acquire script returned a foreign term"));
+                let [token] = rest else {
+                    return Err(protocol(op, "expected the token of the new term"));
+                };
+                let token = as_token(op, token)?;
+                if token.0 == 0 {
+                    return Err(protocol(op, "the acquire script minted token 0"));
                 }
-                let lease = Lease::new(key.clone(), holder.clone(), info.token, ttl);
+                let lease = Lease::new(key.clone(), holder.clone(), token, ttl);
                 if let Some(wait) = self.inner.config.wait_replicas() {
                     self.replicate(&lease, &layout, wait).await?;
                 }
@@ -374,13 +362,10 @@ impl LeaseStore for RedisStore {
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
         let layout = self.checked_layout(key, "watch")?;
-        watch::subscribe(
-            &self.inner.connector,
-            layout.channel,
-            self.inner.config.request_timeout(),
-            self.inner.config.watch_heartbeat(),
-        )
-        .await
-        .map_err(|e| e.with_key(key.as_str()))
+        self.inner
+            .subscriptions
+            .watch(&layout)
+            .await
+            .map_err(|e| e.with_key(key.as_str()))
     }
 }

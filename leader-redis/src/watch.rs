@@ -1,86 +1,324 @@
-//! Release notifications over a dedicated pub/sub connection.
+//! The shared pub/sub session: one connection, every watcher of a store.
 //!
-//! Each [`watch`](leader_core::LeaseStore::watch) opens its own connection,
-//! subscribes to the lease's channel and forwards `released` /
-//! `force-released` messages as [`LeaseEvent::Vacated`]. The forwarding task
-//! pings the server every heartbeat; when the connection drops or a ping goes
-//! unanswered, or (Sentinel) the sentinels name another master, the task
-//! ends, the sender is dropped and the caller's `recv()` returns `None`,
-//! which tells the elector to poll and subscribe again.
+//! A [`Session`] is a task that owns the store's one pub/sub connection. It
+//! subscribes each watched lease's release channel once, however many
+//! watchers the lease has (requests queued together share one `SUBSCRIBE`),
+//! and hands each message to the watchers of that lease only. With expiry
+//! notifications (see [`crate::ExpiryNotifications`]) it also listens on the
+//! database's `__keyevent@<db>__:expired` channel, whose messages name the
+//! expired key, and wakes that key's watchers.
+//!
+//! Every heartbeat it forgets the watchers that went away, unsubscribes the
+//! channels nobody watches any more, and pings the server. The session ends
+//! when the connection drops, a ping or subscribe goes unanswered, or
+//! (Sentinel) the sentinels name another master; ending drops every
+//! watcher's sender, so every `recv()` returns `None`, which tells each
+//! elector to poll and subscribe again (the next `watch` opens one new
+//! session for all of them: see [`crate::subscriptions`]).
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
 use leader_core::{Error, LeaseEvent, LeaseEvents, Result};
-use redis::Msg;
+use redis::aio::{PubSubSink, PubSubStream};
+use redis::{Msg, RedisResult};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::conn::Connector;
-use crate::error::{Phase, classify, to_error};
+/// At most this many queued watch requests are subscribed with one command.
+const BATCH: usize = 256;
 
-/// What a message on a lease channel means.
-fn event_of(msg: &Msg) -> Option<LeaseEvent> {
-    let payload: String = msg.get_payload().ok()?;
-    let kind = payload.split(' ').next()?;
-    matches!(kind, "released" | "force-released").then_some(LeaseEvent::Vacated)
+/// Queued events per watcher: one pending `Vacated` is as good as many.
+const QUEUE: usize = 16;
+
+/// A watch of one lease, sent to the session.
+pub(crate) struct Request {
+    /// The lease key (what an expiry notification names).
+    pub(crate) lease_key: String,
+    /// The lease's release channel.
+    pub(crate) channel: String,
+    /// Where the subscription (or the reason there is none) goes.
+    pub(crate) reply: oneshot::Sender<Result<LeaseEvents>>,
 }
 
-/// Subscribes to `channel` and spawns the forwarding task.
-pub(crate) async fn subscribe(
-    connector: &Connector,
-    channel: String,
-    response_timeout: Duration,
-    heartbeat: Duration,
-) -> Result<LeaseEvents> {
-    let mut pubsub = connector.pubsub().await?;
-    match tokio::time::timeout(response_timeout, pubsub.subscribe(&channel)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            let (kind, _) = classify(&e, Phase::Connect);
-            return Err(to_error(e, kind, "watch"));
-        }
-        Err(_) => {
-            return Err(Error::unavailable(format!(
-                "SUBSCRIBE got no reply within {response_timeout:?}"
-            ))
-            .with_store("redis")
-            .with_operation("watch"));
+/// Whether a message on a release channel reports the seat free.
+fn is_release(msg: &Msg) -> bool {
+    let Ok(payload) = msg.get_payload::<String>() else {
+        return false;
+    };
+    matches!(
+        payload.split(' ').next(),
+        Some("released" | "force-released")
+    )
+}
+
+/// Who watches what, on one connection.
+#[derive(Default)]
+struct Routes {
+    /// Release channel → the watchers of the lease(s) behind it.
+    watchers: HashMap<String, Vec<mpsc::Sender<LeaseEvent>>>,
+    /// Lease key → its release channel (to route expiry notifications).
+    channels: HashMap<String, String>,
+}
+
+impl Routes {
+    /// Adds a watcher; `true` when its channel still has to be subscribed.
+    fn add(&mut self, lease_key: String, channel: &str, tx: mpsc::Sender<LeaseEvent>) -> bool {
+        self.channels.insert(lease_key, channel.to_owned());
+        match self.watchers.get_mut(channel) {
+            Some(senders) => {
+                senders.push(tx);
+                false
+            }
+            None => {
+                self.watchers.insert(channel.to_owned(), vec![tx]);
+                true
+            }
         }
     }
-    let mut master_changes = connector.master_changes();
-    master_changes.mark_unchanged();
-    let (tx, events) = LeaseEvents::channel(16);
-    let (mut sink, mut stream) = pubsub.split();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(heartbeat);
+
+    /// Wakes the watchers of `channel`, dropping those that went away.
+    fn wake(&mut self, channel: &str) {
+        if let Some(senders) = self.watchers.get_mut(channel) {
+            // A full queue already holds a Vacated the watcher has not read.
+            senders.retain(|tx| {
+                !matches!(
+                    tx.try_send(LeaseEvent::Vacated),
+                    Err(TrySendError::Closed(_))
+                )
+            });
+        }
+    }
+
+    /// Wakes the watchers of the lease `lease_key`.
+    fn wake_lease(&mut self, lease_key: &str) {
+        if let Some(channel) = self.channels.get(lease_key).cloned() {
+            self.wake(&channel);
+        }
+    }
+
+    /// Forgets the watchers that went away; returns the channels nobody
+    /// watches any more (no longer routed, to be unsubscribed).
+    fn sweep(&mut self) -> Vec<String> {
+        let Routes { watchers, channels } = self;
+        let mut unwatched = Vec::new();
+        watchers.retain(|channel, senders| {
+            senders.retain(|tx| !tx.is_closed());
+            if senders.is_empty() {
+                unwatched.push(channel.clone());
+            }
+            !senders.is_empty()
+        });
+        channels.retain(|_, channel| watchers.contains_key(channel));
+        unwatched
+    }
+}
+
+/// Settings of a session.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionSettings {
+    /// Bound on every command's reply (subscribe, unsubscribe, ping).
+    pub(crate) response_timeout: Duration,
+    /// Interval of the sweep and liveness ping.
+    pub(crate) heartbeat: Duration,
+    /// The keyevent channel of expired keys, when expiries are pushed.
+    pub(crate) expired_channel: Option<String>,
+}
+
+/// The task behind one shared pub/sub connection.
+pub(crate) struct Session {
+    sink: PubSubSink,
+    stream: PubSubStream,
+    requests: mpsc::Receiver<Request>,
+    master_changes: watch::Receiver<u64>,
+    settings: SessionSettings,
+    routes: Routes,
+}
+
+impl Session {
+    /// A session on an open, split pub/sub connection (already subscribed
+    /// to the expired channel, if any), serving `requests`.
+    pub(crate) fn new(
+        (sink, stream): (PubSubSink, PubSubStream),
+        requests: mpsc::Receiver<Request>,
+        master_changes: watch::Receiver<u64>,
+        settings: SessionSettings,
+    ) -> Self {
+        Session {
+            sink,
+            stream,
+            requests,
+            master_changes,
+            settings,
+            routes: Routes::default(),
+        }
+    }
+
+    /// Serves until the connection fails or the store is dropped; then
+    /// every watcher's `recv()` returns `None`.
+    pub(crate) async fn run(mut self) {
+        let why = self.serve().await;
+        tracing::debug!(
+            target: "leader_redis",
+            watched = self.routes.watchers.len(),
+            "shared pub/sub session ended: {why}"
+        );
+    }
+
+    async fn serve(&mut self) -> &'static str {
+        let mut tick = tokio::time::interval(self.settings.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tokio::select! {
-                () = tx.closed() => break,
                 // The Sentinel master moved: releases are published there now.
-                _ = master_changes.changed() => break,
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
-                        tracing::debug!(target: "leader_redis", %channel, "pub/sub connection closed");
-                        break;
+                _ = self.master_changes.changed() => return "the master changed",
+                request = self.requests.recv() => {
+                    let Some(request) = request else {
+                        return "the store was dropped";
                     };
-                    if let Some(event) = event_of(&msg) {
-                        // A full queue already holds a Vacated the elector
-                        // has not read; dropping this one loses nothing.
-                        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) = tx.try_send(event) {
-                            break;
-                        }
+                    if let Err(why) = self.admit(request).await {
+                        return why;
                     }
                 }
+                msg = self.stream.next() => {
+                    let Some(msg) = msg else {
+                        return "the connection closed";
+                    };
+                    self.route(&msg);
+                }
                 _ = tick.tick() => {
-                    let ping = tokio::time::timeout(response_timeout, sink.ping::<redis::Value>()).await;
-                    if !matches!(ping, Ok(Ok(_))) {
-                        tracing::debug!(target: "leader_redis", %channel, "pub/sub ping failed");
-                        break;
+                    if let Err(why) = self.heartbeat().await {
+                        return why;
                     }
                 }
             }
         }
-    });
-    Ok(events)
+    }
+
+    /// Registers `first` and every request queued behind it, subscribes the
+    /// channels that are new with one command, and answers them all.
+    async fn admit(&mut self, first: Request) -> std::result::Result<(), &'static str> {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match self.requests.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let mut new_channels = Vec::new();
+        let mut answers = Vec::with_capacity(batch.len());
+        for request in batch {
+            let (tx, events) = LeaseEvents::channel(QUEUE);
+            if self.routes.add(request.lease_key, &request.channel, tx) {
+                new_channels.push(request.channel);
+            }
+            answers.push((request.reply, events));
+        }
+        if !new_channels.is_empty() {
+            let limit = self.settings.response_timeout;
+            if let Err(e) = bounded(limit, "SUBSCRIBE", self.sink.subscribe(&new_channels)).await {
+                for (reply, _) in answers {
+                    let _ = reply.send(Err(Error::new(e.kind(), e.message())
+                        .with_store("redis")
+                        .with_operation("watch")));
+                }
+                return Err("a subscribe failed");
+            }
+        }
+        for (reply, events) in answers {
+            // A watcher that gave up waiting dropped its end: its sender is
+            // swept at the next heartbeat.
+            let _ = reply.send(Ok(events));
+        }
+        Ok(())
+    }
+
+    /// Hands a message to the watchers it concerns.
+    fn route(&mut self, msg: &Msg) {
+        let channel = msg.get_channel_name();
+        if self.settings.expired_channel.as_deref() == Some(channel) {
+            if let Ok(key) = msg.get_payload::<String>() {
+                self.routes.wake_lease(&key);
+            }
+        } else if is_release(msg) {
+            self.routes.wake(channel);
+        }
+    }
+
+    /// Unsubscribes what nobody watches any more, then pings.
+    async fn heartbeat(&mut self) -> std::result::Result<(), &'static str> {
+        let limit = self.settings.response_timeout;
+        let unwatched = self.routes.sweep();
+        if !unwatched.is_empty() {
+            bounded(limit, "UNSUBSCRIBE", self.sink.unsubscribe(&unwatched))
+                .await
+                .map_err(|_| "an unsubscribe failed")?;
+        }
+        bounded(limit, "PING", self.sink.ping::<redis::Value>())
+            .await
+            .map(drop)
+            .map_err(|_| "a ping failed")
+    }
+}
+
+/// Runs `command` under `limit`; an error or silence is `Unavailable` (a
+/// subscription changes nothing in the store, so nothing is indeterminate).
+pub(crate) async fn bounded<T>(
+    limit: Duration,
+    what: &str,
+    command: impl Future<Output = RedisResult<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, command).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(
+            Error::unavailable(format!("{what} on the pub/sub connection failed"))
+                .with_store("redis")
+                .with_operation("watch")
+                .with_source(e),
+        ),
+        Err(_) => Err(
+            Error::unavailable(format!("{what} got no reply within {limit:?}"))
+                .with_store("redis")
+                .with_operation("watch"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn routes_wake_only_the_watchers_of_their_channel_and_sweep_the_gone() {
+        let mut routes = Routes::default();
+        let (a, mut a_rx) = LeaseEvents::channel(QUEUE);
+        let (b, mut b_rx) = LeaseEvents::channel(QUEUE);
+        let (a2, a2_rx) = LeaseEvents::channel(QUEUE);
+        assert!(routes.add("a".into(), "{a}:events", a));
+        assert!(routes.add("b".into(), "{b}:events", b));
+        assert!(
+            !routes.add("a".into(), "{a}:events", a2),
+            "one subscription per channel"
+        );
+        routes.wake("{a}:events");
+        routes.wake_lease("b");
+        assert_eq!(a_rx.recv().await, Some(LeaseEvent::Vacated));
+        assert_eq!(b_rx.recv().await, Some(LeaseEvent::Vacated));
+        routes.wake("{a}:events");
+        assert_eq!(a_rx.recv().await, Some(LeaseEvent::Vacated));
+        assert!(
+            futures::FutureExt::now_or_never(b_rx.recv()).is_none(),
+            "b got a's event"
+        );
+        drop((a_rx, a2_rx));
+        assert_eq!(routes.sweep(), vec!["{a}:events".to_owned()]);
+        routes.wake_lease("a");
+        assert!(
+            routes.add("a".into(), "{a}:events", LeaseEvents::channel(1).0),
+            "resubscribed"
+        );
+    }
 }
