@@ -10,7 +10,7 @@ use leader_core::{ElectionConfig, Elector, LockGuard, Locks};
 use leader_redis::RedisStore;
 use redis::aio::MultiplexedConnection;
 
-use crate::counting::CountingStore;
+use crate::counting;
 use crate::stats::fmt_dur;
 use crate::stores::Servers;
 use crate::sys::{core_percent, cpu_time, fmt_mb, process_cpu, rss_bytes};
@@ -93,7 +93,7 @@ pub async fn held_leases(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts
             ""
         }
     );
-    let (store, counters) = CountingStore::wrap(Arc::new(RedisStore::builder(url).build()?));
+    let (store, counters) = counting::wrap(Arc::new(RedisStore::builder(url).build()?));
     let locks = Locks::new(
         store,
         ElectionConfig::new("scale").with_timing(lease, renewal),
@@ -188,7 +188,7 @@ pub async fn contention(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts)
             ""
         }
     );
-    let (store, counters) = CountingStore::wrap(Arc::new(RedisStore::builder(url).build()?));
+    let (store, counters) = counting::wrap(Arc::new(RedisStore::builder(url).build()?));
     let t0 = Instant::now();
     let electors = (0..n)
         .map(|_| Elector::start(store.clone(), cfg.clone()))

@@ -10,8 +10,6 @@ pub mod memory;
 mod names;
 mod store;
 mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod timing;
 mod tracker;
 

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use leader_core::{Acquire, ElectionConfig, Elector, HolderId, LeaseStore};
 use leader_etcd::EtcdStore;
-use leader_testkit::history::{CheckOptions, History, Op, Outcome, RecordingStore};
+use leader_testkit::history::{CheckOptions, History, Op, Outcome, Recording};
+use leader_testkit::wait::eventually;
+use leader_testkit::wrap::Wrapped;
 use support::cluster::EtcdCluster;
 use support::history::Sampler;
-use support::{eventually, unique_key};
+use support::{PATIENCE, unique_key};
 use tokio::time::Instant;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -41,9 +43,11 @@ async fn store_operations_survive_losing_the_etcd_leader() {
     cluster.wait_for_leader().await;
     // The lease survives an etcd leader change; renewals go through a
     // surviving member (retried: the first may hit the dead one).
-    eventually("renew works through the new etcd leader", || async {
-        store.renew(&lease).await.is_ok()
-    })
+    eventually(
+        PATIENCE,
+        "renew works through the new etcd leader",
+        || async { store.renew(&lease).await.is_ok() },
+    )
     .await;
     assert!(store.release(&lease).await.expect("release"));
     // The watch resumed on a surviving member and saw the release.
@@ -65,19 +69,19 @@ async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
             config.key_prefix = prefix.clone();
             config.instance_id = Some(format!("elector-{i}"));
             validity = LEASE.mul_f64(1.0 - config.clock_drift);
-            let recorded = RecordingStore::new(Arc::new(store(&cluster)), history.clone());
+            let recorded = Wrapped::new(Arc::new(store(&cluster)), Recording::new(history.clone()));
             Elector::start(Arc::new(recorded), config).expect("elector")
         })
         .collect();
     let sampler = Sampler::start(electors.clone());
-    eventually("one elector leads", || async {
+    eventually(PATIENCE, "one elector leads", || async {
         electors.iter().filter(|e| e.is_leader()).count() == 1
     })
     .await;
 
     // Kill the etcd leader once the elected leader is in its steady renewal
     // rhythm (two successful renewals).
-    eventually("the leader renews twice", || async {
+    eventually(PATIENCE, "the leader renews twice", || async {
         history
             .events()
             .iter()
@@ -96,7 +100,7 @@ async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
     tokio::time::sleep_until(killed + LEASE).await;
     let observer = store(&cluster);
     let key = electors[0].key().clone();
-    eventually("an elector leads and etcd agrees", || async {
+    eventually(PATIENCE, "an elector leads and etcd agrees", || async {
         let Some(leader) = electors.iter().find(|e| e.is_leader()) else {
             return false;
         };

@@ -12,8 +12,9 @@ use leader_core::{
     Acquire, ElectionConfig, Elector, ErrorKind, HolderId, Lease, LeaseEvent, LeaseKey, LeaseStore,
 };
 use leader_redis::RedisStore;
+use leader_testkit::wait::eventually;
 use redis::cluster_routing::Slot;
-use support::{Cluster, eventually, raw};
+use support::{Cluster, raw};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use leader_core::{Acquire, ElectionConfig, Elector, HolderId, LeaseKey, LeaseStore};
 use leader_redis::RedisStore;
+use leader_testkit::wait::eventually;
 use redis::AsyncCommands;
-use support::{RedisProc, SentinelSet, eventually, free_port, raw};
+use support::{RedisProc, SentinelSet, free_port, raw};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);

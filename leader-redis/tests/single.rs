@@ -11,8 +11,9 @@ use leader_core::{
 };
 use leader_redis::RedisStore;
 use leader_testkit::servers::RedisServer;
+use leader_testkit::wait::eventually;
 use redis::AsyncCommands;
-use support::{RedisProc, eventually, free_port, raw};
+use support::{RedisProc, free_port, raw};
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);

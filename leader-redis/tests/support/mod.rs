@@ -8,33 +8,13 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use leader_testkit::wait::eventually;
 use tempfile::TempDir;
 use tokio::time::Instant;
-
-/// Polls `check` every 20 ms until it returns `Some`, or panics with `what`
-/// after `within`.
-pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// A free loopback port (the listener is closed before the server binds it).
 pub fn free_port() -> u16 {

@@ -66,7 +66,6 @@ mod lifecycle;
 mod locks;
 mod memory;
 mod runner;
-mod stall;
 mod store;
 
 pub use abuse::*;
@@ -82,5 +81,4 @@ pub use runner::{
     CaseOutcome, CaseReport, Level, SuiteReport, Tally, assert_pinned_names_are_cases, case_names,
     check_case, pinning_violation, run_all, run_case,
 };
-pub use stall::StallingStore;
 pub use store::*;
