@@ -8,7 +8,7 @@ use leader_core::{ElectionConfig, Elector};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use crate::Result;
-use crate::counting::{CountingStore, Counts};
+use crate::counting::{self, Counts};
 use crate::failover::{Settings, wait_leading};
 use crate::stores::{Factory, Kind};
 use crate::sys::{cpu_time, rss_anon_bytes, rss_bytes};
@@ -94,7 +94,7 @@ pub async fn idle(args: &[String]) -> Result<()> {
     let cfg = ElectionConfig::new(resource.as_str());
     let limit = Duration::from_secs(30);
 
-    let (store, counters) = CountingStore::wrap(factory.open()?);
+    let (store, counters) = counting::wrap(factory.open()?);
     let first = Elector::start(store, cfg.clone())?;
     let mut second = None;
     match role.as_str() {
@@ -110,7 +110,7 @@ pub async fn idle(args: &[String]) -> Result<()> {
         }
         "pair" => {
             wait_leading(&first, limit).await?;
-            let (store, c2) = CountingStore::wrap(factory.open()?);
+            let (store, c2) = counting::wrap(factory.open()?);
             let f = Elector::start(store, cfg.clone())?;
             crate::failover::wait_sees(&f, first.instance_id(), limit).await?;
             second = Some((f, c2));

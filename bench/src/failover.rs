@@ -6,16 +6,15 @@
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use leader_core::{ElectionConfig, Elector, HolderId};
+use leader_testkit::wrap::{Fault, Faults, Wrapped};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::timeout;
 
-use crate::counting::Crashable;
 use crate::stats::{Samples, fmt_dur, header, row};
 use crate::stores::{Factory, Kind, Servers};
 use crate::{Plan, Result, Verdicts, section};
@@ -150,10 +149,13 @@ pub async fn graceful(factory: &Factory, reps: usize) -> Result<(Samples, Sample
     Ok((takeover, shutdown))
 }
 
-/// An elector whose store can play dead.
-fn crashable(factory: &Factory, cfg: &ElectionConfig) -> Result<(Elector, Arc<AtomicBool>)> {
-    let (store, dead) = Crashable::wrap(factory.open()?);
-    Ok((Elector::start(store, cfg.clone())?, dead))
+/// An elector whose store can play dead: once every call is set to
+/// [`Fault::Hang`], nothing reaches the store, as if the process had died.
+/// Used with `Elector::abort()` so that a crash can never turn into a
+/// release.
+fn crashable(factory: &Factory, cfg: &ElectionConfig) -> Result<(Elector, Arc<Wrapped<Faults>>)> {
+    let store = Arc::new(Wrapped::new(factory.open()?, Faults::new()));
+    Ok((Elector::start(store.clone(), cfg.clone())?, store))
 }
 
 /// Crashes on one store: time from the leader's crash (its store calls stop
@@ -178,7 +180,7 @@ pub async fn crash(factory: &Factory, reps: usize) -> Result<Samples> {
         // Crash anywhere in the renewal cycle.
         tokio::time::sleep(spread(s.renewal)).await;
         let t0 = Instant::now();
-        dead.store(true, Ordering::SeqCst);
+        dead.set_all(Some(Fault::Hang));
         leader.abort();
         wait_leading(&follower, s.crash_bound() + Duration::from_secs(5)).await?;
         takeover.record(t0.elapsed());

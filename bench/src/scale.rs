@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use leader_core::{ElectionConfig, Elector, LockGuard, Locks};
 
-use crate::counting::{CountingStore, Counts};
+use crate::counting::{self, Counts};
 use crate::stats::{Samples, fmt_dur};
 use crate::stores::{Factory, Kind, ServerProbe, ServerSample, Servers};
 use crate::sys::{core_percent, cpu_time, fmt_mb, rss_bytes};
@@ -126,7 +126,7 @@ pub async fn held_leases(
         }
     );
     let factory = Factory::new(kind, servers.url(kind));
-    let (store, counters) = CountingStore::wrap(factory.open()?);
+    let (store, counters) = counting::wrap(factory.open()?);
     let locks = Locks::new(
         store,
         ElectionConfig::new("scale").with_timing(lease, renewal),
@@ -279,7 +279,7 @@ pub async fn contention(
         }
     );
     let factory = Factory::new(kind, servers.url(kind));
-    let (store, counters) = CountingStore::wrap(factory.open()?);
+    let (store, counters) = counting::wrap(factory.open()?);
     let t0 = Instant::now();
     let electors = (0..n)
         .map(|_| Elector::start(store.clone(), cfg.clone()))

@@ -9,10 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leader::{
-    Acquire, Capabilities, ElectionConfig, Elector, ErrorKind, HolderId, Lease, LeaseEvents,
-    LeaseInfo, LeaseKey, LeaseStore, Result, StoreOptions, StoreUrl,
-};
+use leader::{ElectionConfig, Elector, ErrorKind, LeaseStore, Result, StoreOptions, StoreUrl};
+use leader_testkit::wrap::{self, Call, Hooks, Reply, Wrapped};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::oneshot;
 
@@ -53,91 +51,44 @@ fn emit(report: &Report) {
     }
 }
 
-/// A store wrapper that reports each acquire, renew and release with its
-/// send and return instants (taken inside the call, so the reported interval
+/// A store hook that reports each acquire, renew and release with its send
+/// and return instants (taken inside the call, so the reported interval
 /// contains the store's real one).
-#[derive(Debug)]
-struct ReportingStore {
-    inner: Arc<dyn LeaseStore>,
+#[derive(Debug, Default)]
+struct Reporting {
     next: AtomicU64,
 }
 
-impl ReportingStore {
-    fn invoke(&self, op: StoreOp, token: Option<u64>) -> u64 {
+#[async_trait]
+impl Hooks for Reporting {
+    async fn around(&self, call: Call<'_>, inner: &dyn LeaseStore) -> Reply {
+        let op = match call.op() {
+            wrap::Op::Acquire => StoreOp::Acquire,
+            wrap::Op::Renew => StoreOp::Renew,
+            wrap::Op::Release => StoreOp::Release,
+            _ => return call.run(inner).await,
+        };
         let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = call.token().map(|t| t.get());
         emit(&Report::Invoke {
             id,
             op,
             at: mono_ns(),
             token,
         });
-        id
-    }
-
-    fn complete<T>(id: u64, result: &Result<T>, ok: bool, token: Option<u64>) {
-        let outcome = match result {
-            Ok(_) if ok => CallOutcome::Ok,
-            Ok(_) => CallOutcome::Fail,
-            Err(e) if e.kind() == ErrorKind::Indeterminate => CallOutcome::Indeterminate,
-            Err(_) => CallOutcome::Fail,
+        let reply = call.run(inner).await;
+        let outcome = match reply.error() {
+            _ if reply.granted() => CallOutcome::Ok,
+            Some(e) if e.kind() == ErrorKind::Indeterminate => CallOutcome::Indeterminate,
+            _ => CallOutcome::Fail,
         };
         emit(&Report::Complete {
             id,
             outcome,
             at: mono_ns(),
-            token,
+            token: token.or(reply.acquired_token().map(|t| t.get())),
         });
-    }
-}
-
-#[async_trait]
-impl LeaseStore for ReportingStore {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        let id = self.invoke(StoreOp::Acquire, None);
-        let result = self.inner.acquire(key, holder, ttl).await;
-        let token = match &result {
-            Ok(Acquire::Acquired(lease)) => Some(lease.token.get()),
-            _ => None,
-        };
-        Self::complete(id, &result, token.is_some(), token);
-        result
-    }
-
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        let token = Some(lease.token.get());
-        let id = self.invoke(StoreOp::Renew, token);
-        let result = self.inner.renew(lease).await;
-        Self::complete(id, &result, true, token);
-        result
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        let token = Some(lease.token.get());
-        let id = self.invoke(StoreOp::Release, token);
-        let result = self.inner.release(lease).await;
-        let ok = matches!(result, Ok(true));
-        Self::complete(id, &result, ok, token);
-        result
-    }
-
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.current(key).await
-    }
-
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.force_release(key).await
-    }
-
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.inner.watch(key).await
+        reply
     }
 }
 
@@ -163,10 +114,7 @@ pub async fn run(args: ElectorArgs) -> Result<()> {
         &StoreUrl::new(args.url.clone()),
         &StoreOptions::with_request_timeout(config.request_timeout()),
     )?;
-    let store = Arc::new(ReportingStore {
-        inner: store,
-        next: AtomicU64::new(0),
-    });
+    let store = Arc::new(Wrapped::new(store, Reporting::default()));
     let elector = Elector::start(store, config)?;
     emit(&Report::Ready {
         holder: args.holder.clone(),

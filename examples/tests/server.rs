@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use leader_testkit::servers::{EtcdServer, PostgresServer, RedisServer};
+use leader_testkit::servers::{EtcdServer, PostgresServer, RedisServer, free_port};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -31,11 +31,6 @@ fn server_binary() -> PathBuf {
     bin
 }
 
-fn free_port() -> u16 {
-    // Below the ephemeral range: see `leader_testkit::servers::free_port`.
-    leader_testkit::servers::free_port().expect("a free loopback port")
-}
-
 struct Instance {
     port: u16,
     child: Child,
@@ -49,7 +44,7 @@ impl Drop for Instance {
 }
 
 fn spawn_server(store_url: &str, resource: &str) -> Instance {
-    let port = free_port();
+    let port = free_port().expect("a free loopback port");
     let child = Command::new(server_binary())
         .env("PORT", port.to_string())
         .env("Store__ConnectionString", store_url)

@@ -13,8 +13,6 @@ mod observer;
 mod store;
 pub mod store_config;
 mod telemetry;
-#[cfg(feature = "testing")]
-pub mod testing;
 mod timing;
 mod tracker;
 

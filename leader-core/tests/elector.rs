@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use common::*;
-use leader_core::testing::{Fault, Op};
 use leader_core::{ErrorKind, LeaseKey, LeaseStore, MemoryStore};
+use leader_testkit::wrap::{Fault, Op};
 use tokio::time::Instant;
 
 fn key(resource: &str) -> LeaseKey {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::wait_until;
-use leader_core::testing::{FaultyStore, Op};
 use leader_core::{
     Capabilities, ElectionConfig, Elector, FencingSource, MemoryStore, NotificationSupport,
 };
+use leader_testkit::wrap::{Faults, Op, Wrapped};
 use tokio::time::Instant;
 
 /// The card's production timing: 30 s lease, 10 s renewal, 10 s retry period.
@@ -28,7 +28,10 @@ async fn follower_polls(support: NotificationSupport) -> (u64, Duration) {
     let leader = Elector::start(Arc::new(memory.clone()), production("leader")).expect("valid");
     wait_until("leader", Duration::from_secs(1), || leader.is_leader()).await;
     let caps = Capabilities::new(FencingSource::Counter).with_notifications(support);
-    let store = Arc::new(FaultyStore::new(Arc::new(memory)).with_capabilities(caps));
+    let store = Arc::new(Wrapped::new(
+        Arc::new(memory),
+        Faults::new().with_capabilities(caps),
+    ));
     let follower = Elector::start(store.clone(), production("follower")).expect("valid");
     tokio::time::sleep(Duration::from_secs(600)).await;
     assert!(!follower.is_leader());

@@ -9,48 +9,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
-use leader_core::testing::{Fault, FaultyStore, Op};
 use leader_core::{
-    Acquire, Capabilities, Elector, ErrorKind, HealthStatus, HolderId, Lease, LeaseEvents,
-    LeaseInfo, LeaseKey, LeaseStore, MemoryStore, NotificationSupport, Readiness, Result,
+    Elector, ErrorKind, HealthStatus, LeaseStore, MemoryStore, NotificationSupport, Readiness,
 };
+use leader_testkit::wrap::{Call, Fault, Faults, Hooks, Op, Reply, Wrapped};
 use tokio::time::Instant;
-
-/// A store whose `acquire` panics: the elector task dies on its first call.
-#[derive(Debug, Default)]
-struct PanickingStore(MemoryStore);
-
-#[async_trait]
-impl LeaseStore for PanickingStore {
-    fn kind(&self) -> &'static str {
-        "panicking"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
-    }
-    async fn acquire(&self, _: &LeaseKey, _: &HolderId, _: Duration) -> Result<Acquire> {
-        panic!("injected: a bug in the store");
-    }
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        self.0.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.0.release(lease).await
-    }
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.0.current(key).await
-    }
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.0.force_release(key).await
-    }
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.0.watch(key).await
-    }
-}
 
 #[tokio::test(start_paused = true)]
 async fn a_dead_elector_task_fails_liveness_and_makes_health_unhealthy() {
-    let e = start(Arc::new(PanickingStore::default()), "dead", "a");
+    // `acquire` panics: the elector task dies on its first call.
+    let (store, _) = faulty();
+    store.set(Op::Acquire, Some(Fault::Panic));
+    let e = start(store, "dead", "a");
     wait_until("the task died", LEASE, || !e.liveness().pass).await;
     let probe = e.liveness();
     assert_eq!(probe.http_status(), 503);
@@ -101,7 +71,10 @@ async fn readiness_follows_the_chosen_policy() {
     let polling = memory
         .capabilities()
         .with_notifications(NotificationSupport::None);
-    let store = Arc::new(FaultyStore::new(Arc::new(memory)).with_capabilities(polling));
+    let store = Arc::new(Wrapped::new(
+        Arc::new(memory),
+        Faults::new().with_capabilities(polling),
+    ));
     wait_until("a leads", LEASE, || a.is_leader()).await;
     let b = start(store.clone(), "ready", "b");
     tokio::time::sleep(RENEW).await;
@@ -135,48 +108,28 @@ async fn readiness_follows_the_chosen_policy() {
 /// task cannot be polled (a store client doing blocking I/O).
 #[derive(Debug)]
 struct BlockingAcquire {
-    inner: MemoryStore,
     block: AtomicBool,
 }
 
 #[async_trait]
-impl LeaseStore for BlockingAcquire {
-    fn kind(&self) -> &'static str {
-        "blocking"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        while self.block.load(Ordering::SeqCst) {
+impl Hooks for BlockingAcquire {
+    async fn around(&self, call: Call<'_>, inner: &dyn LeaseStore) -> Reply {
+        while call.op() == Op::Acquire && self.block.load(Ordering::SeqCst) {
             // Deliberately blocking: this is the stuck task under test.
             std::thread::sleep(Duration::from_millis(10));
         }
-        self.inner.acquire(key, holder, ttl).await
-    }
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        self.inner.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.inner.release(lease).await
-    }
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.current(key).await
-    }
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.force_release(key).await
-    }
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.inner.watch(key).await
+        call.run(inner).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn liveness_fails_while_the_elector_task_is_not_polled() {
-    let store = Arc::new(BlockingAcquire {
-        inner: MemoryStore::new(),
-        block: AtomicBool::new(true),
-    });
+    let store = Arc::new(Wrapped::new(
+        Arc::new(MemoryStore::new()),
+        BlockingAcquire {
+            block: AtomicBool::new(true),
+        },
+    ));
     let config = config("stuck", "a");
     // The bound documented on `Elector::liveness`.
     let bound = config.retry_period() + config.request_timeout() + Duration::from_secs(1);

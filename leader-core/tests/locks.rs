@@ -6,11 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use leader_core::testing::{Fault, Op};
-use leader_core::{
-    Acquire, Capabilities, ErrorKind, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
-    LeaseStore, Locks, MemoryStore, Result,
-};
+use leader_core::{ErrorKind, LeaseKey, LeaseStore, Locks, MemoryStore};
+use leader_testkit::wrap::{Fault, Op, Stall, Wrapped};
 
 fn locks(store: Arc<dyn LeaseStore>, instance: &str) -> Locks {
     Locks::new(store, config("unused", instance)).expect("valid config")
@@ -149,55 +146,15 @@ async fn two_lock_factories_sharing_an_instance_id_exclude_each_other() {
     );
 }
 
-/// A memory store whose acquire answers, after which the caller stalls (a
-/// GC pause, a stopped process, a starved runtime) for `stall` before it
-/// sees the answer: the request timeout cannot catch this.
-#[derive(Debug)]
-struct StallAfterAcquire {
-    inner: MemoryStore,
-    stall: Duration,
-}
-
-#[async_trait::async_trait]
-impl LeaseStore for StallAfterAcquire {
-    fn kind(&self) -> &'static str {
-        "stalling"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        let answer = self.inner.acquire(key, holder, ttl).await;
-        tokio::time::advance(self.stall).await;
-        answer
-    }
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        self.inner.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.inner.release(lease).await
-    }
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.current(key).await
-    }
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.force_release(key).await
-    }
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.inner.watch(key).await
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn an_acquire_answered_after_its_validity_gives_no_guard_and_frees_the_lock() {
     let memory = MemoryStore::new();
-    // Validity is LEASE * (1 - 0.01); the store's TTL runs 30 ms longer.
+    // The acquire answers, then the caller stalls (a GC pause, a stopped
+    // process) before it sees the answer: the request timeout cannot catch
+    // this. Validity is LEASE * (1 - 0.01); the store's TTL runs 30 ms longer.
     let stall = LEASE - Duration::from_millis(20);
     let late = locks(
-        Arc::new(StallAfterAcquire {
-            inner: memory.clone(),
-            stall,
-        }),
+        Arc::new(Wrapped::new(Arc::new(memory.clone()), Stall(stall))),
         "late",
     );
     let err = late

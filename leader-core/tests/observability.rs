@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use leader_core::testing::{Fault, FaultyStore, Op};
 use leader_core::{
-    Acquire, Capabilities, Elector, ErrorKind, HealthStatus, HolderId, Lease, LeaseEvents,
-    LeaseInfo, LeaseKey, LeaseStore, Locks, MemoryStore, NotificationSupport, Result,
+    Elector, ErrorKind, HealthStatus, LeaseStore, Locks, MemoryStore, NotificationSupport,
 };
+use leader_testkit::wrap::{Call, Fault, Faults, Hooks, Op, Reply, Wrapped};
 use metrics_util::CompositeKey;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
@@ -281,7 +280,10 @@ async fn follower_store_errors_and_leader_changes_are_counted() {
     let polling = memory
         .capabilities()
         .with_notifications(NotificationSupport::None);
-    let b_store = Arc::new(FaultyStore::new(Arc::new(memory.clone())).with_capabilities(polling));
+    let b_store = Arc::new(Wrapped::new(
+        Arc::new(memory.clone()),
+        Faults::new().with_capabilities(polling),
+    ));
     let (b, c) = metrics::with_local_recorder(&recorder, || {
         (
             start(b_store.clone(), "changes", "b"),
@@ -480,34 +482,15 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
 /// Logs every acquire: a store-level event whose context must come from the
 /// elector's span.
 #[derive(Debug)]
-struct LoggingStore(Arc<FaultyStore>);
+struct LogsAcquires;
 
 #[async_trait::async_trait]
-impl LeaseStore for LoggingStore {
-    fn kind(&self) -> &'static str {
-        self.0.kind()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
-    }
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        tracing::info!("store acquire called");
-        self.0.acquire(key, holder, ttl).await
-    }
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        self.0.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.0.release(lease).await
-    }
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.0.current(key).await
-    }
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.0.force_release(key).await
-    }
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.0.watch(key).await
+impl Hooks for LogsAcquires {
+    async fn around(&self, call: Call<'_>, inner: &dyn LeaseStore) -> Reply {
+        if call.op() == Op::Acquire {
+            tracing::info!("store acquire called");
+        }
+        call.run(inner).await
     }
 }
 
@@ -517,10 +500,14 @@ async fn follower_store_errors_are_warned_rate_limited_within_the_elector_span()
     let memory = MemoryStore::new();
     let a = start(Arc::new(memory.clone()), "logs", "a");
     wait_until("a leads", LEASE, || a.is_leader()).await;
-    let faulty = Arc::new(FaultyStore::new(Arc::new(memory)));
+    let faulty = Arc::new(Wrapped::new(Arc::new(memory), Faults::new()));
     faulty.set(Op::Acquire, Some(Fault::Fail(ErrorKind::Unavailable)));
     let config = config("logs", "b");
-    let b = Elector::start(Arc::new(LoggingStore(faulty.clone())), config.clone()).expect("valid");
+    let b = Elector::start(
+        Arc::new(Wrapped::new(faulty.clone(), LogsAcquires)),
+        config.clone(),
+    )
+    .expect("valid");
     // 95 s of failures, one per retry period: warnings at about 0, 30, 60
     // and 90 s, each later one counting the errors it stood for.
     tokio::time::sleep(Duration::from_secs(95)).await;

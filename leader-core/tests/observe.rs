@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LEASE, config, start, wait_until};
-use leader_core::testing::{FaultyStore, Op};
 use leader_core::{
     Capabilities, Elector, ErrorKind, FencingSource, LeaderInfo, LeaseStore, MemoryStore, Metadata,
     Observer,
 };
+use leader_testkit::wrap::{Faults, Op, Wrapped};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 
@@ -68,10 +68,10 @@ async fn the_observer_sees_every_seat_and_the_empty_ones() {
 #[tokio::test(start_paused = true)]
 async fn without_notifications_the_observer_polls() {
     let memory = MemoryStore::new();
-    let store = Arc::new(
-        FaultyStore::new(Arc::new(memory.clone()))
-            .with_capabilities(Capabilities::new(FencingSource::Counter).with_metadata()),
-    );
+    let store = Arc::new(Wrapped::new(
+        Arc::new(memory.clone()),
+        Faults::new().with_capabilities(Capabilities::new(FencingSource::Counter).with_metadata()),
+    ));
     let retry = config("job", "x").retry_period.expect("set");
     let observer = Observer::start(store.clone(), &config("job", "watcher"))
         .await
@@ -140,10 +140,10 @@ async fn followers_see_the_leader_metadata_and_its_updates() {
 #[tokio::test(start_paused = true)]
 async fn a_store_without_metadata_refuses_it_clearly() {
     let memory = MemoryStore::new();
-    let plain = Arc::new(
-        FaultyStore::new(Arc::new(memory.clone()))
-            .with_capabilities(Capabilities::new(FencingSource::Counter)),
-    );
+    let plain = Arc::new(Wrapped::new(
+        Arc::new(memory.clone()),
+        Faults::new().with_capabilities(Capabilities::new(FencingSource::Counter)),
+    ));
     let e = Elector::start_with_metadata(plain.clone(), config("job", "a"), meta("x"))
         .expect_err("no metadata on this store");
     assert_eq!(e.kind(), ErrorKind::Unsupported);

@@ -2,61 +2,31 @@
 //! task cannot run at all (a store call blocks its worker thread).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leader_core::{
-    Acquire, Capabilities, ElectionConfig, Elector, HealthStatus, HolderId, Lease, LeaseEvents,
-    LeaseInfo, LeaseKey, LeaseStore, MemoryStore, Result,
-};
+use leader_core::{ElectionConfig, Elector, HealthStatus, LeaseStore, MemoryStore};
+use leader_testkit::wrap::{Call, Hooks, Op, Reply, Wrapped};
 
 /// Renewals block the calling thread (a stuck runtime worker).
 #[derive(Debug)]
-struct BlockingRenew {
-    inner: MemoryStore,
-    block: AtomicBool,
-}
+struct BlockingRenew;
 
 #[async_trait]
-impl LeaseStore for BlockingRenew {
-    fn kind(&self) -> &'static str {
-        "blocking"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        self.inner.acquire(key, holder, ttl).await
-    }
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        if self.block.load(Ordering::SeqCst) {
+impl Hooks for BlockingRenew {
+    async fn around(&self, call: Call<'_>, inner: &dyn LeaseStore) -> Reply {
+        if call.op() == Op::Renew {
             // Deliberately blocking: this is the stuck task under test.
             std::thread::sleep(Duration::from_secs(3));
         }
-        self.inner.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.inner.release(lease).await
-    }
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.current(key).await
-    }
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.force_release(key).await
-    }
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.inner.watch(key).await
+        call.run(inner).await
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn is_leader_turns_false_at_the_validity_point_even_if_the_task_is_stuck() {
     let lease = Duration::from_millis(600);
-    let store = Arc::new(BlockingRenew {
-        inner: MemoryStore::new(),
-        block: AtomicBool::new(true),
-    });
+    let store = Arc::new(Wrapped::new(Arc::new(MemoryStore::new()), BlockingRenew));
     let mut config = ElectionConfig::new("stuck").with_timing(lease, Duration::from_millis(200));
     config.instance_id = Some("a".into());
     let e = Elector::start(store, config).expect("valid");

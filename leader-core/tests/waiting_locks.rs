@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{LEASE, RENEW, config, faulty};
-use leader_core::testing::{Fault, Op};
 use leader_core::{
     Capabilities, FencingSource, LeaseKey, LeaseStore, LockOptions, Locks, MemoryStore,
 };
+use leader_testkit::wrap::{Fault, Faults, Op, Wrapped};
 use tokio::time::{Instant, sleep, timeout};
 
 fn locks(store: Arc<dyn LeaseStore>, instance: &str) -> Locks {
@@ -55,10 +55,10 @@ async fn a_waiter_is_woken_by_the_release() {
 #[tokio::test(start_paused = true)]
 async fn without_notifications_the_waiter_polls() {
     let memory = MemoryStore::new();
-    let store = Arc::new(
-        leader_core::testing::FaultyStore::new(Arc::new(memory.clone()))
-            .with_capabilities(Capabilities::new(FencingSource::Counter)),
-    );
+    let store = Arc::new(Wrapped::new(
+        Arc::new(memory.clone()),
+        Faults::new().with_capabilities(Capabilities::new(FencingSource::Counter)),
+    ));
     let retry = config("x", "x").retry_period.expect("set");
     let (a, b) = (locks(store.clone(), "a"), locks(store.clone(), "b"));
     let held = a.try_acquire("job").await.expect("ok").expect("free");

@@ -10,11 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::*;
-use leader_core::testing::{Fault, Op};
-use leader_core::{
-    Acquire, Capabilities, Elector, FencingToken, HolderId, Lease, LeaseEvents, LeaseInfo,
-    LeaseKey, LeaseStore, MemoryStore, OnReturn, Result,
-};
+use leader_core::{Elector, FencingToken, LeaseKey, LeaseStore, MemoryStore, OnReturn};
+use leader_testkit::wrap::{Call, Fault, Hooks, Op, Reply, Wrapped};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::time::Instant;
 
@@ -160,48 +157,28 @@ async fn stop_and_wait_returns_once_the_work_has_finished() {
 
 /// Releases flag the key as free; work that starts or still runs after a
 /// release of its own term ran beside whoever leads next.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct ReleaseWatch {
-    inner: MemoryStore,
     released: AtomicBool,
     running: AtomicU32,
     violations: AtomicU32,
 }
 
 #[async_trait]
-impl LeaseStore for ReleaseWatch {
-    fn kind(&self) -> &'static str {
-        "release-watch"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        self.inner.acquire(key, holder, ttl).await
-    }
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        self.inner.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.released.store(true, Ordering::SeqCst);
-        if self.running.load(Ordering::SeqCst) > 0 {
-            self.violations.fetch_add(1, Ordering::SeqCst);
+impl Hooks for ReleaseWatch {
+    async fn around(&self, call: Call<'_>, inner: &dyn LeaseStore) -> Reply {
+        if call.op() == Op::Release {
+            self.released.store(true, Ordering::SeqCst);
+            if self.running.load(Ordering::SeqCst) > 0 {
+                self.violations.fetch_add(1, Ordering::SeqCst);
+            }
         }
-        self.inner.release(lease).await
-    }
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.current(key).await
-    }
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.force_release(key).await
-    }
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.inner.watch(key).await
+        call.run(inner).await
     }
 }
 
 /// Decrements the running count when the work ends (also when aborted).
-struct Running(Arc<ReleaseWatch>);
+struct Running(Arc<Wrapped<ReleaseWatch>>);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -214,12 +191,10 @@ impl Drop for Running {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_work_runs_after_its_term_was_released() {
     for round in 0..300 {
-        let store = Arc::new(ReleaseWatch {
-            inner: MemoryStore::new(),
-            released: AtomicBool::new(false),
-            running: AtomicU32::new(0),
-            violations: AtomicU32::new(0),
-        });
+        let store = Arc::new(Wrapped::new(
+            Arc::new(MemoryStore::new()),
+            ReleaseWatch::default(),
+        ));
         let e =
             Elector::start(store.clone(), config(&format!("race-{round}"), "a")).expect("valid");
         let st = store.clone();
@@ -422,7 +397,6 @@ async fn work_that_returns_with_step_down_hands_over_and_competes_again() {
 /// the store's answer and the caller seeing it.
 #[derive(Debug)]
 struct LateFirstAnswer {
-    inner: MemoryStore,
     stall: Duration,
     acquires: AtomicU32,
     late_token: Mutex<Option<FencingToken>>,
@@ -430,38 +404,17 @@ struct LateFirstAnswer {
 }
 
 #[async_trait]
-impl LeaseStore for LateFirstAnswer {
-    fn kind(&self) -> &'static str {
-        "late-answer"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        let answer = self.inner.acquire(key, holder, ttl).await;
-        if self.acquires.fetch_add(1, Ordering::SeqCst) == 0 {
-            if let Ok(Acquire::Acquired(lease)) = &answer {
-                *self.late_token.lock().expect("lock") = Some(lease.token);
-            }
+impl Hooks for LateFirstAnswer {
+    async fn around(&self, call: Call<'_>, inner: &dyn LeaseStore) -> Reply {
+        if let Call::Release(lease) = call {
+            self.released.lock().expect("lock").push(lease.token);
+        }
+        let answer = call.run(inner).await;
+        if call.op() == Op::Acquire && self.acquires.fetch_add(1, Ordering::SeqCst) == 0 {
+            *self.late_token.lock().expect("lock") = answer.acquired_token();
             tokio::time::advance(self.stall).await;
         }
         answer
-    }
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        self.inner.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.released.lock().expect("lock").push(lease.token);
-        self.inner.release(lease).await
-    }
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.current(key).await
-    }
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.force_release(key).await
-    }
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.inner.watch(key).await
     }
 }
 
@@ -469,13 +422,15 @@ impl LeaseStore for LateFirstAnswer {
 async fn an_acquire_answered_after_its_validity_point_begins_no_term() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
-    let store = Arc::new(LateFirstAnswer {
-        inner: MemoryStore::new(),
-        stall: LEASE,
-        acquires: AtomicU32::new(0),
-        late_token: Mutex::new(None),
-        released: Mutex::new(Vec::new()),
-    });
+    let store = Arc::new(Wrapped::new(
+        Arc::new(MemoryStore::new()),
+        LateFirstAnswer {
+            stall: LEASE,
+            acquires: AtomicU32::new(0),
+            late_token: Mutex::new(None),
+            released: Mutex::new(Vec::new()),
+        },
+    ));
     let e = metrics::with_local_recorder(&recorder, || {
         Elector::start(store.clone(), config("late", "a")).expect("valid")
     });

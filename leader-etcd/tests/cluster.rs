@@ -9,8 +9,9 @@ use leader_core::{Acquire, ElectionConfig, HolderId, LeaseStore};
 use leader_etcd::EtcdStore;
 use leader_testkit::history::{CheckOptions, History, Op, Outcome};
 use leader_testkit::servers::EtcdCluster;
+use leader_testkit::wait::eventually;
 use support::history::start_recorded;
-use support::{PATIENCE, eventually, unique_key};
+use support::{PATIENCE, unique_key};
 use tokio::time::Instant;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -46,9 +47,11 @@ async fn store_operations_survive_losing_the_etcd_leader() {
         .expect("a new etcd leader");
     // The lease survives an etcd leader change; renewals go through a
     // surviving member (retried: the first may hit the dead one).
-    eventually("renew works through the new etcd leader", || async {
-        store.renew(&lease).await.is_ok()
-    })
+    eventually(
+        PATIENCE,
+        "renew works through the new etcd leader",
+        || async { store.renew(&lease).await.is_ok() },
+    )
     .await;
     assert!(store.release(&lease).await.expect("release"));
     // The shared watch stream saw the release if its member survived; if it
@@ -105,7 +108,7 @@ async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
 
     // Kill the etcd leader once the elected leader is in its steady renewal
     // rhythm (two successful renewals).
-    eventually("the leader renews twice", || async {
+    eventually(PATIENCE, "the leader renews twice", || async {
         history
             .events()
             .iter()
@@ -130,7 +133,7 @@ async fn killing_the_etcd_leader_while_an_elector_leads_recovers_safely() {
     tokio::time::sleep_until(killed + LEASE).await;
     let observer = store(&cluster);
     let key = electors[0].key().clone();
-    eventually("an elector leads and etcd agrees", || async {
+    eventually(PATIENCE, "an elector leads and etcd agrees", || async {
         let Some(leader) = electors.iter().find(|e| e.is_leader()) else {
             return false;
         };

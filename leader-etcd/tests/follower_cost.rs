@@ -7,13 +7,13 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::testing::{FaultyStore, Op};
 use leader_core::{
     Acquire, Capabilities, ElectionConfig, Elector, FencingSource, HolderId, LeaseStore,
 };
 use leader_etcd::EtcdStore;
 use leader_testkit::metrics::Metrics;
 use leader_testkit::servers::EtcdServer;
+use leader_testkit::wrap::{Faults, Op, Wrapped};
 use support::unique_key;
 
 fn holder(name: &str) -> HolderId {
@@ -120,10 +120,10 @@ async fn a_follower_does_not_spin_on_a_holder_etcd_reports_at_0_s_left() {
     assert!(zero.remaining >= Some(Duration::from_secs(1)), "{zero:?}");
 
     // No notifications: the follower waits only as the holder's TTL says.
-    let store = Arc::new(
-        FaultyStore::new(Arc::new(etcd))
-            .with_capabilities(Capabilities::new(FencingSource::Revision)),
-    );
+    let store = Arc::new(Wrapped::new(
+        Arc::new(etcd),
+        Faults::new().with_capabilities(Capabilities::new(FencingSource::Revision)),
+    ));
     let follower = Elector::start(store.clone(), config).expect("elector");
     let window = Duration::from_secs(3);
     tokio::time::sleep(window).await;
@@ -144,9 +144,10 @@ async fn a_follower_does_not_spin_on_a_holder_etcd_reports_at_0_s_left() {
 async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them() {
     let server = EtcdServer::start().await.expect("etcd");
     let outside = EtcdStore::from_url(server.url()).expect("holder store");
-    let shared = Arc::new(FaultyStore::new(Arc::new(
-        EtcdStore::from_url(server.url()).expect("followers' store"),
-    )));
+    let shared = Arc::new(Wrapped::new(
+        Arc::new(EtcdStore::from_url(server.url()).expect("followers' store")),
+        Faults::new(),
+    ));
     let mut config = ElectionConfig::new("herd");
     config.key_prefix = format!("leader-etcd-test:herd-{}:", std::process::id());
     let key = config.lease_key().expect("key");
@@ -173,13 +174,17 @@ async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them(
     let calls = shared.calls(Op::Acquire);
 
     assert!(outside.release(&held).await.expect("release"));
-    support::eventually("a follower leads and every follower tried", || async {
-        electors.iter().filter(|e| e.is_leader()).count() == 1
-            && shared.calls(Op::Acquire) - calls >= FOLLOWERS as u64
-            && electors
-                .iter()
-                .all(|e| e.is_leader() || e.subscribe().borrow().leader_id.is_some())
-    })
+    leader_testkit::wait::eventually(
+        support::PATIENCE,
+        "a follower leads and every follower tried",
+        || async {
+            electors.iter().filter(|e| e.is_leader()).count() == 1
+                && shared.calls(Op::Acquire) - calls >= FOLLOWERS as u64
+                && electors
+                    .iter()
+                    .all(|e| e.is_leader() || e.subscribe().borrow().leader_id.is_some())
+        },
+    )
     .await;
     // The winner's grant, and the revoke of the released lease.
     let what = format!("{FOLLOWERS} woken followers");

@@ -13,8 +13,9 @@ use leader_core::{
 use leader_etcd::EtcdStore;
 use leader_testkit::history::{CheckOptions, History, Op, Outcome};
 use leader_testkit::servers::EtcdCluster;
+use leader_testkit::wait::eventually;
 use support::history::start_recorded;
-use support::{PATIENCE, SLACK, eventually};
+use support::{PATIENCE, SLACK};
 use tokio::time::Instant;
 
 const LEASE: Duration = Duration::from_secs(3);
@@ -87,7 +88,7 @@ async fn losing_the_majority_steps_the_leader_down_in_time_and_one_leader_follow
     let holder = leader.instance_id().clone();
     let mut state = leader.subscribe();
     // Kill once the leader is in its steady renewal rhythm.
-    eventually("the leader renews twice", || async {
+    eventually(PATIENCE, "the leader renews twice", || async {
         history
             .events()
             .iter()
@@ -174,7 +175,7 @@ async fn losing_the_majority_steps_the_leader_down_in_time_and_one_leader_follow
     // every lease), then a follower acquires within a retry period and a
     // request timeout.
     let recovery_bound = LEASE + renew_deadline + RENEWAL * 2 + REQUEST_TIMEOUT + SLACK;
-    eventually("an elector leads and etcd agrees", || async {
+    eventually(PATIENCE, "an elector leads and etcd agrees", || async {
         let Some(leader) = electors.iter().find(|e| e.is_leader()) else {
             return false;
         };

@@ -8,7 +8,8 @@ use std::time::Duration;
 use leader_core::{Acquire, ErrorKind, HolderId, Lease, LeaseKey, LeaseStore};
 use leader_etcd::EtcdStore;
 use leader_testkit::servers::EtcdServer;
-use support::{eventually, raw_client, unique_key};
+use leader_testkit::wait::eventually;
+use support::{PATIENCE, raw_client, unique_key};
 
 const TTL: Duration = Duration::from_secs(5);
 
@@ -88,7 +89,7 @@ async fn same_holder_reacquire_is_a_new_term_and_revokes_the_old_lease() {
     );
 
     let mut raw = raw_client(&_server).await;
-    eventually("the old etcd lease is revoked", || {
+    eventually(PATIENCE, "the old etcd lease is revoked", || {
         let mut raw = raw.clone();
         let id = first.handle as i64;
         async move {
@@ -133,7 +134,7 @@ async fn the_lease_expires_on_the_server_when_not_renewed() {
     let lease = acquired(&store, &key, &a, Duration::from_millis(300)).await;
     let info = store.current(&key).await.expect("current").expect("held");
     assert!(info.remaining.expect("ttl") <= Duration::from_secs(1));
-    eventually("the key expires", || async {
+    eventually(PATIENCE, "the key expires", || async {
         store.current(&key).await.is_ok_and(|c| c.is_none())
     })
     .await;
@@ -257,9 +258,11 @@ async fn construction_works_while_etcd_is_down_and_errors_are_classified() {
     server.resume().expect("SIGCONT etcd");
     assert_eq!(err.kind(), ErrorKind::Indeterminate, "{err}");
     assert!(err.is_retryable());
-    eventually("renew works again after the server resumes", || async {
-        store.renew(&lease).await.is_ok()
-    })
+    eventually(
+        PATIENCE,
+        "renew works again after the server resumes",
+        || async { store.renew(&lease).await.is_ok() },
+    )
     .await;
 }
 
@@ -273,7 +276,7 @@ async fn a_store_built_before_etcd_starts_works_once_it_is_up() {
     let err = store.current(&key).await.expect_err("etcd is down");
     assert!(err.is_retryable(), "{err}");
     server.restart().await.expect("restart etcd");
-    eventually("the store reaches etcd once it is up", || async {
+    eventually(PATIENCE, "the store reaches etcd once it is up", || async {
         store.current(&key).await.is_ok()
     })
     .await;

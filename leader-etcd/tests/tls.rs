@@ -8,15 +8,16 @@ use std::time::Duration;
 
 use leader_core::{Acquire, HolderId, LeaseStore};
 use leader_etcd::{EtcdConfig, EtcdStore, TlsConfig};
+use leader_testkit::wait::eventually;
 use support::tls::{TestCa, TlsEtcd};
-use support::{eventually, unique_key};
+use support::{PATIENCE, unique_key};
 
 const TTL: Duration = Duration::from_secs(5);
 
 async fn assert_works(store: &EtcdStore) {
     let key = unique_key("tls");
     // The server may still be starting: wait until it answers.
-    eventually("etcd answers over TLS", || async {
+    eventually(PATIENCE, "etcd answers over TLS", || async {
         store.current(&key).await.is_ok()
     })
     .await;
@@ -106,11 +107,15 @@ async fn a_ca_in_the_system_store_is_trusted_without_a_ca_option() {
     );
     // Control: this process's system store does not hold the test CA.
     let store = EtcdStore::from_url(&url).expect("store");
-    eventually("etcd is up (its port accepts connections)", || async {
-        tokio::net::TcpStream::connect(("127.0.0.1", server.port))
-            .await
-            .is_ok()
-    })
+    eventually(
+        PATIENCE,
+        "etcd is up (its port accepts connections)",
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+                .await
+                .is_ok()
+        },
+    )
     .await;
     let err = store
         .current(&unique_key("system-roots-control"))

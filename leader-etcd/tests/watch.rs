@@ -7,7 +7,6 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::testing::{Fault, FaultyStore, Op};
 use leader_core::{
     Acquire, ElectionConfig, Elector, ErrorKind, HolderId, Lease, LeaseEvent, LeaseEvents,
     LeaseKey, LeaseStore,
@@ -16,6 +15,7 @@ use leader_etcd::EtcdStore;
 use leader_testkit::metrics::Metrics;
 use leader_testkit::proxy::{FaultProxy, Mode};
 use leader_testkit::servers::EtcdServer;
+use leader_testkit::wrap::{Fault, Faults, Op, Wrapped};
 use support::{PATIENCE, SLACK, unique_key};
 
 const TTL: Duration = Duration::from_secs(5);
@@ -112,7 +112,7 @@ async fn subscriptions_share_one_stream_and_each_sees_only_its_own_key() {
     // The last subscriber of a key gone, its etcd watcher is cancelled; the
     // stream stays for the others.
     drop(on_b);
-    support::eventually("b's watcher is cancelled", || async {
+    leader_testkit::wait::eventually(support::PATIENCE, "b's watcher is cancelled", || async {
         server_watches(&server).await == (1.0, 1.0)
     })
     .await;
@@ -230,7 +230,7 @@ async fn electors_on_one_store_are_woken_by_their_own_key_and_poll_while_the_str
         server.url_via(proxy.addr())
     ))
     .expect("store via proxy");
-    let faulty = Arc::new(FaultyStore::new(Arc::new(shared)));
+    let faulty = Arc::new(Wrapped::new(Arc::new(shared), Faults::new()));
     let direct = EtcdStore::from_url(server.url()).expect("direct store");
     let prefix = format!("leader-etcd-test:electors-{}:", std::process::id());
     let lease = Duration::from_secs(5);
@@ -247,9 +247,11 @@ async fn electors_on_one_store_are_woken_by_their_own_key_and_poll_while_the_str
     let h2 = acquired(&direct, &k2, &outside, Duration::from_secs(60)).await;
     let e1 = Elector::start(faulty.clone(), c1).expect("elector one");
     let e2 = Elector::start(faulty.clone(), c2).expect("elector two");
-    support::eventually("both electors subscribed on one stream", || async {
-        server_watches(&server).await == (1.0, 2.0)
-    })
+    leader_testkit::wait::eventually(
+        support::PATIENCE,
+        "both electors subscribed on one stream",
+        || async { server_watches(&server).await == (1.0, 2.0) },
+    )
     .await;
     // Notified followers poll only every four leases; a bound well below
     // that shows the wake-up came from the event.
@@ -266,9 +268,11 @@ async fn electors_on_one_store_are_woken_by_their_own_key_and_poll_while_the_str
     // Break the shared stream and keep it from being re-established.
     faulty.set(Op::Watch, Some(Fault::Fail(ErrorKind::Unavailable)));
     proxy.set_mode(Mode::Reset);
-    support::eventually("the broken stream is gone on the server", || async {
-        server_watches(&server).await.0 == 0.0
-    })
+    leader_testkit::wait::eventually(
+        support::PATIENCE,
+        "the broken stream is gone on the server",
+        || async { server_watches(&server).await.0 == 0.0 },
+    )
     .await;
     proxy.set_mode(Mode::PassThrough);
     assert!(direct.release(&h2).await.expect("release two"));

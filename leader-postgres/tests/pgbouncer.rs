@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use leader_core::{ErrorKind, HolderId, LeaseKey, LeaseStore};
 use leader_postgres::PostgresStore;
-use leader_testkit::servers::PostgresServer;
+use leader_testkit::servers::{PostgresServer, free_port};
 use sqlx::Connection;
 
 struct Bouncer(Child);
@@ -18,11 +18,6 @@ impl Drop for Bouncer {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    // Below the ephemeral range: see `leader_testkit::servers::free_port`.
-    leader_testkit::servers::free_port().expect("a free loopback port")
 }
 
 /// PgBouncer in transaction mode in front of `pg_port`, handing out server
@@ -99,7 +94,7 @@ async fn a_transaction_pooler_is_refused_and_leaves_no_lock() {
         .await
         .expect("a test-owned postgres");
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = free_port().expect("a free loopback port");
     let _bouncer = start_bouncer(dir.path(), pg.addr().port(), port);
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::*;
 use leader_core::{Elector, FencingToken, LeaseStore};
 use leader_testkit::history::{CheckOptions, FencedResource, History};
+use leader_testkit::wait::eventually;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;

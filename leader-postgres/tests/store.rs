@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use leader_core::{ErrorKind, FencingToken, LeaseEvent, LeaseStore};
 use leader_testkit::proxy::{FaultProxy, Mode};
+use leader_testkit::wait::eventually;
 use sqlx::Row;
 
 const TTL: Duration = Duration::from_secs(10);

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use leader_core::{ErrorKind, LeaseStore};
+use leader_testkit::wait::eventually;
 
 const TTL: Duration = Duration::from_secs(2);
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 use leader_core::{Acquire, ErrorKind, HolderId, Lease, LeaseEvent, LeaseKey, LeaseStore};
 use leader_redis::{RedisConfig, RedisStore};
 use leader_testkit::servers::{RedisCluster, TlsFiles};
+use leader_testkit::wait::eventually;
 use redis::cluster_routing::Slot;
 use support::election::{RecordedElection, failover_config};
-use support::{eventually, raw};
+use support::raw;
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);

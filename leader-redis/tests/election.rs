@@ -11,7 +11,7 @@ use std::time::Duration;
 use leader_core::{ElectionConfig, Elector, LeaseStore};
 use leader_redis::RedisStore;
 use leader_testkit::servers::RedisServer;
-use support::eventually;
+use leader_testkit::wait::eventually;
 use tokio::time::Instant;
 
 fn config(prefix: &str, id: &str, lease: Duration, retry: Duration) -> ElectionConfig {

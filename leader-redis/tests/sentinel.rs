@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use leader_core::{Acquire, ElectionConfig, ErrorKind, HolderId, LeaseKey, LeaseStore};
 use leader_redis::{RedisConfig, RedisStore};
-use leader_testkit::history::{CheckOptions, History, RecordingStore, Violation};
+use leader_testkit::history::{CheckOptions, History, Recording, Violation};
 use leader_testkit::servers::{RedisSentinelSet, RedisServer};
+use leader_testkit::wait::eventually;
+use leader_testkit::wrap::Wrapped;
 use redis::AsyncCommands;
 use support::election::{RecordedElection, failover_config};
-use support::{eventually, raw};
+use support::raw;
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -210,7 +212,8 @@ async fn acquire_then_fail_over_to_a_lagging_replica(wait: bool) -> LagOutcome {
     .await;
 
     let history = History::new();
-    let recorded = |store: RedisStore| RecordingStore::new(Arc::new(store), history.clone());
+    let recorded =
+        |store: RedisStore| Wrapped::new(Arc::new(store), Recording::new(history.clone()));
     let connection = format!("{},password={password}", set.connection_string());
     let config = || {
         RedisConfig::from_url(&connection)

@@ -11,8 +11,9 @@ use leader_core::{
 };
 use leader_redis::{RedisConfig, RedisStore};
 use leader_testkit::servers::RedisServer;
+use leader_testkit::wait::eventually;
 use redis::AsyncCommands;
-use support::{eventually, raw};
+use support::raw;
 use tokio::time::Instant;
 
 const TTL: Duration = Duration::from_secs(30);

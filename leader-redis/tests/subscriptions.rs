@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use leader_core::testing::{FaultyStore, Op};
 use leader_core::{
     Acquire, ElectionConfig, Elector, HolderId, LeaseEvent, LeaseEvents, LeaseKey, LeaseStore,
     NotificationSupport,
@@ -21,7 +20,9 @@ use leader_core::{
 use leader_redis::{ExpiryNotifications, KeyLayout, RedisConfig, RedisStore};
 use leader_testkit::proxy::{FaultProxy, Mode};
 use leader_testkit::servers::{RedisCluster, RedisServer};
-use support::{eventually, raw};
+use leader_testkit::wait::eventually;
+use leader_testkit::wrap::{Faults, Op, Wrapped};
+use support::raw;
 use tokio::time::Instant;
 
 /// Generous bound for anything that should happen at once on a loaded
@@ -265,7 +266,7 @@ async fn leading(elector: &Elector) {
 /// connection.
 async fn leaders_and_subscribed_followers(
     url: &str,
-    followers: [Arc<FaultyStore>; 2],
+    followers: [Arc<Wrapped<Faults>>; 2],
     lease: Duration,
     retry: Duration,
 ) -> ([Elector; 2], [Elector; 2]) {
@@ -301,8 +302,8 @@ async fn two_electors_on_one_client_share_its_subscription_and_each_wakes_for_it
     let redis = private_server().await;
     let (lease, retry) = (Duration::from_secs(30), Duration::from_secs(10));
     let shared = RedisStore::from_url(redis.url()).expect("store");
-    let f1_store = Arc::new(FaultyStore::new(Arc::new(shared.clone())));
-    let f2_store = Arc::new(FaultyStore::new(Arc::new(shared.clone())));
+    let f1_store = Arc::new(Wrapped::new(Arc::new(shared.clone()), Faults::new()));
+    let f2_store = Arc::new(Wrapped::new(Arc::new(shared.clone()), Faults::new()));
     let ([l1, l2], [f1, f2]) = leaders_and_subscribed_followers(
         redis.url(),
         [f1_store.clone(), f2_store.clone()],
@@ -347,7 +348,7 @@ async fn electors_poll_while_the_shared_subscription_is_down_and_resubscribe_tog
             .with_request_timeout(Duration::from_millis(500)),
     )
     .expect("store");
-    let counted = Arc::new(FaultyStore::new(Arc::new(shared.clone())));
+    let counted = Arc::new(Wrapped::new(Arc::new(shared.clone()), Faults::new()));
     let ([l1, l2], [f1, f2]) = leaders_and_subscribed_followers(
         redis.url(),
         [counted.clone(), counted.clone()],
@@ -526,9 +527,10 @@ async fn idle_follower_acquires(url: &str, lease: Duration, window: Duration) ->
     )
     .expect("leader");
     leading(&leader).await;
-    let counted = Arc::new(FaultyStore::new(Arc::new(
-        RedisStore::from_url(url).expect("store"),
-    )));
+    let counted = Arc::new(Wrapped::new(
+        Arc::new(RedisStore::from_url(url).expect("store")),
+        Faults::new(),
+    ));
     let follower = Elector::start(
         counted.clone(),
         election(&p, "idle", "follower", lease, retry),

@@ -7,5 +7,7 @@ pub mod proxy;
 pub mod servers;
 pub mod suite;
 pub mod system_roots;
+pub mod wait;
+pub mod wrap;
 
 pub use error::{Error, Result};

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use leader_core::{Acquire, FencingToken, HolderId, LeaseKey, LeaseStore, MemoryStore};
 use leader_testkit::history::{
-    CheckOptions, Event, FencedResource, History, Op, Outcome, RecordingStore, Violation,
+    CheckOptions, Event, FencedResource, History, Op, Outcome, Recording, Violation,
 };
+use leader_testkit::wrap::Wrapped;
 use tokio::time::Instant;
 
 fn ms(n: u64) -> Duration {
@@ -279,7 +280,10 @@ async fn fenced_resource_accepts_only_tokens_at_least_the_highest_seen() {
 #[tokio::test(start_paused = true)]
 async fn recording_store_records_acquire_renew_release_with_tokens() {
     let history = History::new();
-    let store = RecordingStore::new(Arc::new(MemoryStore::new()), history.clone());
+    let store = Wrapped::new(
+        Arc::new(MemoryStore::new()),
+        Recording::new(history.clone()),
+    );
     let key = LeaseKey::new("t:", "r").expect("key");
     let (a, b) = (
         HolderId::new("a").expect("a"),

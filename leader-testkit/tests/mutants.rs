@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leader_core::{
-    Acquire, Capabilities, Error, ErrorKind, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
-    LeaseStore, MAX_TTL, MemoryStore, Metadata, Result,
+    Acquire, Error, ErrorKind, HolderId, Lease, LeaseEvents, LeaseKey, LeaseStore, MAX_TTL,
+    MemoryStore, Metadata, Result,
 };
 use leader_testkit::suite::{
     CaseOutcome, Fixture, Link, LinkedClient, Profile, ResourceCounts, ServerControl, run_case,
 };
+use leader_testkit::wrap::{Call, Hooks, Reply, Wrapped};
 use tokio::sync::Notify;
 use tokio::time::sleep;
 
@@ -80,6 +81,8 @@ struct LinkState {
     delay_us: AtomicU64,
 }
 
+/// The broken client: a hook on a [`Wrapped`] memory store. `inner` is the
+/// same memory store, for the commands a bug sends outside the call.
 #[derive(Debug)]
 struct Mutant {
     inner: MemoryStore,
@@ -125,15 +128,40 @@ impl Drop for Poison {
 }
 
 #[async_trait]
-impl LeaseStore for Mutant {
-    fn kind(&self) -> &'static str {
+impl Hooks for Mutant {
+    fn kind(&self, _inner: &dyn LeaseStore) -> &'static str {
         "mutant"
     }
 
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
+    async fn around(&self, call: Call<'_>, inner: &dyn LeaseStore) -> Reply {
+        match call {
+            Call::Acquire {
+                key,
+                holder,
+                ttl,
+                metadata: None,
+            } => Reply::Acquire(self.acquire(key, holder, ttl).await),
+            Call::Acquire {
+                key,
+                holder,
+                ttl,
+                metadata: Some(metadata),
+            } => Reply::Acquire(self.acquire_with_metadata(key, holder, ttl, metadata).await),
+            Call::UpdateMetadata(lease, metadata) => {
+                Reply::UpdateMetadata(self.update_metadata(lease, metadata).await)
+            }
+            Call::Renew(lease) => Reply::Renew(self.renew(lease).await),
+            Call::Release(lease) => Reply::Release(self.release(lease).await),
+            Call::Watch(key) => Reply::Watch(self.watch(key).await),
+            _ => match self.wire().await {
+                Ok(()) => call.run(inner).await,
+                Err(e) => Reply::failed(call.op(), e),
+            },
+        }
     }
+}
 
+impl Mutant {
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
         if let Bug::QueuesWhileDown = self.bug
             && self.server.down.load(Ordering::SeqCst)
@@ -289,11 +317,6 @@ impl LeaseStore for Mutant {
         }
     }
 
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.wire().await?;
-        self.inner.current(key).await
-    }
-
     async fn acquire_with_metadata(
         &self,
         key: &LeaseKey,
@@ -326,11 +349,6 @@ impl LeaseStore for Mutant {
             },
             _ => self.inner.update_metadata(lease, metadata).await,
         }
-    }
-
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.wire().await?;
-        self.inner.force_release(key).await
     }
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
@@ -367,14 +385,15 @@ impl MutantFixture {
         }
     }
 
-    fn client(&self, link: Arc<LinkState>) -> Arc<Mutant> {
-        Arc::new(Mutant {
+    fn client(&self, link: Arc<LinkState>) -> Arc<Wrapped<Mutant>> {
+        let mutant = Mutant {
             inner: self.inner.clone(),
             bug: self.bug,
             server: self.server.clone(),
             link,
             poisoned: Arc::new(AtomicBool::new(false)),
-        })
+        };
+        Arc::new(Wrapped::new(Arc::new(self.inner.clone()), mutant))
     }
 }
 

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use leader_testkit::proxy::{FaultProxy, Mode};
+use leader_testkit::wait::eventually;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -46,17 +47,6 @@ async fn connected(proxy: &FaultProxy) -> TcpStream {
         .expect("connect to proxy")
 }
 
-async fn eventually<F: AsyncFnMut() -> bool>(mut cond: F) -> bool {
-    let deadline = Instant::now() + WITHIN;
-    while Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn pass_through_forwards_both_ways_and_propagates_close() {
     let proxy = FaultProxy::start(echo_server().await).await.expect("proxy");
@@ -68,7 +58,10 @@ async fn pass_through_forwards_both_ways_and_propagates_close() {
     );
     let big = vec![7u8; 1 << 20];
     assert_eq!(roundtrip(&mut conn, &big).await.expect("1 MiB echo"), big);
-    assert!(eventually(async || proxy.open_connections() == 1).await);
+    eventually(WITHIN, "one open connection", async || {
+        proxy.open_connections() == 1
+    })
+    .await;
     conn.shutdown().await.expect("shutdown");
     let mut rest = Vec::new();
     let eof = tokio::time::timeout(WITHIN, conn.read_to_end(&mut rest)).await;
@@ -76,7 +69,10 @@ async fn pass_through_forwards_both_ways_and_propagates_close() {
         matches!(eof, Ok(Ok(0))),
         "the server's FIN comes back: {eof:?}"
     );
-    assert!(eventually(async || proxy.open_connections() == 0).await);
+    eventually(WITHIN, "no open connection after the close", async || {
+        proxy.open_connections() == 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -208,21 +204,20 @@ async fn refuse_refuses_new_connections_and_keeps_open_ones() {
     let proxy = FaultProxy::start(echo_server().await).await.expect("proxy");
     let mut old = connected(&proxy).await;
     proxy.set_mode(Mode::Refuse);
-    assert!(
-        eventually(async || matches!(
+    eventually(WITHIN, "new connections to be refused", async || {
+        matches!(
             TcpStream::connect(proxy.addr()).await,
             Err(e) if e.kind() == ErrorKind::ConnectionRefused
-        ))
-        .await,
-        "new connections are refused"
-    );
+        )
+    })
+    .await;
     assert_eq!(roundtrip(&mut old, b"still").await.expect("echo"), b"still");
 
     proxy.set_mode(Mode::PassThrough);
-    assert!(
-        eventually(async || TcpStream::connect(proxy.addr()).await.is_ok()).await,
-        "the same address accepts again"
-    );
+    eventually(WITHIN, "the same address to accept again", async || {
+        TcpStream::connect(proxy.addr()).await.is_ok()
+    })
+    .await;
     let mut again = connected(&proxy).await;
     assert_eq!(roundtrip(&mut again, b"back").await.expect("echo"), b"back");
 }
@@ -257,7 +252,12 @@ async fn dropping_the_proxy_closes_everything() {
         .await
         .expect("no hang");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-    assert!(eventually(async || TcpStream::connect(addr).await.is_err()).await);
+    eventually(
+        WITHIN,
+        "the dropped proxy's address to refuse",
+        async || TcpStream::connect(addr).await.is_err(),
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -8,20 +8,9 @@ use std::time::{Duration, Instant};
 
 use leader_testkit::Error;
 use leader_testkit::servers::{EtcdServer, PostgresServer, RedisServer, Server};
+use leader_testkit::wait::eventually;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// Polls `cond` every 10 ms until it holds or `within` passes.
-async fn eventually(within: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if cond().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond().await
-}
 
 /// Whether `pid` still has a /proc entry (a zombie that nobody reaped has one).
 fn process_exists(pid: u32) -> bool {
@@ -106,11 +95,12 @@ async fn life_cycle(server: &Server) -> (u32, Vec<String>, PathBuf) {
         server.name()
     );
     server.resume().expect("resume");
-    assert!(
-        eventually(Duration::from_secs(10), async || server.answers().await).await,
-        "{} answers again after resume",
-        server.name()
-    );
+    eventually(
+        Duration::from_secs(10),
+        &format!("{} to answer again after resume", server.name()),
+        async || server.answers().await,
+    )
+    .await;
 
     let started = Instant::now();
     server.kill().await.expect("kill");

@@ -6,15 +6,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use leader::http::health_routes;
-use leader::{
-    Acquire, Capabilities, ElectionConfig, Elector, HolderId, Lease, LeaseEvents, LeaseInfo,
-    LeaseKey, LeaseStore, MemoryStore, Readiness, Result,
-};
+use leader::{ElectionConfig, Elector, LeaseStore, MemoryStore, Readiness};
+use leader_testkit::wait::eventually;
+use leader_testkit::wrap::{Fault, Faults, Op, Wrapped};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::Instant;
 
 const LEASE: Duration = Duration::from_secs(3);
 
@@ -61,43 +58,7 @@ async fn get(address: SocketAddr, path: &str) -> (u16, Value) {
 }
 
 async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LEASE * 5;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A store whose `acquire` panics: the elector task dies on its first call.
-#[derive(Debug, Default)]
-struct PanickingStore(MemoryStore);
-
-#[async_trait]
-impl LeaseStore for PanickingStore {
-    fn kind(&self) -> &'static str {
-        "panicking"
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
-    }
-    async fn acquire(&self, _: &LeaseKey, _: &HolderId, _: Duration) -> Result<Acquire> {
-        panic!("injected: a bug in the store");
-    }
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        self.0.renew(lease).await
-    }
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        self.0.release(lease).await
-    }
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.0.current(key).await
-    }
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.0.force_release(key).await
-    }
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.0.watch(key).await
-    }
+    eventually(LEASE * 5, what, || std::future::ready(cond())).await;
 }
 
 #[tokio::test]
@@ -133,7 +94,10 @@ async fn leader_and_follower_answer_health_live_and_ready() {
 
 #[tokio::test]
 async fn a_dead_elector_task_fails_health_and_liveness_but_not_readiness() {
-    let dead = start(Arc::new(PanickingStore::default()), "dead");
+    // `acquire` panics: the elector task dies on its first call.
+    let panicking = Wrapped::new(Arc::new(MemoryStore::new()), Faults::new());
+    panicking.set(Op::Acquire, Some(Fault::Panic));
+    let dead = start(Arc::new(panicking), "dead");
     let address = serve(dead.clone(), Readiness::Always).await;
     wait_until("the task died", || !dead.liveness().pass).await;
 

@@ -15,7 +15,8 @@ use leader_testkit::history::FencedResource;
 use leader_testkit::servers::RedisServer;
 use tokio::time::Instant;
 
-use common::{BIN, Run, eventually, leaderctl, run_sh, text};
+use common::{BIN, Run, leaderctl, run_sh, text};
+use leader_testkit::wait::eventually;
 
 /// The next line `watch` prints that satisfies `want`, within 20 s.
 async fn next_line(
@@ -153,7 +154,7 @@ async fn run_keeps_exactly_one_child_through_crash_and_store_outage() {
 
     let mut a = spawn_run(redis.url(), &resource, "run-a", &log);
     let mut b = spawn_run(redis.url(), &resource, "run-b", &log);
-    eventually("a child starts", Duration::from_secs(10), || {
+    eventually(Duration::from_secs(10), "a child starts", || async {
         !log_lines(&log).is_empty()
     })
     .await;
@@ -169,7 +170,7 @@ async fn run_keeps_exactly_one_child_through_crash_and_store_outage() {
     let _ = leader.wait();
     let crashed = Instant::now();
     let other = if first == "run-a" { "run-b" } else { "run-a" };
-    eventually("the other instance's child starts", lease * 5, || {
+    eventually(lease * 5, "the other instance's child starts", || async {
         log_lines(&log).iter().any(|(_, who)| who == other)
     })
     .await;
@@ -181,7 +182,7 @@ async fn run_keeps_exactly_one_child_through_crash_and_store_outage() {
     let before = log_lines(&log).len();
     redis.pause().expect("SIGSTOP redis");
     let paused = Instant::now();
-    eventually("the child is stopped", lease * 5, || {
+    eventually(lease * 5, "the child is stopped", || async {
         log_lines(&log)[before..]
             .iter()
             .any(|(_, who)| who == "stop")
@@ -196,7 +197,7 @@ async fn run_keeps_exactly_one_child_through_crash_and_store_outage() {
 
     // The store is back: a child runs again, with a higher token.
     let n = log_lines(&log).len();
-    eventually("a child runs again", lease * 5, || {
+    eventually(lease * 5, "a child runs again", || async {
         log_lines(&log)[n..].iter().any(|(_, who)| who == other)
     })
     .await;

@@ -85,7 +85,8 @@ async fn run_hold_at_least_keeps_the_seat_after_an_early_exit() {
         &["--hold-at-least", "4s"],
         &format!("touch {} && exit 3", marker.display()),
     );
-    common::eventually("the command ran", LEASE * 5, || marker.exists()).await;
+    leader_testkit::wait::eventually(LEASE * 5, "the command ran", || async { marker.exists() })
+        .await;
     let ran = Instant::now();
     // The command is done, the seat is still held: status says so.
     let common = ["--store", redis.url(), "--resource", resource.as_str()];

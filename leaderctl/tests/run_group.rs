@@ -16,9 +16,10 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 
 use common::{
-    KillOnDrop, LEASE, eventually, exit_status, is_running, leaderctl, numbers_in, run_sh, text,
+    KillOnDrop, LEASE, exit_status, is_running, leaderctl, numbers_in, run_sh, text,
     time_until_gone,
 };
+use leader_testkit::wait::eventually;
 
 /// A shell function that appends a counter to `out` every 50 ms for at most
 /// 60 s (bounded so that a failing test leaves nothing running for long).
@@ -56,9 +57,9 @@ async fn sigkill_of_leaderctl_kills_a_background_grandchild() {
     let mut cleanup = KillOnDrop::default();
 
     eventually(
-        "the background writer writes",
         Duration::from_secs(10),
-        || !numbers_in(&pids).is_empty() && !numbers_in(&out).is_empty(),
+        "the background writer writes",
+        || async { !numbers_in(&pids).is_empty() && !numbers_in(&out).is_empty() },
     )
     .await;
     let writer = numbers_in(&pids)[0];
@@ -103,9 +104,9 @@ async fn loss_sends_sigterm_then_sigkill_to_the_whole_group() {
     let mut run = run_sh(&url, &resource, "group-b", "300ms", &script);
     let mut cleanup = KillOnDrop::default();
     eventually(
-        "both background writers run",
         Duration::from_secs(10),
-        || numbers_in(&pids).len() >= 2,
+        "both background writers run",
+        || async { numbers_in(&pids).len() >= 2 },
     )
     .await;
     let first = numbers_in(&pids)[..2].to_vec();
@@ -165,7 +166,7 @@ async fn exit_code_after(signal: Signal, trap: &str, name: &str) -> Option<i32> 
     let resource = format!("exit-{name}-{}", std::process::id());
     let mut run = run_sh(redis.url(), &resource, name, "1s", &script);
     let mut cleanup = KillOnDrop::default();
-    eventually("the command starts", Duration::from_secs(10), || {
+    eventually(Duration::from_secs(10), "the command starts", || async {
         !numbers_in(&started).is_empty()
     })
     .await;
@@ -211,7 +212,7 @@ async fn what_the_command_leaves_running_is_stopped_before_leaderctl_exits() {
     let resource = format!("group-left-{}", std::process::id());
     let mut run = run_sh(redis.url(), &resource, "group-c", "300ms", &script);
     let mut cleanup = KillOnDrop::default();
-    eventually("the command starts", Duration::from_secs(10), || {
+    eventually(Duration::from_secs(10), "the command starts", || async {
         !numbers_in(&pids).is_empty()
     })
     .await;

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::testing::FaultyStore;
 use leader_core::{ElectionConfig, Elector, LeaseStore, MemoryStore};
+use leader_testkit::wait::poll;
+use leader_testkit::wrap::{Faults, Wrapped};
 use tokio::time::Instant;
 
 pub const LEASE: Duration = Duration::from_secs(3);
@@ -21,28 +22,31 @@ pub fn config(resource: &str, instance: &str) -> ElectionConfig {
 }
 
 /// A shared memory store behind a fault-injecting wrapper.
-pub fn faulty() -> (Arc<FaultyStore>, MemoryStore) {
+pub fn faulty() -> (Arc<Wrapped<Faults>>, MemoryStore) {
     let memory = MemoryStore::new();
-    (Arc::new(FaultyStore::new(Arc::new(memory.clone()))), memory)
+    (
+        Arc::new(Wrapped::new(Arc::new(memory.clone()), Faults::new())),
+        memory,
+    )
 }
 
 pub fn start(store: Arc<dyn LeaseStore>, resource: &str, instance: &str) -> Elector {
     Elector::start(store, config(resource, instance)).expect("valid config")
 }
 
-/// Waits (on tokio's clock) until `cond` holds, failing after `within`.
+/// Waits (on tokio's paused clock, checking every millisecond, so the
+/// instant returned is exact to 1 ms) until `cond` holds, failing after
+/// `within`.
 pub async fn wait_until(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Instant {
-    let deadline = Instant::now() + within;
-    loop {
-        if cond() {
-            return Instant::now();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let held = poll(within, Duration::from_millis(1), || {
+        std::future::ready(cond())
+    })
+    .await;
+    assert!(
+        held.is_some(),
+        "timed out after {within:?} waiting for {what}"
+    );
+    Instant::now()
 }
 
 /// Waits until exactly one of `electors` leads and returns its index.

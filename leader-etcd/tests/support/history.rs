@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use leader_core::{ElectionConfig, Elector, LeaseStore};
-use leader_testkit::history::{History, RecordingStore};
+use leader_testkit::history::{History, Recording};
+use leader_testkit::wrap::Wrapped;
 use tokio::task::JoinHandle;
 
 /// Starts one elector per config, each on its own store from `store` with
@@ -22,12 +23,12 @@ pub async fn start_recorded<S: LeaseStore + 'static>(
     let electors: Vec<Elector> = configs
         .into_iter()
         .map(|config| {
-            let recorded = RecordingStore::new(Arc::new(store()), history.clone());
+            let recorded = Wrapped::new(Arc::new(store()), Recording::new(history.clone()));
             Elector::start(Arc::new(recorded), config).expect("elector")
         })
         .collect();
     let sampler = Sampler::start(electors.clone());
-    super::eventually("one elector leads", || async {
+    leader_testkit::wait::eventually(super::PATIENCE, "one elector leads", || async {
         electors.iter().filter(|e| e.is_leader()).count() == 1
     })
     .await;

@@ -5,9 +5,8 @@
 pub mod history;
 pub mod tls;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use leader_core::LeaseKey;
 use leader_testkit::servers::Server;
@@ -28,19 +27,6 @@ pub fn unique_key(what: &str) -> LeaseKey {
         &format!("{what}-{}-{n}", std::process::id()),
     )
     .expect("valid key")
-}
-
-/// Polls `cond` every 20 ms until it holds, failing after [`PATIENCE`].
-pub async fn eventually<F, Fut>(what: &str, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A plain etcd-client connection to `server`, to look behind the store's back.

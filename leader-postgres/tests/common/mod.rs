@@ -1,7 +1,6 @@
 //! Shared helpers for the Postgres integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::future::Future;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -10,8 +9,9 @@ use leader_core::{
     Acquire, ElectionConfig, Elector, HolderId, Lease, LeaseInfo, LeaseKey, LeaseStore,
 };
 use leader_postgres::{PostgresConfig, PostgresStore};
-use leader_testkit::history::{History, Op, Outcome, RecordingStore};
+use leader_testkit::history::{History, Op, Outcome, Recording};
 use leader_testkit::servers::PostgresServer;
+use leader_testkit::wrap::Wrapped;
 use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 
@@ -98,25 +98,6 @@ pub async fn terminate_holder(url: &str, holder: &str) -> i64 {
     .expect("terminate the holder's session")
 }
 
-/// Polls `check` every 20 ms until it returns true or `limit` passes.
-pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// An election config with the suite's real-server timing: `lease`, and a
 /// quarter of it for renewal interval, retry period and request timeout.
 pub fn election_config(
@@ -150,10 +131,10 @@ impl Drop for Recorded {
 }
 
 pub fn recorded(store: Arc<dyn LeaseStore>, config: ElectionConfig, history: &History) -> Recorded {
-    let store = Arc::new(RecordingStore::new(store, history.clone()));
+    let store = Arc::new(Wrapped::new(store, Recording::new(history.clone())));
     let elector = Elector::start(store, config).expect("valid election config");
     // The holder id (the instance name plus the library's random part):
-    // what RecordingStore names this instance in the history.
+    // what `Recording` names this instance in the history.
     let id = elector.instance_id().to_string();
     let mut rx = elector.subscribe();
     let (who, history) = (id.clone(), history.clone());

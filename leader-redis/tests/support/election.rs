@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leader_core::{ElectionConfig, Elector, FencingToken, LeaseKey, LeaseStore};
-use leader_testkit::history::{CheckOptions, History, Op, Outcome, RecordingStore};
+use leader_testkit::history::{CheckOptions, History, Op, Outcome, Recording};
+use leader_testkit::wrap::Wrapped;
 use tokio::task::JoinHandle;
 
-use super::eventually;
+use leader_testkit::wait::eventually;
 
 /// The election of the failover tests: resource `svc` under `prefix`, a
 /// 3 s lease renewed every 500 ms, followers retrying every 250 ms.
@@ -46,7 +47,7 @@ impl RecordedElection {
         let mut started = Vec::new();
         let mut watchers = Vec::new();
         for (config, store) in electors {
-            let recorded = RecordingStore::new(store, history.clone());
+            let recorded = Wrapped::new(store, Recording::new(history.clone()));
             let elector = Elector::start(Arc::new(recorded), config).expect("elector");
             watchers.push(tokio::spawn(record_step_downs(
                 elector.clone(),

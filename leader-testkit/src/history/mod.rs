@@ -16,7 +16,7 @@
 //! The check prints one summary line and returns a `Result`;
 //! [`History::assert_ok`] panics with every violation listed.
 //!
-//! [`RecordingStore`] wraps any [`LeaseStore`](leader_core::LeaseStore) and
+//! [`Recording`] is a [`Wrapped`](crate::wrap::Wrapped) store's hook that
 //! records its acquire, renew and release calls with exact timing, so an
 //! election test only records what the store cannot see (step-downs, loss
 //! signals, fenced writes).
@@ -47,7 +47,7 @@ use tokio::time::Instant;
 
 pub use check::{CheckOptions, Summary, Term, Violation, Violations};
 pub use fenced::FencedResource;
-pub use recording::RecordingStore;
+pub use recording::Recording;
 
 /// What an instance did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

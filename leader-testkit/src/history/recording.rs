@@ -1,33 +1,30 @@
-//! [`RecordingStore`]: a store wrapper that records every lease operation.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! [`Recording`]: a store hook that records every lease operation.
 
 use async_trait::async_trait;
-use leader_core::{
-    Acquire, Capabilities, ErrorKind, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
-    LeaseStore, Result,
-};
+use leader_core::{ErrorKind, LeaseStore};
 
 use super::{History, Op, Outcome};
+use crate::wrap::{self, Call, Hooks, Reply};
 
-/// Wraps a store and records each `acquire`, `renew` and `release` in a
-/// [`History`], under the holder id as the process name, timed inside the
-/// call (so the recorded interval contains the store's real one).
+/// Records each `acquire`, `renew` and `release` of a
+/// [`Wrapped`](crate::wrap::Wrapped) store in a [`History`], under the
+/// holder id as the process name, timed inside the call (so the recorded
+/// interval contains the store's real one):
+/// `Wrapped::new(store, Recording::new(history))`.
 ///
 /// An error of kind `Indeterminate` (or a call dropped before it returned)
 /// is recorded as [`Outcome::Indeterminate`]; other errors as
-/// [`Outcome::Fail`]; `acquire` answering `Held` as `Fail`.
+/// [`Outcome::Fail`]; `acquire` answering `Held` and `release` answering
+/// `false` as `Fail`.
 #[derive(Debug, Clone)]
-pub struct RecordingStore {
-    inner: Arc<dyn LeaseStore>,
+pub struct Recording {
     history: History,
 }
 
-impl RecordingStore {
-    /// Records `inner`'s operations in `history`.
-    pub fn new(inner: Arc<dyn LeaseStore>, history: History) -> Self {
-        RecordingStore { inner, history }
+impl Recording {
+    /// Records into `history`.
+    pub fn new(history: History) -> Self {
+        Recording { history }
     }
 
     /// The history it records into.
@@ -36,69 +33,32 @@ impl RecordingStore {
     }
 }
 
-fn failed<T>(result: &Result<T>) -> Outcome {
-    match result {
-        Ok(_) => Outcome::Ok,
-        Err(e) if e.kind() == ErrorKind::Indeterminate => Outcome::Indeterminate,
-        Err(_) => Outcome::Fail,
+/// What a reply means for the history.
+fn outcome(reply: &Reply) -> Outcome {
+    match reply.error() {
+        _ if reply.granted() => Outcome::Ok,
+        Some(e) if e.kind() == ErrorKind::Indeterminate => Outcome::Indeterminate,
+        _ => Outcome::Fail,
     }
 }
 
 #[async_trait]
-impl LeaseStore for RecordingStore {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-
-    async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        let call = self.history.invoke(holder.as_str(), Op::Acquire);
-        let result = self.inner.acquire(key, holder, ttl).await;
-        match &result {
-            Ok(Acquire::Acquired(lease)) => call.complete(Outcome::Ok, Some(lease.token)),
-            Ok(Acquire::Held(_)) => call.complete(Outcome::Fail, None),
-            Err(_) => call.complete(failed(&result), None),
-        }
-        result
-    }
-
-    async fn renew(&self, lease: &Lease) -> Result<()> {
-        let call = self
-            .history
-            .invoke(lease.holder.as_str(), Op::Renew)
-            .with_token(lease.token);
-        let result = self.inner.renew(lease).await;
-        call.complete(failed(&result), Some(lease.token));
-        result
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<bool> {
-        let call = self
-            .history
-            .invoke(lease.holder.as_str(), Op::Release)
-            .with_token(lease.token);
-        let result = self.inner.release(lease).await;
-        let outcome = match &result {
-            Ok(true) => Outcome::Ok,
-            Ok(false) => Outcome::Fail,
-            Err(_) => failed(&result),
+impl Hooks for Recording {
+    async fn around(&self, call: Call<'_>, inner: &dyn LeaseStore) -> Reply {
+        let (op, holder) = match (call.op(), call.holder()) {
+            (wrap::Op::Acquire, Some(holder)) => (Op::Acquire, holder),
+            (wrap::Op::Renew, Some(holder)) => (Op::Renew, holder),
+            (wrap::Op::Release, Some(holder)) => (Op::Release, holder),
+            _ => return call.run(inner).await,
         };
-        call.complete(outcome, Some(lease.token));
-        result
-    }
-
-    async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.current(key).await
-    }
-
-    async fn force_release(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
-        self.inner.force_release(key).await
-    }
-
-    async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
-        self.inner.watch(key).await
+        let mut pending = self.history.invoke(holder.as_str(), op);
+        if let Some(token) = call.token() {
+            pending = pending.with_token(token);
+        }
+        // Dropped with the call, `pending` records it as indeterminate.
+        let reply = call.run(inner).await;
+        let token = call.token().or(reply.acquired_token());
+        pending.complete(outcome(&reply), token);
+        reply
     }
 }

@@ -11,10 +11,11 @@ use tokio::time::{Instant, sleep};
 
 use super::store::poll;
 use super::{CaseResult, Ctx, Failure, Link};
-use crate::history::{CheckOptions, FencedResource, History, Op, Outcome, RecordingStore};
+use crate::history::{CheckOptions, FencedResource, History, Op, Outcome, Recording};
+use crate::wrap::Wrapped;
 
 /// Several electors on one resource, each with its own client wrapped in a
-/// [`RecordingStore`], run-while-leader work writing to one
+/// [`Recording`] store, run-while-leader work writing to one
 /// [`FencedResource`], and a sampler of `is_leader()` across all of them.
 pub(crate) struct Cluster {
     pub(crate) electors: Vec<Elector>,
@@ -98,7 +99,7 @@ impl Cluster {
         let mut validity = ctx.profile().lease;
         for (i, client) in clients.into_iter().enumerate() {
             let name = format!("i{i}");
-            let store = Arc::new(RecordingStore::new(client, history.clone()));
+            let store = Arc::new(Wrapped::new(client, Recording::new(history.clone())));
             let config = ctx.election_config(resource_name, &name);
             validity = config.lease_duration.mul_f64(1.0 - config.clock_drift);
             let elector = Elector::start(store, config)?;

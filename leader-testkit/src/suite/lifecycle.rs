@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use leader_core::testing::{FaultyStore, Op as StoreOp};
 use leader_core::{Elector, LeaseStore};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
 use super::cluster::{Cluster, follower_reaction};
 use super::store::{poll, step};
-use super::{CaseResult, Ctx, Failure, StallingStore};
+use super::{CaseResult, Ctx, Failure};
 use crate::history::{Op, Outcome};
+use crate::wrap::{Op as StoreOp, Stall, Wrapped};
 
 /// What one elector, alone on its key, showed the outside: whether it ever
 /// published a state change (`subscribe()`), ever said `is_leader()`, ever
@@ -112,7 +112,7 @@ async fn freed(ctx: &Ctx, key: &leader_core::LeaseKey, within: Duration) -> bool
 pub async fn election_late_answer_starts_no_term(ctx: &Ctx) -> CaseResult {
     let p = ctx.profile();
     let stall = p.lease + p.interval();
-    let client: Arc<dyn LeaseStore> = Arc::new(StallingStore::new(ctx.client().await?, stall));
+    let client: Arc<dyn LeaseStore> = Arc::new(Wrapped::new(ctx.client().await?, Stall(stall)));
     let elector = Elector::start(client, ctx.election_config("late", "i0"))?;
     let watched = Watched::start(&elector);
     // Two late answers, and the wait after each.
@@ -202,7 +202,7 @@ pub async fn election_shutdown_during_renewal_releases(ctx: &Ctx) -> CaseResult 
 /// store (the calls are counted), and the key stays free.
 pub async fn election_renewals_stop_after_shutdown(ctx: &Ctx) -> CaseResult {
     let p = ctx.profile();
-    let counted = Arc::new(FaultyStore::new(ctx.client().await?));
+    let counted = Arc::new(Wrapped::new(ctx.client().await?, ()));
     let elector = Elector::start(counted.clone(), ctx.election_config("renewals", "i0"))?;
     let bound = follower_reaction(ctx) + p.interval() * 3 + p.slack;
     poll(bound, step(ctx), || async {

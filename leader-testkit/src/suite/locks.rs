@@ -3,12 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::testing::{FaultyStore, Op};
 use leader_core::{LeaseStore, LockGuard, Locks};
 use tokio::time::{Instant, sleep, timeout};
 
 use super::store::{poll, step};
-use super::{CaseResult, Ctx, Failure, StallingStore};
+use super::{CaseResult, Ctx, Failure};
+use crate::wrap::{Op, Stall, Wrapped};
 
 /// Locks for `instance` on `store`, with the profile's timing and `lease`.
 pub(crate) fn locks(
@@ -127,7 +127,7 @@ pub async fn lock_forced_release_fires_lost(ctx: &Ctx) -> CaseResult {
 /// and the lock stays free.
 pub async fn lock_renewals_stop_after_release(ctx: &Ctx) -> CaseResult {
     let p = ctx.profile();
-    let counted = Arc::new(FaultyStore::new(ctx.client().await?));
+    let counted = Arc::new(Wrapped::new(ctx.client().await?, ()));
     let a = locks(ctx, counted.clone(), "pod-a", p.lease)?;
     let guard = take(&a, "job", "pod-a").await?;
     let bound = p.interval() * 3 + p.slack;
@@ -163,7 +163,7 @@ pub async fn lock_late_answer_gives_no_guard(ctx: &Ctx) -> CaseResult {
     let p = ctx.profile();
     // Past the validity (lease less the clock drift) by a renewal interval.
     let stall = p.lease + p.interval();
-    let stalling = Arc::new(StallingStore::new(ctx.client().await?, stall));
+    let stalling = Arc::new(Wrapped::new(ctx.client().await?, Stall(stall)));
     let a = locks(ctx, stalling, "pod-a", p.lease)?;
     let got = a.try_acquire("job").await;
     if let Ok(Some(guard)) = &got {

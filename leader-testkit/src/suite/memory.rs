@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leader_core::testing::{Fault, FaultyStore};
 use leader_core::{ErrorKind, LeaseStore, MemoryStore};
 
 use super::{Fixture, Link, LinkedClient, Profile, ServerControl};
+use crate::wrap::{Fault, Faults, Wrapped};
 
 /// The in-memory store as a suite fixture. Every client shares one store
-/// (behind `leader_core::testing::FaultyStore`), and "stopping the server"
+/// (behind a [`Faults`] hook), and "stopping the server"
 /// makes every call fail with `Unavailable` until it is started again, so
 /// the store-down cases run too. The lease state survives a stop, as with
 /// a persistent server.
@@ -20,7 +20,7 @@ use super::{Fixture, Link, LinkedClient, Profile, ServerControl};
 #[derive(Debug)]
 pub struct MemoryFixture {
     inner: MemoryStore,
-    store: Arc<FaultyStore>,
+    store: Arc<Wrapped<Faults>>,
     profile: Profile,
 }
 
@@ -35,7 +35,7 @@ impl MemoryFixture {
     pub fn new() -> Self {
         let inner = MemoryStore::new();
         MemoryFixture {
-            store: Arc::new(FaultyStore::new(Arc::new(inner.clone()))),
+            store: Arc::new(Wrapped::new(Arc::new(inner.clone()), Faults::new())),
             inner,
             profile: Profile::paused_time(),
         }
@@ -71,15 +71,15 @@ impl Fixture for MemoryFixture {
     }
 
     async fn linked_client(&self) -> leader_core::Result<Option<LinkedClient>> {
-        let link = Arc::new(FaultyStore::new(Arc::new(self.inner.clone())));
+        let link = Arc::new(Wrapped::new(Arc::new(self.inner.clone()), Faults::new()));
         Ok(Some((link.clone(), Box::new(FaultyLink(link)))))
     }
 }
 
-/// A [`Link`] made of a per-client `FaultyStore`: cut makes every call
+/// A [`Link`] made of a per-client store with [`Faults`]: cut makes every call
 /// hang, slow delays every call.
 #[derive(Debug)]
-pub struct FaultyLink(pub Arc<FaultyStore>);
+pub struct FaultyLink(pub Arc<Wrapped<Faults>>);
 
 impl Link for FaultyLink {
     fn cut(&self, _server_notices_after: Duration) {

@@ -68,7 +68,6 @@ mod memory;
 mod observe;
 mod resign;
 mod runner;
-mod stall;
 mod store;
 mod waiting;
 
@@ -87,6 +86,5 @@ pub use runner::{
     CaseOutcome, CaseReport, Level, SuiteReport, Tally, assert_pinned_names_are_cases, case_names,
     check_case, pinning_violation, run_all, run_case,
 };
-pub use stall::StallingStore;
 pub use store::*;
 pub use waiting::*;

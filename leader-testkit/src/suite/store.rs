@@ -62,23 +62,7 @@ pub(crate) async fn holder_of(
         .ok_or_else(|| Failure::new(format!("current({key:?}) says free, but it is held")))
 }
 
-/// Polls `probe` every `step` until it yields `Some`, for at most `within`.
-pub(crate) async fn poll<T, F, Fut>(within: Duration, step: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = probe().await {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        sleep(step).await;
-    }
-}
+pub(crate) use crate::wait::poll;
 
 pub(crate) fn step(ctx: &Ctx) -> Duration {
     (ctx.profile().lease / 40).max(Duration::from_millis(5))

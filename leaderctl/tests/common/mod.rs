@@ -30,18 +30,6 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// Polls `cond` every 20 ms until it holds, failing after `within`.
-pub async fn eventually(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Timing of one `leaderctl run`: lease 2 s, renewal 500 ms, retry 250 ms.
 pub const LEASE: Duration = Duration::from_secs(2);
 
