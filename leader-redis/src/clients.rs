@@ -143,7 +143,7 @@ fn load_certs(config: &RedisConfig) -> Result<Option<TlsCertificates>> {
 pub(crate) fn build_target(
     config: &RedisConfig,
     connect_timeout: Duration,
-    response_timeout: Duration,
+    request_timeout: Duration,
 ) -> Result<(Target, String)> {
     config.validate()?;
     let certs = load_certs(config)?;
@@ -211,7 +211,7 @@ pub(crate) fn build_target(
                 .map_err(|e| invalid("cannot build the cluster client").with_source(e))?;
             let mut builder = ClusterClient::builder(infos)
                 .connection_timeout(connect_timeout)
-                .response_timeout(response_timeout);
+                .response_timeout(request_timeout);
             if let Some(certs) = &certs {
                 builder = builder.certs(certs.clone());
             }

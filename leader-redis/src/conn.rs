@@ -119,10 +119,10 @@ impl Connector {
     pub(crate) fn new(
         config: &RedisConfig,
         connect_timeout: Duration,
-        response_timeout: Duration,
+        request_timeout: Duration,
         sentinel_check: Duration,
     ) -> Result<Self> {
-        let (target, description) = build_target(config, connect_timeout, response_timeout)?;
+        let (target, description) = build_target(config, connect_timeout, request_timeout)?;
         Ok(Connector {
             target,
             description,

@@ -41,7 +41,7 @@ impl Live {
 /// The store's shared subscription.
 pub(crate) struct Subscriptions {
     connector: Arc<Connector>,
-    response_timeout: Duration,
+    request_timeout: Duration,
     heartbeat: Duration,
     expiry: ExpiryNotifications,
     /// The database whose keyevent channel carries the expiries.
@@ -69,14 +69,14 @@ impl Subscriptions {
     /// Subscriptions through `connector`; nothing connects yet.
     pub(crate) fn new(
         connector: Arc<Connector>,
-        response_timeout: Duration,
+        request_timeout: Duration,
         heartbeat: Duration,
         expiry: ExpiryNotifications,
         db: i64,
     ) -> Self {
         Subscriptions {
             connector,
-            response_timeout,
+            request_timeout,
             heartbeat,
             expiry,
             db,
@@ -113,7 +113,7 @@ impl Subscriptions {
         live.requests.send(request).await.map_err(|_| ended())?;
         // The session may be busy with its heartbeat (an unsubscribe and a
         // ping, each bounded by the response timeout) before it subscribes.
-        let limit = self.response_timeout * 3;
+        let limit = self.request_timeout * 3;
         match tokio::time::timeout(limit, answer).await {
             Ok(Ok(subscribed)) => subscribed,
             Ok(Err(_)) => Err(ended()),
@@ -169,7 +169,7 @@ impl Subscriptions {
         let (mut sink, stream) = pubsub.split();
         let expired_channel = if self.expiries_enabled().await {
             let channel = format!("__keyevent@{}__:expired", self.db);
-            bounded(self.response_timeout, "SUBSCRIBE", sink.subscribe(&channel)).await?;
+            bounded(self.request_timeout, "SUBSCRIBE", sink.subscribe(&channel)).await?;
             Some(channel)
         } else {
             None
@@ -177,7 +177,7 @@ impl Subscriptions {
         let (requests, queue) = mpsc::channel(QUEUED_REQUESTS);
         let expiries = expired_channel.is_some();
         let settings = SessionSettings {
-            response_timeout: self.response_timeout,
+            request_timeout: self.request_timeout,
             heartbeat: self.heartbeat,
             expired_channel,
         };
@@ -231,7 +231,7 @@ impl Subscriptions {
     /// `CONFIG GET notify-keyspace-events` on the command connection.
     async fn read_keyspace_events(&self) -> Result<HashMap<String, String>> {
         self.connector
-            .run("watch", self.response_timeout, |mut conn| async move {
+            .run("watch", self.request_timeout, |mut conn| async move {
                 redis::cmd("CONFIG")
                     .arg("GET")
                     .arg("notify-keyspace-events")

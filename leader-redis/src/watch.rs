@@ -120,7 +120,7 @@ impl Routes {
 #[derive(Debug, Clone)]
 pub(crate) struct SessionSettings {
     /// Bound on every command's reply (subscribe, unsubscribe, ping).
-    pub(crate) response_timeout: Duration,
+    pub(crate) request_timeout: Duration,
     /// Interval of the sweep and liveness ping.
     pub(crate) heartbeat: Duration,
     /// The keyevent channel of expired keys, when expiries are pushed.
@@ -218,7 +218,7 @@ impl Session {
             answers.push((request.reply, events));
         }
         if !new_channels.is_empty() {
-            let limit = self.settings.response_timeout;
+            let limit = self.settings.request_timeout;
             if let Err(e) = bounded(limit, "SUBSCRIBE", self.sink.subscribe(&new_channels)).await {
                 for (reply, _) in answers {
                     let _ = reply.send(Err(Error::new(e.kind(), e.message())
@@ -250,7 +250,7 @@ impl Session {
 
     /// Unsubscribes what nobody watches any more, then pings.
     async fn heartbeat(&mut self) -> std::result::Result<(), &'static str> {
-        let limit = self.settings.response_timeout;
+        let limit = self.settings.request_timeout;
         let unwatched = self.routes.sweep();
         if !unwatched.is_empty() {
             bounded(limit, "UNSUBSCRIBE", self.sink.unsubscribe(&unwatched))
