@@ -3,29 +3,13 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use leader::{ElectionConfig, Elector};
 use leader_testkit::servers::RedisServer;
 use tokio::time::Instant;
 
-use common::{LEASE, Run, exit_status, leaderctl, text};
-
-/// `leaderctl run` with `extra` flags before `--`, running `sh -c script`.
-fn run_with(url: &str, resource: &str, extra: &[&str], script: &str) -> Run {
-    let child = Command::new(common::BIN)
-        .args(["run", "--store", url, "--resource", resource])
-        .args(["--lease", "2s", "--renew", "500ms", "--retry", "250ms"])
-        .args(extra)
-        .args(["--", "sh", "-c", script])
-        .env_remove("LEADER_STORE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("leaderctl run starts");
-    Run(child)
-}
+use common::{LEASE, exit_status, leaderctl, run_with, text};
 
 /// An elector holding `resource` on `url` (the lease 3 s).
 async fn holder(url: &str, resource: &str) -> Elector {

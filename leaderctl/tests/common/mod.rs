@@ -59,28 +59,22 @@ impl Drop for Run {
 
 /// Starts `leaderctl run --grace GRACE -- sh -c SCRIPT` as `instance`.
 pub fn run_sh(url: &str, resource: &str, instance: &str, grace: &str, script: &str) -> Run {
+    run_with(
+        url,
+        resource,
+        &["--grace", grace, "--instance-id", instance],
+        script,
+    )
+}
+
+/// `leaderctl run` with the tests' short timing and `extra` flags before
+/// `--`, running `sh -c script`.
+pub fn run_with(url: &str, resource: &str, extra: &[&str], script: &str) -> Run {
     let child = Command::new(BIN)
-        .args([
-            "run",
-            "--store",
-            url,
-            "--resource",
-            resource,
-            "--lease",
-            "2s",
-            "--renew",
-            "500ms",
-            "--retry",
-            "250ms",
-            "--grace",
-            grace,
-            "--instance-id",
-            instance,
-            "--",
-            "sh",
-            "-c",
-            script,
-        ])
+        .args(["run", "--store", url, "--resource", resource])
+        .args(["--lease", "2s", "--renew", "500ms", "--retry", "250ms"])
+        .args(extra)
+        .args(["--", "sh", "-c", script])
         .env_remove("LEADER_STORE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
