@@ -63,14 +63,12 @@ async fn store_operations_survive_losing_the_etcd_leader() {
     match event {
         Some(leader_core::LeaseEvent::Vacated) => {}
         None => {
-            let start = tokio::time::Instant::now();
-            let mut again = loop {
-                match store.watch(&key).await {
-                    Ok(events) => break events,
-                    Err(e) => assert!(start.elapsed() < PATIENCE, "{e}"),
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            };
+            let mut again = eventually(
+                PATIENCE,
+                "a new subscription through a surviving member",
+                || async { store.watch(&key).await.ok() },
+            )
+            .await;
             let Acquire::Acquired(next) = store.acquire(&key, &me, LEASE).await.expect("acquire")
             else {
                 panic!("the released key is free");

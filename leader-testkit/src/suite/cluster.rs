@@ -344,6 +344,18 @@ async fn sample_leaders(electors: Vec<Elector>, max: Arc<AtomicUsize>) {
     }
 }
 
+/// How long a follower or waiter may take to notice a release: about one
+/// request on stores that push releases, a follower's polling reaction
+/// otherwise (each with the profile's slack).
+pub(crate) fn release_reaction(ctx: &Ctx) -> Duration {
+    let p = ctx.profile();
+    if ctx.capabilities().notifies() {
+        p.interval() + p.slack
+    } else {
+        follower_reaction(ctx) + p.slack
+    }
+}
+
 /// How long a follower may take to notice a free seat: the retry period
 /// with its 20 % jitter, plus one request.
 pub(crate) fn follower_reaction(ctx: &Ctx) -> Duration {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use leader_core::HealthStatus;
 use tokio::time::{Instant, sleep, sleep_until};
 
-use super::cluster::{Cluster, follower_reaction};
+use super::cluster::{Cluster, follower_reaction, release_reaction};
 use super::store::poll;
 use super::{CaseResult, Ctx, Failure};
 use crate::history::{Op, Outcome};
@@ -137,11 +137,7 @@ pub async fn election_graceful_handover(ctx: &Ctx) -> CaseResult {
         )));
     }
     // Notifying stores wake followers at once; others within a retry period.
-    let bound = if ctx.capabilities().notifies() {
-        p.interval() + p.slack
-    } else {
-        follower_reaction(ctx) + p.slack
-    };
+    let bound = release_reaction(ctx);
     let (new, took) = cluster.wait_for_leader(bound, Some(old)).await?;
     let total = released + took;
     println!(

@@ -10,7 +10,7 @@ use leader_core::{Elector, LeaseStore};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
 
-use super::cluster::{Cluster, follower_reaction};
+use super::cluster::{Cluster, follower_reaction, release_reaction};
 use super::store::{poll, step};
 use super::{CaseResult, Ctx, Failure};
 use crate::history::{Op, Outcome};
@@ -170,11 +170,7 @@ pub async fn election_shutdown_during_renewal_releases(ctx: &Ctx) -> CaseResult 
             info.holder, info.token
         )));
     }
-    let bound = if ctx.capabilities().notifies() {
-        p.interval() + p.slack
-    } else {
-        follower_reaction(ctx) + p.slack
-    };
+    let bound = release_reaction(ctx);
     let (new, took) = cluster.wait_for_leader(bound, Some(old)).await?;
     let total = released + took;
     println!("  shutdown during a renewal took {released:?}; new leader {took:?} later");

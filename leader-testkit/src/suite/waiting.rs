@@ -7,21 +7,10 @@ use std::time::Duration;
 use leader_core::LockOptions;
 use tokio::time::{Instant, sleep, timeout};
 
-use super::cluster::follower_reaction;
+use super::cluster::release_reaction;
 use super::locks::locks;
 use super::store::{poll, step};
 use super::{CaseResult, Ctx, Failure};
-
-/// How long a waiter may take to notice a release: about one request on
-/// stores that push releases, a follower's polling reaction otherwise.
-fn waiter_reaction(ctx: &Ctx) -> Duration {
-    let p = ctx.profile();
-    if ctx.capabilities().notifies() {
-        p.interval() + p.slack
-    } else {
-        follower_reaction(ctx) + p.slack
-    }
-}
 
 /// A waiter blocks while the lock is held and takes it soon after the
 /// release (not at expiry), with a higher token.
@@ -43,7 +32,7 @@ pub async fn lock_waiter_takes_the_released_lock(ctx: &Ctx) -> CaseResult {
     );
     let released = Instant::now();
     ensure!(held.release().await?, "the holder's release returned false");
-    let bound = waiter_reaction(ctx);
+    let bound = release_reaction(ctx);
     let got = timeout(bound, waiter)
         .await
         .map_err(|_| {
@@ -143,7 +132,7 @@ pub async fn lock_hold_at_least_outlives_an_early_release(ctx: &Ctx) -> CaseResu
         }
         sleep(p.interval() / 2).await;
     }
-    let bound = at_least + waiter_reaction(ctx);
+    let bound = at_least + release_reaction(ctx);
     let got = b.acquire("job", bound).await?.ok_or_else(|| {
         Failure::new(format!(
             "the lock was not free {bound:?} after it was taken"
@@ -171,7 +160,7 @@ pub async fn lock_hold_at_most_gives_up_a_stuck_holder(ctx: &Ctx) -> CaseResult 
         .acquire_with("job", &LockOptions::new().hold_at_most(at_most))
         .await?
         .ok_or_else(|| Failure::new("pod-a could not take the free lock"))?;
-    let bound = at_most + p.lease + waiter_reaction(ctx);
+    let bound = at_most + p.lease + release_reaction(ctx);
     let got = b
         .acquire("job", bound)
         .await?
