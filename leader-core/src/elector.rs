@@ -788,6 +788,17 @@ impl Campaign {
             end = keeper::keep(&*self.store, &lease, sent, &tracker, &self.stop) => end,
             // The work asked to end the term: like a release.
             _ = term.step_down.cancelled() => KeepEnd::Stopped,
+            // Someone asked through the store (`leaderctl resign`): as if
+            // `Elector::resign(None)` had been called here.
+            _ = resign_requested(&mut self.events, lease.token) => {
+                tracing::info!(
+                    key = %tracker.key,
+                    token = lease.token.get(),
+                    "resign requested through the store; ending the term"
+                );
+                tracker.resign(None);
+                KeepEnd::Stopped
+            }
         };
         let reason = match end {
             KeepEnd::Stopped => None,
@@ -852,6 +863,8 @@ impl Campaign {
                         self.observe_new_leader(holder, token).await;
                     }
                 }
+                // Addressed to the holder, not to followers.
+                Some(LeaseEvent::ResignRequested { .. }) => {}
                 None => {
                     // Subscription down: poll until it is back.
                     self.events = None;
@@ -965,6 +978,20 @@ fn step_down_pause(tracker: &LeaseTracker, panics_in_a_row: &mut u32) -> Duratio
         _ => {
             *panics_in_a_row = 0;
             tracker.timing.retry_period
+        }
+    }
+}
+
+/// Completes when the subscription delivers a resign request for the term
+/// with `token`; other events are of no use to a leader and are dropped.
+/// Pending forever without a subscription, or once it breaks (the loop
+/// subscribes again after the term).
+async fn resign_requested(events: &mut Option<LeaseEvents>, token: FencingToken) {
+    loop {
+        match next_event(events).await {
+            Some(LeaseEvent::ResignRequested { token: asked }) if asked == token => return,
+            Some(_) => {}
+            None => *events = None,
         }
     }
 }

@@ -182,6 +182,7 @@ impl LeaseStore for MemoryStore {
         Capabilities::new(FencingSource::Counter)
             .with_notifications(NotificationSupport::ReleaseAndExpiry)
             .with_metadata()
+            .with_resign_requests()
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
@@ -274,5 +275,18 @@ impl LeaseStore for MemoryStore {
             .watchers
             .push(tx);
         Ok(events)
+    }
+
+    async fn request_resign(&self, key: &LeaseKey, token: FencingToken) -> Result<bool> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(slot) = inner.slots.get_mut(key) else {
+            return Ok(false);
+        };
+        if slot.live(now).is_none_or(|h| h.token != token) {
+            return Ok(false);
+        }
+        slot.notify(LeaseEvent::ResignRequested { token });
+        Ok(true)
     }
 }

@@ -83,6 +83,10 @@ pub struct Capabilities {
     /// [`LeaseStore::update_metadata`] work, and [`LeaseInfo::metadata`] is
     /// filled in.
     pub metadata: bool,
+    /// The store carries resign requests to a running holder:
+    /// [`LeaseStore::request_resign`] works and the holder's
+    /// [`LeaseStore::watch`] delivers [`LeaseEvent::ResignRequested`].
+    pub resign_requests: bool,
 }
 
 impl Capabilities {
@@ -96,7 +100,14 @@ impl Capabilities {
             session_bound: false,
             ttl_granularity: Duration::from_millis(1),
             metadata: false,
+            resign_requests: false,
         }
+    }
+
+    /// Declares [`Capabilities::resign_requests`].
+    pub fn with_resign_requests(mut self) -> Self {
+        self.resign_requests = true;
+        self
     }
 
     /// Declares [`Capabilities::metadata`].
@@ -242,6 +253,13 @@ pub enum LeaseEvent {
         /// Its fencing token.
         token: FencingToken,
     },
+    /// Someone asked the holder of the term with `token` to resign
+    /// ([`LeaseStore::request_resign`]); a holder with another token ignores
+    /// it.
+    ResignRequested {
+        /// The token of the term asked to end.
+        token: FencingToken,
+    },
 }
 
 /// A subscription to one key's [`LeaseEvent`]s.
@@ -348,6 +366,14 @@ impl LeaseEvents {
 ///    starts a term without metadata. The default methods return
 ///    [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported), so stores
 ///    adopt metadata one by one; a wrapper store must forward both.
+/// 10. **Resign requests are optional, and best effort.** A store that
+///    declares [`Capabilities::resign_requests`] implements
+///    [`LeaseStore::request_resign`]: if the key's current term has the
+///    given token, it pushes [`LeaseEvent::ResignRequested`] to the key's
+///    watchers (the holder's elector is one) in the same atomic step as that
+///    check, and answers `true`. Like every event the request is lost when
+///    the holder is not subscribed at that moment; the caller learns the
+///    outcome by watching the seat, not from the answer.
 #[async_trait]
 pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
     /// A short name of the store kind: `"redis"`, `"etcd"`, `"postgres"`, `"memory"`.
@@ -443,6 +469,28 @@ pub trait LeaseStore: fmt::Debug + Send + Sync + 'static {
             "update_metadata",
             &lease.key,
         ))
+    }
+
+    /// Asks the holder of `key`'s term `token` to resign (etcd's `Resign`
+    /// sent from outside, `leaderctl resign`), as rule 10 says. Returns
+    /// whether the current term had that token, so the request went out;
+    /// `false` changes nothing. The holder's elector ends the term as
+    /// `Elector::resign` would and competes again after its hold-off.
+    ///
+    /// # Errors
+    ///
+    /// Unavailable or indeterminate;
+    /// [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported) (the
+    /// default) on stores without [`Capabilities::resign_requests`].
+    async fn request_resign(&self, key: &LeaseKey, token: FencingToken) -> Result<bool> {
+        let _ = token;
+        Err(Error::unsupported(format!(
+            "the {} store cannot carry a resign request to a running holder",
+            self.kind()
+        ))
+        .with_store(self.kind())
+        .with_operation("request_resign")
+        .with_key(key.as_str()))
     }
 }
 

@@ -61,6 +61,9 @@ enum Bug {
     MetadataNotForwarded,
     /// `update_metadata` checks the holder but not the token.
     MetadataUpdateIgnoresToken,
+    /// Declares resign requests and answers `true` for the current term,
+    /// but the request never reaches the holder.
+    ResignRequestLost,
     /// No bug: the wrapper passes every call through (the baseline).
     None,
 }
@@ -153,6 +156,16 @@ impl Hooks for Mutant {
             Call::Renew(lease) => Reply::Renew(self.renew(lease).await),
             Call::Release(lease) => Reply::Release(self.release(lease).await),
             Call::Watch(key) => Reply::Watch(self.watch(key).await),
+            Call::RequestResign(key, token) if matches!(self.bug, Bug::ResignRequestLost) => {
+                Reply::RequestResign(match self.wire().await {
+                    Ok(()) => self
+                        .inner
+                        .current(key)
+                        .await
+                        .map(|held| held.is_some_and(|h| h.token == token)),
+                    Err(e) => Err(e),
+                })
+            }
             _ => match self.wire().await {
                 Ok(()) => call.run(inner).await,
                 Err(e) => Reply::failed(call.op(), e),
@@ -676,6 +689,15 @@ async fn a_store_whose_metadata_update_ignores_the_token_is_caught() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_store_that_loses_resign_requests_is_caught() {
+    assert_caught(
+        Bug::ResignRequestLost,
+        &["election_resign_request_hands_over"],
+    )
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn the_unbroken_wrapper_passes_the_same_cases() {
     // Guards the mutants themselves: without the bug, each case passes.
     let mut cases = vec![
@@ -700,6 +722,7 @@ async fn the_unbroken_wrapper_passes_the_same_cases() {
         "election_started_while_down_stopped_leaves_nothing",
         "election_started_while_down_leads_once_up",
         "election_resign_hands_over",
+        "election_resign_request_hands_over",
         "metadata_is_stored_with_the_term",
         "observer_follows_the_seat",
         "lock_waiter_takes_the_released_lock",

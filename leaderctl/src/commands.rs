@@ -174,34 +174,87 @@ pub(crate) async fn watch(
     }
 }
 
-/// `resign`: no store can carry a request to a running holder today (the
-/// `LeaseStore` trait has no channel to the holder, and inventing one per
-/// store is not this tool's business), so this says so and exits 3 after
-/// showing who holds the seat. The holder resigns through its own API
-/// (`Elector::resign`); `release --force` is the emergency tool.
-pub(crate) async fn resign(target: &Target) -> Result<ExitCode> {
+/// `resign`: asks the running holder to end its term and stay a candidate
+/// ([`LeaseStore::request_resign`]), then watches the seat until that term
+/// is over. Exit 0 when it ended within `wait`, 1 when nobody leads (nothing
+/// sent), [`RESIGN_NOT_SEEN`] when the request went out but the term did
+/// not end in time (the holder was not subscribed, or is not a leader-core
+/// elector), [`RESIGN_UNSUPPORTED`] when the store cannot carry the request.
+pub(crate) async fn resign(target: &Target, wait: Duration) -> Result<ExitCode> {
     let (store, key) = open(target)?;
     let kind = store.kind();
     let info = bounded("resign", store.current(&key)).await?;
-    eprintln!(
-        "leaderctl: the {kind} store cannot carry a resign request to a running holder \
-         (no store can yet); nothing was changed"
-    );
-    match info {
-        Some(i) => eprintln!(
+    let Some(info) = info else {
+        eprintln!(
+            "leaderctl: {:?} has no leader now; nothing was asked",
+            key.as_str()
+        );
+        return Ok(ExitCode::from(1));
+    };
+    if !store.capabilities().resign_requests {
+        eprintln!(
+            "leaderctl: the {kind} store cannot carry a resign request to a running holder; \
+             nothing was changed"
+        );
+        eprintln!(
             "leaderctl: {:?} is held by {} (token {}): ask that process to resign through its \
              own API (Elector::resign), or use `release --force` in an emergency",
             key.as_str(),
-            i.holder,
-            i.token
-        ),
-        None => eprintln!("leaderctl: {:?} has no leader now", key.as_str()),
+            info.holder,
+            info.token
+        );
+        return Ok(ExitCode::from(RESIGN_UNSUPPORTED));
     }
-    Ok(ExitCode::from(RESIGN_UNSUPPORTED))
+    let observer = bounded(
+        "resign",
+        Observer::start(store.clone(), &observer_config(target, REQUEST_TIMEOUT)),
+    )
+    .await?;
+    let mut seat = observer.subscribe();
+    if !bounded("resign", store.request_resign(&key, info.token)).await? {
+        println!(
+            "the term of {} (token {}) had already ended",
+            info.holder, info.token
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "leaderctl: asked {} (token {}) to resign; waiting up to {wait:?}",
+        info.holder, info.token
+    );
+    let ended = timeout(
+        wait,
+        seat.wait_for(|now| now.as_ref().is_none_or(|l| l.token != info.token)),
+    )
+    .await;
+    match ended {
+        Ok(Ok(now)) => {
+            println!(
+                "{} (token {}) resigned; now: {}",
+                info.holder,
+                info.token,
+                describe(now.as_ref())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(_)) => Err(Error::unavailable("the observer stopped")),
+        Err(_) => {
+            eprintln!(
+                "leaderctl: {} (token {}) still leads after {wait:?}: it may not be subscribed \
+                 to the store's notifications now; `release --force` is the emergency tool",
+                info.holder, info.token
+            );
+            Ok(ExitCode::from(RESIGN_NOT_SEEN))
+        }
+    }
 }
 
 /// `resign`'s exit code: the store cannot carry the request.
 pub(crate) const RESIGN_UNSUPPORTED: u8 = 3;
+
+/// `resign`'s exit code: the request went out, but the term had not ended
+/// when the wait ran out.
+pub(crate) const RESIGN_NOT_SEEN: u8 = 4;
 
 /// `run --wait`'s exit code: leadership was not won in time (sysexits'
 /// `EX_TEMPFAIL`: try again later).

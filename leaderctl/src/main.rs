@@ -35,7 +35,8 @@ Exit codes:
   status   0 there is a leader, 1 there is none, 2 error
   watch    0 after --for or Ctrl-C, 2 error
   release  0 released or nothing to release, 1 not confirmed, 2 error
-  resign   3 the store cannot carry the request (no store can yet), 2 error
+  resign   0 the term ended, 1 there is no leader, 3 the store cannot carry the
+           request, 4 the term did not end within --wait, 2 error
   run      75 --wait passed without leading; otherwise the command's exit code when it exits by itself (128 + N if it
            died of signal N); on Ctrl-C 130 and on SIGTERM 143, unless the
            command then exits with its own code; 127 command not found, 126
@@ -95,14 +96,18 @@ enum Command {
         #[arg(long, short = 'y')]
         yes: bool,
     },
-    /// Ask the running holder to resign (end its term and stay a
-    /// candidate). No store can carry such a request to another process
-    /// yet: this command says so, shows the holder and exits 3, changing
-    /// nothing. The holder resigns through its own API (`Elector::resign`);
-    /// `release --force` is the emergency tool.
+    /// Ask the running holder to resign: end its term and stay a candidate
+    /// (it competes again after one follower reaction, so another replica
+    /// takes over). The request travels through the store's notifications
+    /// to the holder's elector; this command then waits until the term is
+    /// over. `release --force` is the emergency tool for a holder that does
+    /// not answer.
     Resign {
         #[command(flatten)]
         target: Target,
+        /// How long to wait for the term to end.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        wait: Duration,
     },
     /// Run a command only while this instance leads: start it on acquiring,
     /// stop it the moment leadership is lost, start it again on
@@ -213,7 +218,7 @@ async fn run_cli(command: Command) -> ExitCode {
             json,
         } => commands::watch(&target, interval, duration, json).await,
         Command::Release { target, yes, .. } => commands::release(&target, yes).await,
-        Command::Resign { target } => commands::resign(&target).await,
+        Command::Resign { target, wait } => commands::resign(&target, wait).await,
         Command::Run {
             target,
             lease,

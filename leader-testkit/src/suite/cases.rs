@@ -52,6 +52,7 @@ macro_rules! __conformance_case_list {
             election::election_crash_failover, Election, always;
             election::election_graceful_handover, Election, always;
             resign::election_resign_hands_over, Election, always;
+            resign::election_resign_request_hands_over, Election, always;
             election::election_work_cancelled_on_loss, Election, always;
             election::election_partitioned_leader_steps_down, Election, needs_links;
             election::election_slow_store_keeps_one_leader, Election, needs_links;

@@ -1,4 +1,7 @@
-//! Resigning: `leader_core::Elector::resign` on the store under test.
+//! Resigning: `leader_core::Elector::resign` on the store under test, and
+//! resign requests sent through it (`LeaseStore::request_resign`).
+
+use leader_core::ErrorKind;
 
 use super::cluster::{Cluster, follower_reaction};
 use super::{CaseResult, Ctx, Failure};
@@ -47,6 +50,58 @@ pub async fn election_resign_hands_over(ctx: &Ctx) -> CaseResult {
     ensure!(
         back == old && cluster.token(back)? > new_token,
         "the resigned instance did not lead again with a higher token"
+    );
+    cluster.shutdown().await;
+    cluster.check()
+}
+
+/// A resign request sent through the store (what `leaderctl resign` does)
+/// ends the leader's term: the other instance leads within a follower's
+/// reaction time (not at expiry) with a higher token, and a request naming
+/// the ended term finds nothing. On a store without
+/// `Capabilities::resign_requests` the request fails as `Unsupported` and
+/// the leader keeps leading.
+pub async fn election_resign_request_hands_over(ctx: &Ctx) -> CaseResult {
+    let cluster = Cluster::start(ctx, "resign-request", 2).await?;
+    let p = ctx.profile();
+    let reaction = follower_reaction(ctx) + p.slack;
+    let (old, _) = cluster.wait_for_leader(reaction, None).await?;
+    let old_token = cluster.wait_written(old, p.slack).await?;
+    let key = cluster.electors[old].key().clone();
+    let asked = ctx.store().request_resign(&key, old_token).await;
+    if !ctx.capabilities().resign_requests {
+        let e = asked.err().ok_or_else(|| {
+            Failure::new("request_resign succeeded on a store that declares no resign requests")
+        })?;
+        ensure!(
+            e.kind() == ErrorKind::Unsupported,
+            "request_resign: {e} instead of Unsupported"
+        );
+        ensure!(
+            cluster.token(old)? == old_token,
+            "an unsupported resign request ended the term"
+        );
+        cluster.shutdown().await;
+        return cluster.check();
+    }
+    ensure!(
+        asked?,
+        "request_resign did not find the current term (token {old_token})"
+    );
+    let (new, took) = cluster.wait_for_leader(reaction, Some(old)).await?;
+    ensure!(
+        took < p.lease,
+        "the other instance led {took:?} after the resign request: no faster than expiry ({:?})",
+        p.lease
+    );
+    let new_token = cluster.wait_written(new, p.slack).await?;
+    ensure!(
+        new_token > old_token,
+        "the new token {new_token} is not above the resigned {old_token}"
+    );
+    ensure!(
+        !ctx.store().request_resign(&key, old_token).await?,
+        "a resign request naming the ended term {old_token} was sent"
     );
     cluster.shutdown().await;
     cluster.check()

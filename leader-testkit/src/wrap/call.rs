@@ -26,11 +26,13 @@ pub enum Op {
     /// [`LeaseStore::update_metadata`] (`acquire_with_metadata` counts as
     /// [`Op::Acquire`]).
     UpdateMetadata,
+    /// [`LeaseStore::request_resign`].
+    RequestResign,
 }
 
 impl Op {
     /// Every operation, in the trait's order.
-    pub const ALL: [Op; 7] = [
+    pub const ALL: [Op; 8] = [
         Op::Acquire,
         Op::Renew,
         Op::Release,
@@ -38,6 +40,7 @@ impl Op {
         Op::ForceRelease,
         Op::Watch,
         Op::UpdateMetadata,
+        Op::RequestResign,
     ];
 
     /// The position in [`Op::ALL`].
@@ -74,6 +77,9 @@ pub enum Call<'a> {
     Watch(&'a LeaseKey),
     /// [`LeaseStore::update_metadata`].
     UpdateMetadata(&'a Lease, &'a Metadata),
+    /// [`LeaseStore::request_resign`]: the key and the token of the term
+    /// asked to end.
+    RequestResign(&'a LeaseKey, FencingToken),
 }
 
 impl Call<'_> {
@@ -87,6 +93,7 @@ impl Call<'_> {
             Call::ForceRelease(_) => Op::ForceRelease,
             Call::Watch(_) => Op::Watch,
             Call::UpdateMetadata(..) => Op::UpdateMetadata,
+            Call::RequestResign(..) => Op::RequestResign,
         }
     }
 
@@ -96,7 +103,8 @@ impl Call<'_> {
             Call::Acquire { key, .. }
             | Call::Current(key)
             | Call::ForceRelease(key)
-            | Call::Watch(key) => key,
+            | Call::Watch(key)
+            | Call::RequestResign(key, _) => key,
             Call::Renew(lease) | Call::Release(lease) | Call::UpdateMetadata(lease, _) => {
                 &lease.key
             }
@@ -110,16 +118,20 @@ impl Call<'_> {
             Call::Renew(lease) | Call::Release(lease) | Call::UpdateMetadata(lease, _) => {
                 Some(&lease.holder)
             }
-            Call::Current(_) | Call::ForceRelease(_) | Call::Watch(_) => None,
+            Call::Current(_) | Call::ForceRelease(_) | Call::Watch(_) | Call::RequestResign(..) => {
+                None
+            }
         }
     }
 
-    /// The fencing token the call presents (renew and release).
+    /// The fencing token the call presents (renew, release, metadata) or
+    /// names (a resign request).
     pub fn token(&self) -> Option<FencingToken> {
         match self {
             Call::Renew(lease) | Call::Release(lease) | Call::UpdateMetadata(lease, _) => {
                 Some(lease.token)
             }
+            Call::RequestResign(_, token) => Some(*token),
             _ => None,
         }
     }
@@ -151,6 +163,9 @@ impl Call<'_> {
             Call::UpdateMetadata(lease, metadata) => {
                 Reply::UpdateMetadata(store.update_metadata(lease, metadata).await)
             }
+            Call::RequestResign(key, token) => {
+                Reply::RequestResign(store.request_resign(key, token).await)
+            }
         }
     }
 }
@@ -173,6 +188,8 @@ pub enum Reply {
     Watch(Result<LeaseEvents>),
     /// [`LeaseStore::update_metadata`]'s answer.
     UpdateMetadata(Result<()>),
+    /// [`LeaseStore::request_resign`]'s answer.
+    RequestResign(Result<bool>),
 }
 
 impl Reply {
@@ -186,6 +203,7 @@ impl Reply {
             Op::ForceRelease => Reply::ForceRelease(Err(error)),
             Op::Watch => Reply::Watch(Err(error)),
             Op::UpdateMetadata => Reply::UpdateMetadata(Err(error)),
+            Op::RequestResign => Reply::RequestResign(Err(error)),
         }
     }
 
@@ -199,6 +217,7 @@ impl Reply {
             Reply::ForceRelease(_) => Op::ForceRelease,
             Reply::Watch(_) => Op::Watch,
             Reply::UpdateMetadata(_) => Op::UpdateMetadata,
+            Reply::RequestResign(_) => Op::RequestResign,
         }
     }
 
@@ -207,7 +226,7 @@ impl Reply {
         match self {
             Reply::Acquire(r) => r.as_ref().err(),
             Reply::Renew(r) | Reply::UpdateMetadata(r) => r.as_ref().err(),
-            Reply::Release(r) => r.as_ref().err(),
+            Reply::Release(r) | Reply::RequestResign(r) => r.as_ref().err(),
             Reply::Current(r) | Reply::ForceRelease(r) => r.as_ref().err(),
             Reply::Watch(r) => r.as_ref().err(),
         }
@@ -218,7 +237,7 @@ impl Reply {
     pub fn granted(&self) -> bool {
         match self {
             Reply::Acquire(r) => matches!(r, Ok(Acquire::Acquired(_))),
-            Reply::Release(r) => matches!(r, Ok(true)),
+            Reply::Release(r) | Reply::RequestResign(r) => matches!(r, Ok(true)),
             _ => self.error().is_none(),
         }
     }

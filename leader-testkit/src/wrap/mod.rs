@@ -38,8 +38,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leader_core::{
-    Acquire, Capabilities, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey, LeaseStore, Metadata,
-    Result,
+    Acquire, Capabilities, FencingToken, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
+    LeaseStore, Metadata, Result,
 };
 
 pub use call::{Call, Op, Reply};
@@ -187,6 +187,13 @@ impl<H: Hooks> LeaseStore for Wrapped<H> {
         match self.handle(Call::UpdateMetadata(lease, metadata)).await {
             Reply::UpdateMetadata(answer) => answer,
             other => Err(other.mismatch(Op::UpdateMetadata)),
+        }
+    }
+
+    async fn request_resign(&self, key: &LeaseKey, token: FencingToken) -> Result<bool> {
+        match self.handle(Call::RequestResign(key, token)).await {
+            Reply::RequestResign(answer) => answer,
+            other => Err(other.mismatch(Op::RequestResign)),
         }
     }
 
