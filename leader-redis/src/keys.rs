@@ -5,9 +5,9 @@
 //! | key | type | content | TTL |
 //! |---|---|---|---|
 //! | `K` | string | the holder id (`redis-cli GET K` shows the leader) | the lease TTL |
-//! | `{K}:term` | hash | `holder`, `token` of the current term | the lease TTL |
+//! | `{K}:term` | hash | `holder`, `token`, `meta` of the current term | the lease TTL |
 //! | `{K}:token` | string | the fencing counter: the last token minted | none: never reset |
-//! | channel `{K}:events` | pub/sub | `released <token>` on release | |
+//! | channel `{K}:events` | pub/sub | `released <token>` on release, `metadata <token> <holder>` on update | |
 //!
 //! `{K}` makes Redis Cluster hash only `K` for the sibling keys, which is
 //! exactly what it hashes for `K` itself, so all three share a slot and one
@@ -38,11 +38,11 @@ pub fn hash_tag(key: &str) -> Option<&str> {
 pub struct KeyLayout {
     /// The lease key: its value is the holder id.
     pub lease: String,
-    /// The per-term record (hash with `holder` and `token`).
+    /// The per-term record (hash with `holder`, `token` and `meta`).
     pub term: String,
     /// The fencing counter (never deleted, never expires).
     pub counter: String,
-    /// The pub/sub channel release notifications go to.
+    /// The pub/sub channel release and metadata notifications go to.
     pub channel: String,
     /// Whether all keys hash to the same cluster slot.
     pub same_slot: bool,

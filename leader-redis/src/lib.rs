@@ -6,6 +6,7 @@ mod conn;
 mod error;
 mod expiry;
 mod keys;
+mod metadata;
 mod reply;
 mod scripts;
 mod store;

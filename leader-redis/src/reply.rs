@@ -6,6 +6,8 @@ use std::time::Duration;
 use leader_core::{Error, FencingToken, HolderId, LeaseInfo, Result};
 use redis::Value;
 
+use crate::metadata;
+
 /// A `Protocol` error for `operation`.
 pub(crate) fn protocol(operation: &'static str, what: impl Into<String>) -> Error {
     Error::protocol(what)
@@ -58,18 +60,19 @@ pub(crate) fn as_remaining(op: &'static str, v: &Value) -> Result<Option<Duratio
     Ok(u64::try_from(pttl).ok().map(Duration::from_millis))
 }
 
-/// Parses `{holder, token, pttl}` (the tail of acquire's reply, or current's).
+/// Parses `{holder, token, pttl, meta}` (the tail of acquire's reply, or
+/// current's): all four were read in one script, so the metadata is the
+/// token's term's.
 pub(crate) fn as_info(op: &'static str, items: &[Value]) -> Result<LeaseInfo> {
-    let [holder, token, pttl] = items else {
-        return Err(protocol(op, "expected holder, token and TTL"));
+    let [holder, token, pttl, meta] = items else {
+        return Err(protocol(op, "expected holder, token, TTL and metadata"));
     };
     let holder = HolderId::new(as_text(op, holder, "holder id")?)
         .map_err(|e| protocol(op, "the stored holder id is not valid").with_source(e))?;
-    Ok(LeaseInfo::new(
-        holder,
-        as_token(op, token)?,
-        as_remaining(op, pttl)?,
-    ))
+    Ok(
+        LeaseInfo::new(holder, as_token(op, token)?, as_remaining(op, pttl)?)
+            .with_metadata(metadata::decode(op, meta)?),
+    )
 }
 
 /// A holder record that may be absent: an empty array means no holder
@@ -109,11 +112,13 @@ mod tests {
                 Value::BulkString(b"someone".to_vec()),
                 Value::BulkString(Vec::new()),
                 Value::Int(-1),
+                Value::BulkString(Vec::new()),
             ],
         )
         .expect("valid reply");
         assert_eq!(info.token, FencingToken(0));
         assert_eq!(info.remaining, None);
+        assert_eq!(info.metadata, None);
     }
 
     #[test]

@@ -1,17 +1,21 @@
-//! The Lua scripts behind acquire, renew, release, current and force-release.
+//! The Lua scripts behind acquire, renew, release, current, force-release
+//! and update-metadata.
 //!
 //! Every script takes `KEYS = [lease, term, counter]` (see [`crate::keys`]),
 //! so Redis Cluster routes it by the lease key's slot, which all three share.
 //! Redis runs a script atomically with its clock frozen, so the lease key and
-//! the term record, set with the same `PX`, expire together.
+//! the term record, set with the same `PX`, expire together. The term record
+//! holds the term's metadata too (field `meta`, see [`crate::metadata`]), so
+//! whatever reads the token reads the metadata of the same term with it.
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// ARGV: holder, ttl in ms.
+/// ARGV: holder, ttl in ms, meta field (empty: no metadata).
 /// Returns `{1, token}` when acquired,
-/// `{0, holder, token-or-empty, pttl}` when someone else holds the key.
+/// `{0, holder, token-or-empty, pttl, meta-or-empty}` when someone else
+/// holds the key.
 ///
 /// The token is `max(counter, server time in µs) + 1`: strictly greater
 /// than the counter, so tokens never repeat while Redis keeps its data, and
@@ -23,7 +27,10 @@ use redis::Script;
 /// layout (seven commands on the acquiring path): one `INCRBY` of the
 /// counter by the step that lifts it past the clock (so Redis does the
 /// 64-bit arithmetic and its reply is the token), and the term hash written
-/// with one `HSET` of both its fields (it has no others, so no `DEL` first).
+/// with one `HSET` of all its fields (it has no others, so no `DEL` first).
+/// The `meta` field is written on every acquisition, empty without
+/// metadata, so a plain acquire clears the last term's value at no extra
+/// command; the refused path reads token and metadata with one `HMGET`.
 /// Values stay below 2^53, so Lua's doubles hold them exactly; they are
 /// passed to Redis as `%d`-formatted strings, never as Lua numbers.
 static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
@@ -31,8 +38,8 @@ static ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
         r"
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
-  local token = redis.call('HGET', KEYS[2], 'token') or ''
-  return {0, holder, token, redis.call('PTTL', KEYS[1])}
+  local term = redis.call('HMGET', KEYS[2], 'token', 'meta')
+  return {0, holder, term[1] or '', redis.call('PTTL', KEYS[1]), term[2] or ''}
 end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
@@ -41,7 +48,7 @@ local step = 1
 if counter and counter < now then step = now - counter + 1 end
 local token = string.format('%d', redis.call('INCRBY', KEYS[3], string.format('%d', step)))
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[2], 'holder', ARGV[1], 'token', token)
+redis.call('HSET', KEYS[2], 'holder', ARGV[1], 'token', token, 'meta', ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return {1, token}
 ",
@@ -77,13 +84,15 @@ return 0
     )
 });
 
-/// No ARGV. Returns `{}` when free, else `{holder, token-or-empty, pttl}`.
+/// No ARGV. Returns `{}` when free, else
+/// `{holder, token-or-empty, pttl, meta-or-empty}`.
 static CURRENT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local holder = redis.call('GET', KEYS[1])
 if not holder then return {} end
-return {holder, redis.call('HGET', KEYS[2], 'token') or '', redis.call('PTTL', KEYS[1])}
+local term = redis.call('HMGET', KEYS[2], 'token', 'meta')
+return {holder, term[1] or '', redis.call('PTTL', KEYS[1]), term[2] or ''}
 ",
     )
 });
@@ -98,11 +107,29 @@ if not holder then
   redis.call('DEL', KEYS[2])
   return {}
 end
-local token = redis.call('HGET', KEYS[2], 'token') or ''
+local term = redis.call('HMGET', KEYS[2], 'token', 'meta')
+local token = term[1] or ''
 local pttl = redis.call('PTTL', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('PUBLISH', ARGV[1], 'force-released ' .. token)
-return {holder, token, pttl}
+return {holder, token, pttl, term[2] or ''}
+",
+    )
+});
+
+/// ARGV: holder, token, meta field, channel. Replaces the term's metadata
+/// and publishes `metadata <token> <holder>` when held by holder+token
+/// (the holder last: it may contain spaces). Leaves the TTLs alone.
+/// Returns 1 or 0.
+static UPDATE_METADATA: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('HGET', KEYS[2], 'token') == ARGV[2] then
+  redis.call('HSET', KEYS[2], 'meta', ARGV[3])
+  redis.call('PUBLISH', ARGV[4], 'metadata ' .. ARGV[2] .. ' ' .. ARGV[1])
+  return 1
+end
+return 0
 ",
     )
 });
@@ -130,4 +157,9 @@ pub(crate) fn current() -> &'static Script {
 /// The force-release script.
 pub(crate) fn force_release() -> &'static Script {
     &FORCE_RELEASE
+}
+
+/// The update-metadata script.
+pub(crate) fn update_metadata() -> &'static Script {
+    &UPDATE_METADATA
 }

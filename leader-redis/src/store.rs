@@ -9,13 +9,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
-    LeaseStore, NotificationSupport, Result, check_ttl,
+    LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
 };
 use redis::{RedisResult, Value};
 
 use crate::config::{RedisConfig, WaitReplicas};
 use crate::conn::{Conn, Connector};
 use crate::keys::KeyLayout;
+use crate::metadata;
 use crate::reply::{as_array, as_info, as_int, as_optional_info, as_token, ms_ceil, protocol};
 use crate::scripts;
 use crate::subscriptions::Subscriptions;
@@ -143,6 +144,67 @@ impl RedisStore {
             .map_err(|e| e.with_key(key.as_str()))
     }
 
+    /// One acquire script: takes the lease with `metadata` (or none, which
+    /// clears the last term's) in the same step.
+    async fn take(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: Option<&Metadata>,
+    ) -> Result<Acquire> {
+        check_ttl(ttl)?;
+        let op = if metadata.is_some() {
+            "acquire_with_metadata"
+        } else {
+            "acquire"
+        };
+        let layout = self.checked_layout(key, op)?;
+        let reply: Value = {
+            let (lease_key, term, counter) = (
+                layout.lease.clone(),
+                layout.term.clone(),
+                layout.counter.clone(),
+            );
+            let (holder, ms) = (holder.as_str().to_owned(), ms_ceil(ttl));
+            let meta = metadata::encode(metadata);
+            self.run(op, key, |mut conn| async move {
+                scripts::acquire()
+                    .key(lease_key)
+                    .key(term)
+                    .key(counter)
+                    .arg(holder)
+                    .arg(ms)
+                    .arg(meta)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?
+        };
+        let items = as_array(op, reply)?;
+        let Some((flag, rest)) = items.split_first() else {
+            return Err(protocol(op, "empty reply from the acquire script"));
+        };
+        match as_int(op, flag, "acquire flag")? {
+            1 => {
+                let [token] = rest else {
+                    return Err(protocol(op, "expected the token of the new term"));
+                };
+                let token = as_token(op, token)?;
+                if token.0 == 0 {
+                    return Err(protocol(op, "the acquire script minted token 0"));
+                }
+                let lease = Lease::new(key.clone(), holder.clone(), token, ttl);
+                if let Some(wait) = self.inner.config.wait_replicas() {
+                    self.replicate(&lease, &layout, wait).await?;
+                }
+                Ok(Acquire::Acquired(lease))
+            }
+            0 => Ok(Acquire::Held(as_info(op, rest)?)),
+            _ => Err(protocol(op, "unknown acquire flag")),
+        }
+    }
+
     async fn replicate(&self, lease: &Lease, layout: &KeyLayout, wait: WaitReplicas) -> Result<()> {
         let op = "acquire";
         let timeout_ms = ms_ceil(wait.timeout);
@@ -218,54 +280,23 @@ impl LeaseStore for RedisStore {
         } else {
             NotificationSupport::Release
         };
-        Capabilities::new(FencingSource::Counter).with_notifications(notifications)
+        Capabilities::new(FencingSource::Counter)
+            .with_notifications(notifications)
+            .with_metadata()
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        check_ttl(ttl)?;
-        let op = "acquire";
-        let layout = self.checked_layout(key, op)?;
-        let reply: Value = {
-            let (lease_key, term, counter) = (
-                layout.lease.clone(),
-                layout.term.clone(),
-                layout.counter.clone(),
-            );
-            let (holder, ms) = (holder.as_str().to_owned(), ms_ceil(ttl));
-            self.run(op, key, |mut conn| async move {
-                scripts::acquire()
-                    .key(lease_key)
-                    .key(term)
-                    .key(counter)
-                    .arg(holder)
-                    .arg(ms)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await?
-        };
-        let items = as_array(op, reply)?;
-        let Some((flag, rest)) = items.split_first() else {
-            return Err(protocol(op, "empty reply from the acquire script"));
-        };
-        match as_int(op, flag, "acquire flag")? {
-            1 => {
-                let [token] = rest else {
-                    return Err(protocol(op, "expected the token of the new term"));
-                };
-                let token = as_token(op, token)?;
-                if token.0 == 0 {
-                    return Err(protocol(op, "the acquire script minted token 0"));
-                }
-                let lease = Lease::new(key.clone(), holder.clone(), token, ttl);
-                if let Some(wait) = self.inner.config.wait_replicas() {
-                    self.replicate(&lease, &layout, wait).await?;
-                }
-                Ok(Acquire::Acquired(lease))
-            }
-            0 => Ok(Acquire::Held(as_info(op, rest)?)),
-            _ => Err(protocol(op, "unknown acquire flag")),
-        }
+        self.take(key, holder, ttl, None).await
+    }
+
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        self.take(key, holder, ttl, Some(metadata)).await
     }
 
     async fn renew(&self, lease: &Lease) -> Result<()> {
@@ -292,13 +323,7 @@ impl LeaseStore for RedisStore {
             .await?;
         match as_int(op, &reply, "renew result")? {
             1 => Ok(()),
-            0 => Err(Error::not_holder(format!(
-                "lease with token {} is no longer held by {}",
-                lease.token, lease.holder
-            ))
-            .with_store("redis")
-            .with_operation(op)
-            .with_key(lease.key.as_str())),
+            0 => Err(not_holder(lease, op)),
             _ => Err(protocol(op, "unknown renew result")),
         }
     }
@@ -324,6 +349,35 @@ impl LeaseStore for RedisStore {
             1 => Ok(true),
             0 => Ok(false),
             _ => Err(protocol(op, "unknown release result")),
+        }
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        let op = "update_metadata";
+        let layout = self.checked_layout(&lease.key, op)?;
+        let (holder, token, meta) = (
+            lease.holder.as_str().to_owned(),
+            lease.token.0,
+            metadata::encode(Some(metadata)),
+        );
+        let reply: Value = self
+            .run(op, &lease.key, |mut conn| async move {
+                scripts::update_metadata()
+                    .key(layout.lease)
+                    .key(layout.term)
+                    .key(layout.counter)
+                    .arg(holder)
+                    .arg(token)
+                    .arg(meta)
+                    .arg(layout.channel)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match as_int(op, &reply, "update_metadata result")? {
+            1 => Ok(()),
+            0 => Err(not_holder(lease, op)),
+            _ => Err(protocol(op, "unknown update_metadata result")),
         }
     }
 
@@ -368,4 +422,15 @@ impl LeaseStore for RedisStore {
             .await
             .map_err(|e| e.with_key(key.as_str()))
     }
+}
+
+/// The lost-lease error of renew and update_metadata.
+fn not_holder(lease: &Lease, op: &'static str) -> Error {
+    Error::not_holder(format!(
+        "lease with token {} is no longer held by {}",
+        lease.token, lease.holder
+    ))
+    .with_store("redis")
+    .with_operation(op)
+    .with_key(lease.key.as_str())
 }

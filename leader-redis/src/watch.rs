@@ -1,9 +1,11 @@
 //! The shared pub/sub session: one connection, every watcher of a store.
 //!
 //! A [`Session`] is a task that owns the store's one pub/sub connection. It
-//! subscribes each watched lease's release channel once, however many
-//! watchers the lease has (requests queued together share one `SUBSCRIBE`),
-//! and hands each message to the watchers of that lease only. With expiry
+//! subscribes each watched lease's channel once, however many watchers the
+//! lease has (requests queued together share one `SUBSCRIBE`), and hands
+//! each message to the watchers of that lease only: releases as
+//! [`LeaseEvent::Vacated`], metadata updates as
+//! [`LeaseEvent::MetadataUpdated`]. With expiry
 //! notifications (see [`crate::ExpiryNotifications`]) it also listens on the
 //! database's `__keyevent@<db>__:expired` channel, whose messages name the
 //! expired key, and wakes that key's watchers.
@@ -21,7 +23,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
-use leader_core::{Error, LeaseEvent, LeaseEvents, Result};
+use leader_core::{Error, FencingToken, HolderId, LeaseEvent, LeaseEvents, Result};
 use redis::aio::{PubSubSink, PubSubStream};
 use redis::{Msg, RedisResult};
 use tokio::sync::mpsc::error::TrySendError;
@@ -43,15 +45,25 @@ pub(crate) struct Request {
     pub(crate) reply: oneshot::Sender<Result<LeaseEvents>>,
 }
 
-/// Whether a message on a release channel reports the seat free.
-fn is_release(msg: &Msg) -> bool {
-    let Ok(payload) = msg.get_payload::<String>() else {
-        return false;
-    };
-    matches!(
-        payload.split(' ').next(),
-        Some("released" | "force-released")
-    )
+/// The event a message on a lease's channel reports: `released <token>` and
+/// `force-released <token>` free the seat; `metadata <token> <holder>` is a
+/// holder's new metadata. Anything else is ignored.
+fn event_of(msg: &Msg) -> Option<LeaseEvent> {
+    event_of_payload(&msg.get_payload::<String>().ok()?)
+}
+
+/// [`event_of`] on the message's text.
+fn event_of_payload(payload: &str) -> Option<LeaseEvent> {
+    let mut parts = payload.splitn(3, ' ');
+    match parts.next()? {
+        "released" | "force-released" => Some(LeaseEvent::Vacated),
+        "metadata" => {
+            let token = FencingToken(parts.next()?.parse().ok()?);
+            let holder = HolderId::new(parts.next()?).ok()?;
+            Some(LeaseEvent::MetadataUpdated { holder, token })
+        }
+        _ => None,
+    }
 }
 
 /// Who watches what, on one connection.
@@ -79,15 +91,24 @@ impl Routes {
         }
     }
 
-    /// Wakes the watchers of `channel`, dropping those that went away.
+    /// Wakes the watchers of `channel` with `Vacated`.
     fn wake(&mut self, channel: &str) {
+        self.send(channel, &LeaseEvent::Vacated);
+    }
+
+    /// Hands `event` to the watchers of `channel`, dropping those that went
+    /// away.
+    fn send(&mut self, channel: &str, event: &LeaseEvent) {
+        let vacated = matches!(event, LeaseEvent::Vacated);
         if let Some(senders) = self.watchers.get_mut(channel) {
-            // A full queue already holds a Vacated the watcher has not read.
             senders.retain(|tx| {
-                !matches!(
-                    tx.try_send(LeaseEvent::Vacated),
-                    Err(TrySendError::Closed(_))
-                )
+                // Informational events leave a queue's last slot to
+                // `Vacated`, so a full queue always holds a Vacated the
+                // watcher has not read: dropping another one loses nothing.
+                if !vacated && tx.capacity() < 2 {
+                    return !tx.is_closed();
+                }
+                !matches!(tx.try_send(event.clone()), Err(TrySendError::Closed(_)))
             });
         }
     }
@@ -243,8 +264,8 @@ impl Session {
             if let Ok(key) = msg.get_payload::<String>() {
                 self.routes.wake_lease(&key);
             }
-        } else if is_release(msg) {
-            self.routes.wake(channel);
+        } else if let Some(event) = event_of(msg) {
+            self.routes.send(channel, &event);
         }
     }
 
@@ -320,5 +341,50 @@ mod tests {
             routes.add("a".into(), "{a}:events", LeaseEvents::channel(1).0),
             "resubscribed"
         );
+    }
+
+    #[test]
+    fn payloads_map_to_events() {
+        assert_eq!(event_of_payload("released 42"), Some(LeaseEvent::Vacated));
+        assert_eq!(
+            event_of_payload("force-released "),
+            Some(LeaseEvent::Vacated)
+        );
+        assert_eq!(
+            event_of_payload("metadata 42 pod a/3f9c"),
+            Some(LeaseEvent::MetadataUpdated {
+                holder: HolderId::new("pod a/3f9c").expect("valid"),
+                token: FencingToken(42),
+            }),
+            "the holder is the rest, spaces included"
+        );
+        for ignored in [
+            "",
+            "acquired 1 x",
+            "metadata x h",
+            "metadata 42",
+            "metadata 42  ",
+        ] {
+            assert_eq!(event_of_payload(ignored), None, "{ignored:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn metadata_updates_never_take_the_last_slot_from_vacated() {
+        let mut routes = Routes::default();
+        let (tx, mut rx) = LeaseEvents::channel(QUEUE);
+        routes.add("a".into(), "{a}:events", tx);
+        let update = LeaseEvent::MetadataUpdated {
+            holder: HolderId::new("h").expect("valid"),
+            token: FencingToken(1),
+        };
+        for _ in 0..QUEUE * 2 {
+            routes.send("{a}:events", &update);
+        }
+        routes.wake("{a}:events");
+        for _ in 0..QUEUE - 1 {
+            assert_eq!(rx.recv().await, Some(update.clone()));
+        }
+        assert_eq!(rx.recv().await, Some(LeaseEvent::Vacated));
     }
 }
