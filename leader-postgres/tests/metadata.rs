@@ -125,9 +125,28 @@ async fn a_stale_or_foreign_update_fails_with_not_holder_and_changes_nothing() {
     assert_eq!(e.kind(), ErrorKind::NotHolder, "{e}");
     assert_eq!(read(&b, &key).await, Some(m.clone()));
 
-    // The row no longer names this term (as after a lost lock): the
-    // statement's own guard refuses, although the client still holds it.
+    // The row no longer names this term or session (as after a lost lock):
+    // the statement's own guard refuses, although the client still holds it.
     let mut admin = admin(pg.url()).await;
+    let pid: i32 = sqlx::query_scalar(
+        "UPDATE leader_fencing SET pid = 0 WHERE lock_key = $1 \
+         RETURNING (SELECT pid FROM leader_fencing WHERE lock_key = $1)",
+    )
+    .bind(a.lock_key(&key))
+    .fetch_one(&mut admin)
+    .await
+    .expect("move the row to another session");
+    let e = a
+        .update_metadata(&new, &other)
+        .await
+        .expect_err("row of another session");
+    assert_eq!(e.kind(), ErrorKind::NotHolder, "{e}");
+    sqlx::query("UPDATE leader_fencing SET pid = $2 WHERE lock_key = $1")
+        .bind(a.lock_key(&key))
+        .bind(pid)
+        .execute(&mut admin)
+        .await
+        .expect("give the row its session back");
     sqlx::query("UPDATE leader_fencing SET token = token + 1 WHERE lock_key = $1")
         .bind(a.lock_key(&key))
         .execute(&mut admin)
@@ -339,7 +358,10 @@ async fn a_proclaimed_address_is_stored_with_the_elector_term() {
         .await
         .expect("current")
         .expect("a holder");
-    assert_eq!(info.metadata, Some(meta("10.0.0.1:8080")));
+    assert_eq!(
+        info.metadata.as_ref().and_then(Metadata::as_str),
+        Some("10.0.0.1:8080")
+    );
     // proclaim returns once the store has it.
     leader
         .proclaim(meta("10.0.0.2:8080"))
@@ -351,8 +373,8 @@ async fn a_proclaimed_address_is_stored_with_the_elector_term() {
         .expect("current")
         .expect("a holder");
     assert_eq!(
-        (now.token, now.metadata),
-        (info.token, Some(meta("10.0.0.2:8080")))
+        (now.token, now.metadata.as_ref().and_then(Metadata::as_str)),
+        (info.token, Some("10.0.0.2:8080"))
     );
     leader.shutdown().await;
 }
