@@ -13,7 +13,8 @@
 //!     acquired_at timestamptz NOT NULL,    -- when (server clock), for operators
 //!     ttl_ms      bigint      NOT NULL,    -- the lease TTL of that term
 //!     released    boolean     NOT NULL,    -- the term ended by a release
-//!     vacated_at  timestamptz              -- first seen ended without release
+//!     vacated_at  timestamptz,             -- first seen ended without release
+//!     metadata    bytea                    -- the term's leader metadata (NULL: none)
 //! );
 //! ```
 //!
@@ -29,6 +30,12 @@
 //! its seat empty for one TTL after an acquirer first finds it free, on the
 //! acquirer's monotonic clock. `vacated_at` records the first sighting on the
 //! server's clock, for operators only.
+//!
+//! `metadata` is written by the statement that mints the token (NULL for a
+//! plain acquire) and replaced only by `update_metadata` of the same holder,
+//! token and session, so a row never pairs one term's token with another
+//! term's metadata. A table of an earlier version, without the column, gets
+//! it (`ALTER TABLE .. ADD COLUMN IF NOT EXISTS`) on the store's first use.
 
 use std::sync::Arc;
 
@@ -45,8 +52,15 @@ const LOCK_MATCH: &str = "k.locktype = 'advisory' AND k.granted AND k.objsubid =
 /// The store's statements.
 #[derive(Debug, Clone)]
 pub(crate) struct Statements {
+    /// Whether the table (`$1`) exists and has the `metadata` column.
     pub(crate) table_exists: Arc<str>,
     pub(crate) create_table: Arc<str>,
+    /// The migration of a table from before leader metadata.
+    pub(crate) add_metadata: Arc<str>,
+    /// Replaces the metadata of term `$3` of holder `$2` on lock `$1` with
+    /// `$4`, only on the session holding the lock, and notifies channel
+    /// `$5` with payload `$6`.
+    pub(crate) update_metadata: Arc<str>,
     /// The common case's acquisition, on a session whose settings already
     /// fit: the token is minted unless the previous term ended without a
     /// release (then `token` is NULL and the lock is held; `reacquire`
@@ -94,7 +108,7 @@ impl Statements {
         let holder_where = |extra: &str| {
             format!(
                 "SELECT k.pid AS lock_pid, a.application_name AS app, f.holder AS holder, \
-                        f.token AS token, f.pid AS row_pid \
+                        f.token AS token, f.pid AS row_pid, f.metadata AS metadata \
                  FROM pg_locks k \
                  LEFT JOIN pg_stat_activity a ON a.pid = k.pid \
                  LEFT JOIN {t} f ON f.lock_key = $1 \
@@ -115,7 +129,8 @@ impl Statements {
         // Params: $1 key, $2 lease key, $3 holder, $4 lock delay on, $5 TTL
         // in ms, $6 the token of a vacated term this client has already
         // waited out on its own monotonic clock (NULL: none); the settings
-        // variant adds $7..$11 (SESSION_SETTINGS).
+        // variant adds $7..$11 (SESSION_SETTINGS). The term's metadata
+        // (bytea, NULL: none) is the last parameter: $7, or $12 with settings.
         //
         // The lock delay is decided by the client's clock, not the server's:
         // `d.wait_ms` is the vacated term's TTL (the client holds the seat
@@ -127,15 +142,19 @@ impl Statements {
         // (dropped table, old backup, new database) never makes tokens go
         // back.
         let mint = |lock_expr: &str, settings: bool| {
-            let (settings_cte, configured) = if settings {
-                (SESSION_SETTINGS, ", (SELECT count(*) FROM s) AS configured")
+            let (settings_cte, configured, meta) = if settings {
+                (
+                    SESSION_SETTINGS,
+                    ", (SELECT count(*) FROM s) AS configured",
+                    "$12",
+                )
             } else {
-                ("", "")
+                ("", "", "$7")
             };
             format!(
                 "WITH l AS MATERIALIZED (SELECT {lock_expr} AS got), \
-                 r AS MATERIALIZED (SELECT f.released, f.ttl_ms, f.holder, f.token \
-                       FROM {t} f WHERE f.lock_key = $1), \
+                 r AS MATERIALIZED (SELECT f.released, f.ttl_ms, f.holder, f.token, \
+                       f.metadata FROM {t} f WHERE f.lock_key = $1), \
                  d AS MATERIALIZED (SELECT l.got, \
                        CASE WHEN l.got AND $4::boolean AND r.released IS FALSE \
                                  AND r.holder <> $3 AND r.token IS DISTINCT FROM $6::bigint \
@@ -148,22 +167,25 @@ impl Statements {
                  g AS MATERIALIZED (SELECT d.got AND d.wait_ms = 0 AS got, d.wait_ms FROM d)\
                  {settings_cte}, \
                  u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, \
-                           acquired_at, ttl_ms, released, vacated_at) \
+                           acquired_at, ttl_ms, released, vacated_at, metadata) \
                        SELECT $1, $2, {CLOCK_FLOOR}, $3, pg_backend_pid(), now(), $5::bigint, \
-                              false, NULL \
+                              false, NULL, {meta}::bytea \
                        FROM g WHERE g.got \
                        ON CONFLICT (lock_key) DO UPDATE \
                           SET token = greatest(f.token + 1, EXCLUDED.token), \
                           resource = EXCLUDED.resource, holder = EXCLUDED.holder, \
                           pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at, \
-                          ttl_ms = EXCLUDED.ttl_ms, released = false, vacated_at = NULL \
+                          ttl_ms = EXCLUDED.ttl_ms, released = false, vacated_at = NULL, \
+                          metadata = EXCLUDED.metadata \
                        RETURNING f.token), \
                  h AS MATERIALIZED ({holder_if_missed}) \
                  SELECT g.got, g.wait_ms, (SELECT u.token FROM u) AS token, \
                         pg_backend_pid() AS pid{configured}, \
                         (SELECT count(*) FROM v) + (SELECT count(*) FROM x) AS held_back, \
                         r.holder AS prev_holder, r.token AS prev_token, \
-                        h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid \
+                        r.metadata AS prev_metadata, \
+                        h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid, \
+                        h.metadata \
                  FROM g LEFT JOIN h ON true LEFT JOIN r ON true"
             )
         };
@@ -172,25 +194,26 @@ impl Statements {
         // without a release, by another holder, and is not one this client
         // has waited out: the ON CONFLICT's WHERE then leaves the row and
         // returns nothing); if the lock was busy, who holds it (h). Same
-        // parameters $1..$6 as `mint`.
+        // parameters $1..$7 as `mint` without settings.
         let fast = format!(
             "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1::bigint) AS got), \
              u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, acquired_at, \
-                       ttl_ms, released, vacated_at) \
+                       ttl_ms, released, vacated_at, metadata) \
                    SELECT $1, $2, {CLOCK_FLOOR}, $3, pg_backend_pid(), now(), $5::bigint, \
-                          false, NULL \
+                          false, NULL, $7::bytea \
                    FROM l WHERE l.got \
                    ON CONFLICT (lock_key) DO UPDATE \
                       SET token = greatest(f.token + 1, EXCLUDED.token), \
                       resource = EXCLUDED.resource, holder = EXCLUDED.holder, \
                       pid = EXCLUDED.pid, acquired_at = EXCLUDED.acquired_at, \
-                      ttl_ms = EXCLUDED.ttl_ms, released = false, vacated_at = NULL \
+                      ttl_ms = EXCLUDED.ttl_ms, released = false, vacated_at = NULL, \
+                      metadata = EXCLUDED.metadata \
                    WHERE f.released OR NOT $4::boolean OR f.holder = $3 \
                       OR f.token IS NOT DISTINCT FROM $6::bigint \
                    RETURNING f.token), \
              h AS MATERIALIZED ({holder_if_missed}) \
              SELECT l.got, (SELECT u.token FROM u) AS token, pg_backend_pid() AS pid, \
-                    h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid \
+                    h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid, h.metadata \
              FROM l LEFT JOIN h ON true"
         );
         let try_lock = "pg_try_advisory_lock($1::bigint)";
@@ -231,11 +254,30 @@ impl Statements {
                 acquired_at timestamptz NOT NULL, \
                 ttl_ms bigint NOT NULL, \
                 released boolean NOT NULL, \
-                vacated_at timestamptz)"
+                vacated_at timestamptz, \
+                metadata bytea)"
+        );
+        // Only by the session that minted the term and still holds its lock
+        // (a row names its holder only while the lock is held); the NOTIFY
+        // goes out with the commit, after the new value is visible.
+        let update_metadata = format!(
+            "WITH u AS (UPDATE {t} f SET metadata = $4::bytea \
+                  WHERE f.lock_key = $1 AND f.holder = $2 AND f.token = $3::bigint \
+                    AND f.pid = pg_backend_pid() AND NOT f.released \
+                    AND EXISTS (SELECT 1 FROM pg_locks k \
+                                WHERE {LOCK_MATCH} AND k.pid = pg_backend_pid()) \
+                  RETURNING 1), \
+             n AS MATERIALIZED (SELECT pg_notify($5, $6) FROM u) \
+             SELECT (SELECT count(*) FROM u) AS updated, (SELECT count(*) FROM n) AS notified"
         );
         Statements {
-            table_exists: "SELECT to_regclass($1) IS NOT NULL AS present".into(),
+            table_exists: "SELECT to_regclass($1) IS NOT NULL AS present, \
+                 EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
+                         AND a.attname = 'metadata' AND NOT a.attisdropped) AS has_metadata"
+                .into(),
             create_table: create_table.into(),
+            add_metadata: format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS metadata bytea").into(),
+            update_metadata: update_metadata.into(),
             acquire_fast: fast.into(),
             acquire_settings: mint(try_lock, true).into(),
             reacquire: mint(&still_held, false).into(),

@@ -2,6 +2,11 @@
 //! shared by every watcher, each notification routed to the watchers of
 //! its channel.
 //!
+//! Payloads: `vacated` (a release) and `metadata <token> <holder>` (an
+//! `update_metadata`). Any other payload wakes the follower as a release
+//! would (it then polls), so an unknown sender costs one read, never a
+//! missed release.
+//!
 //! When the shared connection breaks, every subscription ends at once (the
 //! subscribers' `recv()` returns `None`): each of them may have missed a
 //! release and must poll (the elector does, and subscribes again later).
@@ -12,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use leader_core::{Error, LeaseEvent, LeaseEvents, Result};
+use leader_core::{Error, FencingToken, HolderId, LeaseEvent, LeaseEvents, Result};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +26,27 @@ use crate::conn::{Connector, classify};
 /// How often the shared listener stops listening on channels whose
 /// subscribers have all gone.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// The start of a metadata update's payload.
+const METADATA: &str = "metadata ";
+
+/// The NOTIFY payload of an `update_metadata` by `holder` in term `token`
+/// (at most about 540 bytes: the limit is 8000).
+pub(crate) fn metadata_payload(holder: &HolderId, token: FencingToken) -> String {
+    format!("{METADATA}{} {holder}", token.0)
+}
+
+/// The event a payload announces (see the module docs).
+fn decode(payload: &str) -> LeaseEvent {
+    let updated = payload.strip_prefix(METADATA).and_then(|rest| {
+        let (token, holder) = rest.split_once(' ')?;
+        Some(LeaseEvent::MetadataUpdated {
+            holder: HolderId::new(holder).ok()?,
+            token: FencingToken(token.parse().ok()?),
+        })
+    });
+    updated.unwrap_or(LeaseEvent::Vacated)
+}
 
 /// The store's shared LISTEN connection, opened on the first subscription.
 pub(crate) struct Hub {
@@ -179,14 +205,8 @@ async fn run(
                 Ok(Some(notification)) => {
                     let channel = notification.channel();
                     if let Some(subscribers) = routes.get_mut(channel) {
-                        // A full queue already holds a Vacated for its
-                        // subscriber; another one adds nothing.
-                        subscribers.retain(|tx| {
-                            !matches!(
-                                tx.try_send(LeaseEvent::Vacated),
-                                Err(mpsc::error::TrySendError::Closed(_))
-                            )
-                        });
+                        let event = decode(notification.payload());
+                        subscribers.retain(|tx| forward(tx, &event));
                     }
                 }
                 Ok(None) => break "the LISTEN connection was lost".to_owned(),
@@ -209,6 +229,24 @@ async fn run(
     pool.close().await;
 }
 
+/// Queues `event` for one subscriber; `false` once it has gone.
+///
+/// The last free place of a queue is kept for a `Vacated` (informational
+/// events are dropped when only one is left), so a full queue always
+/// already holds a `Vacated` and dropping another one loses nothing.
+fn forward(tx: &mpsc::Sender<LeaseEvent>, event: &LeaseEvent) -> bool {
+    if tx.is_closed() {
+        return false;
+    }
+    if *event != LeaseEvent::Vacated && tx.capacity() < 2 {
+        return true;
+    }
+    !matches!(
+        tx.try_send(event.clone()),
+        Err(mpsc::error::TrySendError::Closed(_))
+    )
+}
+
 /// Stops listening on channels nobody subscribes to any more.
 async fn unlisten_unused(
     listener: &mut PgListener,
@@ -226,4 +264,51 @@ async fn unlisten_unused(
         listener.unlisten(&channel).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_decode_to_events_and_unknown_ones_wake_followers() {
+        let holder = HolderId::new("pod a/3f9c").expect("valid holder");
+        let payload = metadata_payload(&holder, FencingToken(42));
+        assert_eq!(
+            decode(&payload),
+            LeaseEvent::MetadataUpdated {
+                holder,
+                token: FencingToken(42)
+            }
+        );
+        for other in [
+            "vacated",
+            "",
+            "metadata",
+            "metadata x h",
+            "metadata 7 ",
+            "hello",
+        ] {
+            assert_eq!(decode(other), LeaseEvent::Vacated, "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_last_place_of_a_queue_is_kept_for_a_release() {
+        let (tx, mut events) = LeaseEvents::channel(2);
+        let updated = LeaseEvent::MetadataUpdated {
+            holder: HolderId::new("h").expect("valid holder"),
+            token: FencingToken(1),
+        };
+        assert!(forward(&tx, &updated));
+        assert!(forward(&tx, &updated), "dropped, subscriber kept");
+        assert!(forward(&tx, &LeaseEvent::Vacated));
+        assert_eq!(events.recv().await, Some(updated));
+        assert_eq!(events.recv().await, Some(LeaseEvent::Vacated));
+        drop(events);
+        assert!(
+            !forward(&tx, &LeaseEvent::Vacated),
+            "a closed subscriber goes"
+        );
+    }
 }

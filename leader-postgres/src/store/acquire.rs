@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use leader_core::{Acquire, Error, FencingToken, HolderId, Lease, LeaseInfo, LeaseKey, Result};
+use leader_core::{
+    Acquire, Error, FencingToken, HolderId, Lease, LeaseInfo, LeaseKey, Metadata, Result,
+};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Row};
 use tokio::time::Instant;
 
 use super::pool::{Session, Slot, Term};
-use super::session::holder_info;
+use super::session::{holder_info, metadata_column};
 use super::{Minted, Pinned, PinnedState, PostgresStore, STORE};
 use crate::conn::{Conn, classify, is_connection_error};
 use crate::keys::{self, Keepalive};
@@ -20,7 +22,8 @@ use crate::keys::{self, Keepalive};
 impl PostgresStore {
     /// Runs the acquire (`reacquire`: on a session that already holds the
     /// lock) statement on `conn`, applying the session settings of
-    /// `settings` (a TTL) when given.
+    /// `settings` (a TTL) when given, and storing `metadata` (or NULL) with
+    /// the new term.
     ///
     /// The common case (a new lease on a session whose settings fit) runs
     /// the short statement; only when it took the lock of a term that ended
@@ -35,10 +38,13 @@ impl PostgresStore {
         holder: &HolderId,
         ttl: Duration,
         settings: Option<Duration>,
+        metadata: Option<&Metadata>,
     ) -> std::result::Result<Minted, sqlx::Error> {
         if reacquire || settings.is_some() {
             return self
-                .mint_deciding(conn, reacquire, key, lock_key, holder, ttl, settings)
+                .mint_deciding(
+                    conn, reacquire, key, lock_key, holder, ttl, settings, metadata,
+                )
                 .await;
         }
         let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
@@ -49,6 +55,7 @@ impl PostgresStore {
             .bind(self.inner.config.lock_delay)
             .bind(ttl_ms)
             .bind(self.waited_out(lock_key))
+            .bind(metadata.map(Metadata::as_bytes))
             .fetch_one(&mut conn.inner)
             .await?;
         if !row.try_get::<bool, _>("got")? {
@@ -60,7 +67,7 @@ impl PostgresStore {
             // holds the lock now; the deciding statement keeps it or gives
             // it back (the lock delay).
             None => {
-                self.mint_deciding(conn, true, key, lock_key, holder, ttl, None)
+                self.mint_deciding(conn, true, key, lock_key, holder, ttl, None, metadata)
                     .await
             }
         }
@@ -78,6 +85,7 @@ impl PostgresStore {
         holder: &HolderId,
         ttl: Duration,
         settings: Option<Duration>,
+        metadata: Option<&Metadata>,
     ) -> std::result::Result<Minted, sqlx::Error> {
         let sql = &self.inner.sql;
         let statement = match (reacquire, settings.is_some()) {
@@ -110,7 +118,11 @@ impl PostgresStore {
                 .bind(ka.count.to_string())
                 .bind(ka.user_timeout_ms.to_string());
         }
-        let row = query.fetch_one(&mut conn.inner).await?;
+        // The last parameter in every variant ($7, or $12 with settings).
+        let row = query
+            .bind(metadata.map(Metadata::as_bytes))
+            .fetch_one(&mut conn.inner)
+            .await?;
         let got: bool = row.try_get("got")?;
         let wait_ms: i64 = row.try_get("wait_ms")?;
         if wait_ms > 0 {
@@ -123,11 +135,10 @@ impl PostgresStore {
             let token = FencingToken(u64::try_from(token_num).unwrap_or(0));
             let term_ttl = Duration::from_millis(wait_ms.unsigned_abs());
             let remaining = self.hold_back(lock_key, token_num, term_ttl);
-            return Ok(Minted::HeldBack(LeaseInfo::new(
-                holder,
-                token,
-                Some(remaining),
-            )));
+            return Ok(Minted::HeldBack(
+                LeaseInfo::new(holder, token, Some(remaining))
+                    .with_metadata(metadata_column(&row, "prev_metadata")?),
+            ));
         }
         if got {
             let token: Option<i64> = row.try_get("token")?;
@@ -227,6 +238,7 @@ impl PostgresStore {
         key: &LeaseKey,
         lock_key: i64,
         ttl: Duration,
+        metadata: Option<&Metadata>,
     ) -> Result<Option<Lease>> {
         let limit = self.inner.config.request_timeout;
         let session = &pinned.session;
@@ -254,7 +266,16 @@ impl PostgresStore {
         };
         let outcome = tokio::time::timeout(
             limit,
-            self.mint(conn, true, key, lock_key, &pinned.holder, ttl, settings),
+            self.mint(
+                conn,
+                true,
+                key,
+                lock_key,
+                &pinned.holder,
+                ttl,
+                settings,
+                metadata,
+            ),
         )
         .await;
         match outcome {
@@ -268,10 +289,13 @@ impl PostgresStore {
                     term.ttl = ttl;
                 }
                 session.note(&slot);
-                pinned.set_state(PinnedState {
-                    token,
-                    valid_until: sent + ttl,
-                });
+                pinned.set_term(
+                    PinnedState {
+                        token,
+                        valid_until: sent + ttl,
+                    },
+                    metadata.cloned(),
+                );
                 Ok(Some(
                     Lease::new(key.clone(), pinned.holder.clone(), token, ttl)
                         .with_handle(pinned.handle),
@@ -335,6 +359,7 @@ impl PostgresStore {
         lock_key: i64,
         holder: &HolderId,
         ttl: Duration,
+        metadata: Option<&Metadata>,
     ) -> Result<Acquire> {
         let err = |e: Error| {
             e.with_store(STORE)
@@ -362,11 +387,11 @@ impl PostgresStore {
             if let Some(term) = slot.held.get(&lock_key) {
                 // Never lock twice on one session (advisory locks are
                 // reentrant): this session holds it for another lease.
-                return Ok(Acquire::Held(LeaseInfo::new(
-                    term.holder.clone(),
-                    term.token,
-                    None,
-                )));
+                let pinned = self.leases().get(&lock_key).cloned();
+                return Ok(Acquire::Held(match pinned {
+                    Some(p) if p.handle == term.handle => p.info(),
+                    _ => LeaseInfo::new(term.holder.clone(), term.token, None),
+                }));
             }
             let wanted = slot.wanted_settings(ttl);
             let settings = (slot.settings != Some(wanted)).then_some(wanted);
@@ -376,7 +401,7 @@ impl PostgresStore {
             };
             let outcome = tokio::time::timeout(
                 limit,
-                self.mint(conn, false, key, lock_key, holder, ttl, settings),
+                self.mint(conn, false, key, lock_key, holder, ttl, settings, metadata),
             )
             .await;
             match outcome {
@@ -421,10 +446,13 @@ impl PostgresStore {
                         holder: holder.clone(),
                         lock_key,
                         session: Arc::clone(&session),
-                        state: std::sync::Mutex::new(PinnedState {
-                            token,
-                            valid_until: sent + ttl,
-                        }),
+                        state: std::sync::Mutex::new((
+                            PinnedState {
+                                token,
+                                valid_until: sent + ttl,
+                            },
+                            metadata.cloned(),
+                        )),
                         ended: tokio::sync::Notify::new(),
                     });
                     drop(slot);

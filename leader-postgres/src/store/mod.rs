@@ -11,13 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, FencingToken, HolderId, Lease, LeaseEvents,
-    LeaseInfo, LeaseKey, LeaseStore, NotificationSupport, Result, check_ttl,
+    LeaseInfo, LeaseKey, LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
 };
 use sqlx::{AssertSqlSafe, Row};
 use tokio::time::Instant;
 
 mod acquire;
 mod delay;
+mod metadata;
 mod pool;
 mod session;
 
@@ -42,7 +43,9 @@ struct Pinned {
     holder: HolderId,
     lock_key: i64,
     session: Arc<Session>,
-    state: Mutex<PinnedState>,
+    /// The term and its metadata, under one lock so that a reader never
+    /// pairs one term's token with another term's metadata.
+    state: Mutex<(PinnedState, Option<Metadata>)>,
     /// Wakes the expiry task when the lease ends otherwise.
     ended: tokio::sync::Notify,
 }
@@ -56,12 +59,37 @@ struct PinnedState {
 }
 
 impl Pinned {
-    fn state(&self) -> PinnedState {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn locked(&self) -> MutexGuard<'_, (PinnedState, Option<Metadata>)> {
+        // Updates are single assignments; a panic cannot corrupt them.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn state(&self) -> PinnedState {
+        self.locked().0
+    }
+
+    /// Updates the term's validity (a renewal: same token, same metadata).
     fn set_state(&self, state: PinnedState) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
+        self.locked().0 = state;
+    }
+
+    /// Starts a new term with its own metadata.
+    fn set_term(&self, state: PinnedState, metadata: Option<Metadata>) {
+        *self.locked() = (state, metadata);
+    }
+
+    /// Replaces the metadata of term `token`, if it is still the current one.
+    fn set_metadata(&self, token: FencingToken, metadata: Metadata) {
+        let mut locked = self.locked();
+        if locked.0.token == token {
+            locked.1 = Some(metadata);
+        }
+    }
+
+    /// The current term as a holder record.
+    fn info(&self) -> LeaseInfo {
+        let (state, metadata) = self.locked().clone();
+        LeaseInfo::new(self.holder.clone(), state.token, None).with_metadata(metadata)
     }
 }
 
@@ -211,33 +239,72 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Notes a statement's complaint that the counter table is missing, so
-    /// the next operation creates it again. Returns whether that was it.
+    /// Notes a statement's complaint that the counter table is missing (or
+    /// lacks a column: replaced by an earlier version's), so the next
+    /// operation creates or upgrades it again. Returns whether that was it.
     fn table_missing(&self, e: &sqlx::Error) -> bool {
-        let missing =
-            matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01"));
-        if missing {
-            tracing::warn!(table = ?self.inner.table, "the counter table is missing; creating it again");
-            self.inner.schema_ready.store(false, Ordering::Release);
-        }
-        missing
+        let code = match e {
+            sqlx::Error::Database(db) => db.code(),
+            _ => None,
+        };
+        let missing = match code.as_deref() {
+            Some("42P01") => "the counter table is missing; creating it again",
+            Some("42703") => "the counter table lacks a column; upgrading it again",
+            _ => return false,
+        };
+        tracing::warn!(table = ?self.inner.table, "{missing}");
+        self.inner.schema_ready.store(false, Ordering::Release);
+        true
     }
 
     async fn create_schema(&self) -> Result<()> {
         let table = self.inner.table.as_written();
-        let (exists, create) = (
-            self.inner.sql.table_exists.clone(),
-            self.inner.sql.create_table.clone(),
+        let sql = &self.inner.sql;
+        // The ALTER waits for the table's ACCESS EXCLUSIVE lock, and every
+        // statement on the table queues behind it meanwhile: bounded, so a
+        // long transaction on the table fails the upgrade (retried by the
+        // next operation) instead of stalling every client's acquisitions.
+        let lock_timeout = self
+            .inner
+            .config
+            .request_timeout
+            .min(Duration::from_secs(1));
+        let upgrade = format!(
+            "BEGIN; SET LOCAL lock_timeout = {}; {}; COMMIT",
+            lock_timeout.as_millis().max(1),
+            sql.add_metadata
         );
-        let what = format!("could not check or create the counter table {table:?}");
+        let (exists, create) = (sql.table_exists.clone(), sql.create_table.clone());
+        let what = format!(
+            "could not check, create or upgrade the counter table {table:?} (upgrading a table \
+             of an earlier version adds the column `metadata bytea` and needs the table's owner)"
+        );
         self.on_idle(self.inner.config.request_timeout, &what, |conn| {
-            let (exists, create, table) = (exists.clone(), create.clone(), table.clone());
+            let (exists, create, upgrade, table) = (
+                exists.clone(),
+                create.clone(),
+                upgrade.clone(),
+                table.clone(),
+            );
             Box::pin(async move {
-                let present: bool = sqlx::query(AssertSqlSafe(exists))
+                let row = sqlx::query(AssertSqlSafe(exists))
                     .bind(table)
                     .fetch_one(&mut *conn)
-                    .await?
-                    .try_get("present")?;
+                    .await?;
+                let present: bool = row.try_get("present")?;
+                if present && !row.try_get::<bool, _>("has_metadata")? {
+                    // A table from before leader metadata: a nullable
+                    // column without default is a catalog change only (no
+                    // rewrite), under a brief ACCESS EXCLUSIVE lock. A
+                    // failure drops this connection (never put back), so
+                    // no aborted transaction block is reused.
+                    // Another instance adding it at the same moment is
+                    // fine: the second ALTER waits and finds the column.
+                    sqlx::raw_sql(AssertSqlSafe(upgrade))
+                        .execute(&mut *conn)
+                        .await?;
+                    tracing::info!("added the metadata column to the counter table");
+                }
                 if !present {
                     match sqlx::query(AssertSqlSafe(create)).execute(&mut *conn).await {
                         Ok(_) => {}
@@ -472,6 +539,49 @@ impl PostgresStore {
         session.note(slot);
     }
 
+    /// Takes the lease on `key` with `metadata` (or none) as the term's
+    /// metadata (see [`LeaseStore::acquire`]).
+    async fn take(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: Option<Metadata>,
+    ) -> Result<Acquire> {
+        check_ttl(ttl)?;
+        self.ensure_schema().await?;
+        let (store, key, holder) = (self.clone(), key.clone(), holder.clone());
+        self.detached("acquire", async move {
+            let lock_key = store.lock_key(&key);
+            let turn = Turn::take(&store, lock_key);
+            let _turn = turn.mutex.lock().await;
+            let existing = store.leases().get(&lock_key).cloned();
+            if let Some(pinned) = existing {
+                if pinned.key == key && pinned.holder == holder {
+                    let again = store
+                        .reacquire(&pinned, &key, lock_key, ttl, metadata.as_ref())
+                        .await
+                        .map_err(|e| {
+                            e.with_store(STORE)
+                                .with_operation("acquire")
+                                .with_key(key.as_str())
+                        })?;
+                    if let Some(lease) = again {
+                        return Ok(Acquire::Acquired(lease));
+                    }
+                } else {
+                    // Held through this very store: no need to ask the
+                    // server (and a session must not lock it twice).
+                    return Ok(Acquire::Held(pinned.info()));
+                }
+            }
+            store
+                .acquire_fresh(&key, lock_key, &holder, ttl, metadata.as_ref())
+                .await
+        })
+        .await
+    }
+
     /// Releases `lease` (see [`LeaseStore::release`]).
     async fn release_pinned(&self, lease: &Lease) -> Result<bool> {
         let Some(pinned) = self.pinned_for(lease) else {
@@ -491,42 +601,29 @@ impl LeaseStore for PostgresStore {
         Capabilities::new(FencingSource::Counter)
             .session_bound()
             .with_notifications(NotificationSupport::Release)
+            .with_metadata()
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
-        check_ttl(ttl)?;
-        self.ensure_schema().await?;
-        let (store, key, holder) = (self.clone(), key.clone(), holder.clone());
-        self.detached("acquire", async move {
-            let lock_key = store.lock_key(&key);
-            let turn = Turn::take(&store, lock_key);
-            let _turn = turn.mutex.lock().await;
-            let existing = store.leases().get(&lock_key).cloned();
-            if let Some(pinned) = existing {
-                if pinned.key == key && pinned.holder == holder {
-                    let again = store
-                        .reacquire(&pinned, &key, lock_key, ttl)
-                        .await
-                        .map_err(|e| {
-                            e.with_store(STORE)
-                                .with_operation("acquire")
-                                .with_key(key.as_str())
-                        })?;
-                    if let Some(lease) = again {
-                        return Ok(Acquire::Acquired(lease));
-                    }
-                } else {
-                    // Held through this very store: no need to ask the
-                    // server (and a session must not lock it twice).
-                    let token = pinned.state().token;
-                    return Ok(Acquire::Held(LeaseInfo::new(
-                        pinned.holder.clone(),
-                        token,
-                        None,
-                    )));
-                }
-            }
-            store.acquire_fresh(&key, lock_key, &holder, ttl).await
+        self.take(key, holder, ttl, None).await
+    }
+
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        self.take(key, holder, ttl, Some(metadata.clone())).await
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        let (store, lease, metadata) = (self.clone(), lease.clone(), metadata.clone());
+        // Detached for the same reason as `renew`: the statement runs on a
+        // shared session and must not be cancelled halfway.
+        self.detached("update_metadata", async move {
+            store.update_pinned(&lease, metadata).await
         })
         .await
     }
@@ -577,13 +674,14 @@ impl LeaseStore for PostgresStore {
         // session (terminating the session would end every lease on it).
         let local = self.leases().get(&lock_key).cloned();
         if let Some(pinned) = local {
-            let token = pinned.state().token;
+            let info = pinned.info();
             let store = self.clone();
             let ended = self
                 .detached("force_release", async move {
-                    store.end_term(&pinned, token).await.map(|ended| {
-                        ended.then(|| LeaseInfo::new(pinned.holder.clone(), token, None))
-                    })
+                    store
+                        .end_term(&pinned, info.token)
+                        .await
+                        .map(|ended| ended.then_some(info))
                 })
                 .await
                 .map_err(err)?;

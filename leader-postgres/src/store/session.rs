@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use leader_core::{Error, FencingToken, HolderId, LeaseInfo, LeaseKey, Result};
+use leader_core::{Error, FencingToken, HolderId, LeaseInfo, LeaseKey, Metadata, Result};
 use sqlx::postgres::{PgConnection, PgRow};
 use sqlx::{AssertSqlSafe, Row};
 use tokio::time::Instant;
@@ -288,9 +288,10 @@ impl PostgresStore {
     }
 }
 
-/// A [`LeaseInfo`] from a holder lookup row: the full holder id from the
-/// counter row when it belongs to the locking session, else the session's
-/// `application_name` (and the last token minted, or 0).
+/// A [`LeaseInfo`] from a holder lookup row: the full holder id and the
+/// term's metadata from the counter row when it belongs to the locking
+/// session, else the session's `application_name` (and the last token
+/// minted, or 0, without metadata: the row is another term's).
 pub(super) fn holder_info(
     row: &PgRow,
     token_column: &str,
@@ -303,16 +304,31 @@ pub(super) fn holder_info(
     let token: Option<i64> = row.try_get(token_column)?;
     let row_pid: Option<i32> = row.try_get("row_pid")?;
     let token = FencingToken(token.and_then(|t| u64::try_from(t).ok()).unwrap_or(0));
-    let named = if row_pid == Some(lock_pid) {
-        holder
+    let (named, metadata) = if row_pid == Some(lock_pid) {
+        (holder, metadata_column(row, "metadata")?)
     } else {
-        None
+        (None, None)
     };
     let holder = named
         .or(app.filter(|a| !a.trim().is_empty()))
         .and_then(|h| HolderId::new(h).ok())
         .or_else(|| HolderId::new(format!("postgres backend {lock_pid}")).ok());
-    Ok(holder.map(|h| LeaseInfo::new(h, token, None)))
+    Ok(holder.map(|h| LeaseInfo::new(h, token, None).with_metadata(metadata)))
+}
+
+/// The term's metadata in `column` of a row (NULL: none). A value over the
+/// size limit (written by hand) is a protocol error, not a panic.
+pub(super) fn metadata_column(
+    row: &PgRow,
+    column: &str,
+) -> std::result::Result<Option<Metadata>, sqlx::Error> {
+    let Some(bytes) = row.try_get::<Option<Vec<u8>>, _>(column)? else {
+        return Ok(None);
+    };
+    // A decode error, not `Protocol`: the session itself is fine.
+    Metadata::new(bytes).map(Some).map_err(|e| {
+        sqlx::Error::Decode(format!("the counter table's {column} column: {e}").into())
+    })
 }
 
 /// What the server says about a session (`leases`: how many share it).
