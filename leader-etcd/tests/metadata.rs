@@ -5,12 +5,13 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::PutOptions;
 use leader_core::{
-    Acquire, ErrorKind, FencingToken, HolderId, Lease, LeaseEvent, LeaseEvents, LeaseKey,
-    LeaseStore, MAX_METADATA_LEN, Metadata,
+    Acquire, ElectionConfig, Elector, ErrorKind, FencingToken, HolderId, Lease, LeaseEvent,
+    LeaseEvents, LeaseKey, LeaseStore, MAX_METADATA_LEN, Metadata, Observer,
 };
 use leader_etcd::EtcdStore;
 use leader_testkit::servers::EtcdServer;
@@ -237,11 +238,10 @@ async fn update_with_a_stale_token_or_another_holder_fails() {
             ("another holder", forged_holder(&lease)),
         ];
         for (what, stale) in &stale_updates {
-            let e = store
-                .update_metadata(stale, &meta("stale"))
-                .await
-                .expect_err(what);
-            refused(what, e);
+            match store.update_metadata(stale, &meta("stale")).await {
+                Err(e) => refused(what, e),
+                Ok(()) => panic!("{round}: update_metadata by {what} succeeded"),
+            }
             assert!(
                 !store.release(stale).await.expect("release"),
                 "{round}: release by {what} succeeded"
@@ -391,4 +391,43 @@ async fn older_values_read_and_unreadable_ones_are_named() {
         Err(e) => assert_eq!(e.kind(), ErrorKind::Protocol, "{e}"),
         Ok(outcome) => panic!("an unreadable holder record gave {outcome:?}"),
     }
+}
+
+/// End to end: `Elector::start_with_metadata` stores the value with the
+/// term, and after `proclaim` an `Observer` on another store shows the new
+/// value well before its next poll (with a live subscription on etcd it
+/// polls every four lease durations): the `MetadataUpdated` event woke it.
+#[tokio::test]
+async fn an_observer_sees_a_proclaimed_value_through_the_watch() {
+    let server = EtcdServer::start().await.expect("etcd");
+    let store =
+        || -> Arc<dyn LeaseStore> { Arc::new(EtcdStore::from_url(server.url()).expect("store")) };
+    let lease = Duration::from_secs(10);
+    let mut config = ElectionConfig::new(format!("proclaim-{}", std::process::id()))
+        .with_timing(lease, Duration::from_secs(2));
+    config.key_prefix = "leader-etcd-test:".to_owned();
+    let elector =
+        Elector::start_with_metadata(store(), config.clone(), meta("a:80")).expect("elector");
+    let observer = Observer::start(store(), &config).await.expect("observer");
+    let shows = |m: &'static str| {
+        let observer = &observer;
+        move || async move {
+            observer
+                .leader()
+                .is_some_and(|l| l.metadata == Some(meta(m)))
+        }
+    };
+    leader_testkit::wait::eventually(PATIENCE, "the observer shows a:80", shows("a:80")).await;
+    let token = observer.leader().expect("a leader").token;
+
+    elector.proclaim(meta("a:81")).await.expect("proclaim");
+    // The lease duration: far above an event's delivery on loopback, far
+    // below the observer's poll interval.
+    leader_testkit::wait::eventually(lease, "the observer shows a:81", shows("a:81")).await;
+    assert_eq!(
+        observer.leader().expect("a leader").token,
+        token,
+        "same term"
+    );
+    elector.shutdown().await;
 }
