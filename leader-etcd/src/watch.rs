@@ -25,11 +25,11 @@ use std::time::Duration;
 use etcd_client::{
     EventType, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
 };
-use leader_core::{Error, FencingToken, HolderId, LeaseEvent, LeaseEvents, LeaseKey, Result};
+use leader_core::{Error, LeaseEvent, LeaseEvents, LeaseKey, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::store::EtcdStore;
+use crate::store::{EtcdStore, Term};
 
 const OP: &str = "watch";
 /// Events buffered for a slow subscriber; further events are dropped (one
@@ -391,13 +391,18 @@ fn lease_event(event: &etcd_client::Event) -> Option<LeaseEvent> {
     match event.event_type() {
         EventType::Delete => Some(LeaseEvent::Vacated),
         EventType::Put => {
-            let holder = std::str::from_utf8(kv.value())
-                .ok()
-                .and_then(|v| HolderId::new(v).ok())?;
-            let token = u64::try_from(kv.mod_revision()).ok()?;
-            Some(LeaseEvent::Acquired {
+            let Term {
                 holder,
-                token: FencingToken(token),
+                token,
+                updated,
+                ..
+            } = Term::decode(kv.value(), kv.mod_revision()).ok()?;
+            // A put that keeps the term (update_metadata) versus one that
+            // starts a term (acquire).
+            Some(if updated {
+                LeaseEvent::MetadataUpdated { holder, token }
+            } else {
+                LeaseEvent::Acquired { holder, token }
             })
         }
     }

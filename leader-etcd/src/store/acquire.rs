@@ -1,15 +1,19 @@
-//! The acquisition transactions, and the guard that revokes a fresh grant
-//! when an acquisition does not complete.
+//! Acquisition: the loop over grant and transactions, the transactions
+//! themselves, and the guard that revokes a fresh grant when an acquisition
+//! does not complete.
+
+use std::time::Duration;
 
 use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp};
-use leader_core::{HolderId, Result};
+use leader_core::{Acquire, Error, HolderId, LeaseKey, Metadata, Result};
 
-use super::EtcdStore;
-use super::records::txn_get;
+use super::records::{lease, token_of, ttl_seconds, txn_get};
+use super::value::{names_holder, start_value};
+use super::{EtcdStore, MAX_ATTEMPTS};
 use crate::error::protocol;
 
 /// What the first acquisition transaction found.
-pub(super) enum Put {
+enum Put {
     Created(KeyValue),
     Existing(KeyValue),
 }
@@ -20,6 +24,78 @@ pub(super) enum Put {
 const SEEN_HELD_LIMIT: usize = 4096;
 
 impl EtcdStore {
+    /// `acquire` and `acquire_with_metadata`: a new term for `holder`,
+    /// whose value carries `metadata` if given (see [`EtcdStore`]).
+    pub(super) async fn take(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: Option<&Metadata>,
+    ) -> Result<Acquire> {
+        const OP: &str = "acquire";
+        let k = key.as_str();
+        let client = self.client(OP, k).await?;
+        let value = start_value(holder, metadata);
+        // Followers woken together by a release take turns: the first takes
+        // the seat, the others read it taken and grant nothing.
+        let _turn = self.inner.turns.take(k).await;
+        for _ in 0..MAX_ATTEMPTS {
+            // A seat last seen taken is read before a lease is granted for
+            // it: a follower's poll is then a read, not a grant + revoke.
+            if self.last_seen_held(k, holder)
+                && let (Some(kv), _) = self.get_kv(&client, OP, k).await?
+                && !names_holder(kv.value(), holder)
+            {
+                let info = self.info(&client, OP, k, &kv).await?;
+                return Ok(Acquire::Held(info));
+            }
+            let grant = self
+                .retrying(OP, k, &client, |mut c| async move {
+                    c.lease_grant(ttl_seconds(ttl), None).await
+                })
+                .await?;
+            let id = grant.id();
+            let guard = RevokeGuard::new(self, &client, id);
+            match self.put_if_absent(&client, k, &value, id).await? {
+                Put::Created(kv) => {
+                    guard.disarm();
+                    self.note_held_by_other(k, holder, false);
+                    let token = token_of(OP, k, &kv)?;
+                    return Ok(Acquire::Acquired(lease(key, holder, token, ttl, id)));
+                }
+                Put::Existing(kv) if names_holder(kv.value(), holder) => {
+                    // Our own key, still there after a transient error: start
+                    // a new term (a new revision) under the new lease.
+                    if let Some(new) = self.recreate_own(&client, k, &value, id, &kv).await? {
+                        guard.disarm();
+                        self.note_held_by_other(k, holder, false);
+                        let token = token_of(OP, k, &new)?;
+                        if kv.lease() != id {
+                            self.forget_renewal(kv.lease());
+                            self.revoke_in_background(&client, kv.lease());
+                        }
+                        return Ok(Acquire::Acquired(lease(key, holder, token, ttl, id)));
+                    }
+                    // It changed meanwhile: drop this grant and start over.
+                    guard.revoke_now().await;
+                }
+                Put::Existing(kv) => {
+                    guard.revoke_now().await;
+                    self.note_held_by_other(k, holder, true);
+                    let info = self.info(&client, OP, k, &kv).await?;
+                    return Ok(Acquire::Held(info));
+                }
+            }
+        }
+        Err(Error::indeterminate(format!(
+            "the key kept changing during {MAX_ATTEMPTS} attempts"
+        ))
+        .with_store("etcd")
+        .with_operation(OP)
+        .with_key(k))
+    }
+
     /// Whether `holder`'s last attempt on `k` found it held by someone else.
     pub(super) fn last_seen_held(&self, k: &str, holder: &HolderId) -> bool {
         self.seen_held()
@@ -47,19 +123,13 @@ impl EtcdStore {
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The acquisition transaction: create the key under lease `id` if it
-    /// does not exist, else read it.
-    pub(super) async fn put_if_absent(
-        &self,
-        client: &Client,
-        k: &str,
-        holder: &HolderId,
-        id: i64,
-    ) -> Result<Put> {
+    /// The acquisition transaction: create the key with `value` under lease
+    /// `id` if it does not exist, else read it.
+    async fn put_if_absent(&self, client: &Client, k: &str, value: &[u8], id: i64) -> Result<Put> {
         let txn = Txn::new()
             .when([Compare::create_revision(k, CompareOp::Equal, 0)])
             .and_then([
-                TxnOp::put(k, holder.as_str(), Some(PutOptions::new().with_lease(id))),
+                TxnOp::put(k, value, Some(PutOptions::new().with_lease(id))),
                 TxnOp::get(k, None),
             ])
             .or_else([TxnOp::get(k, None)]);
@@ -73,27 +143,27 @@ impl EtcdStore {
         })
     }
 
-    /// Re-puts our own key `old` under lease `id` (detaching it from the old
-    /// lease), so the new term gets a new, higher revision. `None` if the key
-    /// changed meanwhile.
+    /// Re-puts our own key `old` with `value` under lease `id` (detaching
+    /// it from the old lease), so the new term gets a new, higher revision.
+    /// `None` if the key changed meanwhile.
     ///
     /// etcd refuses a delete and a put of one key in one transaction, so the
     /// create revision cannot be renewed atomically; the mod revision can.
-    pub(super) async fn recreate_own(
+    async fn recreate_own(
         &self,
         client: &Client,
         k: &str,
-        holder: &HolderId,
+        value: &[u8],
         id: i64,
         old: &KeyValue,
     ) -> Result<Option<KeyValue>> {
         let txn = Txn::new()
             .when([
                 Compare::mod_revision(k, CompareOp::Equal, old.mod_revision()),
-                Compare::value(k, CompareOp::Equal, holder.as_str()),
+                Compare::value(k, CompareOp::Equal, old.value()),
             ])
             .and_then([
-                TxnOp::put(k, holder.as_str(), Some(PutOptions::new().with_lease(id))),
+                TxnOp::put(k, value, Some(PutOptions::new().with_lease(id))),
                 TxnOp::get(k, None),
             ]);
         let resp = self.send_txn("acquire", k, client, txn).await?;

@@ -10,7 +10,7 @@ use leader_core::{Error, ErrorKind, LeaseInfo, Result};
 use tokio::time::Instant;
 
 use super::EtcdStore;
-use super::records::{holder_of, token_of};
+use super::value::term_of;
 use crate::error::{classify, from_etcd, is_lease_not_found, timed_out};
 
 impl EtcdStore {
@@ -145,10 +145,9 @@ impl EtcdStore {
         key: &str,
         kv: &KeyValue,
     ) -> Result<LeaseInfo> {
-        let holder = holder_of(op, key, kv)?;
-        let token = token_of(op, key, kv)?;
+        let term = term_of(op, key, kv)?;
         let remaining = self.remaining(client, op, key, kv.lease()).await?;
-        Ok(LeaseInfo::new(holder, token, remaining))
+        Ok(LeaseInfo::new(term.holder, term.token, remaining).with_metadata(term.metadata))
     }
 
     pub(super) async fn get_kv(

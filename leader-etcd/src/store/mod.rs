@@ -5,6 +5,7 @@ mod client;
 mod records;
 mod renewals;
 mod turns;
+mod value;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -12,17 +13,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
-    LeaseStore, NotificationSupport, Result, check_ttl,
+    LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
 };
 use tokio::sync::OnceCell;
 
-use self::acquire::{Put, RevokeGuard};
-use self::records::{lease, lease_id_of, not_holder, token_of, ttl_seconds};
+use self::records::{lease_id_of, not_holder};
 use self::renewals::Renewals;
 use self::turns::Turns;
+pub(crate) use self::value::Term;
+use self::value::{held, term_of, updated_value, while_held};
 use crate::config::EtcdConfig;
 use crate::watch::WatchHub;
 
@@ -38,16 +40,18 @@ const MAX_ATTEMPTS: usize = 3;
 ///   two reads and no write. Acquisitions of one key on one store take
 ///   turns, so followers woken together by a release do not all grant a
 ///   lease: the first takes the seat, the others read it taken. Otherwise it
-///   grants an etcd lease of the TTL rounded up to whole seconds,
-///   then one transaction puts the key (value = holder id) under that lease
-///   if the key does not exist (`create_revision == 0`), else reads it. If the
+///   grants an etcd lease of the TTL rounded up to whole seconds, then one
+///   transaction puts the key (value = holder id, plus the metadata for
+///   `acquire_with_metadata`, as the README describes) under that lease if
+///   the key does not exist (`create_revision == 0`), else reads it. If the
 ///   key holds the caller's own holder id (a re-acquire after a transient
 ///   error), a second transaction re-puts it under the new lease if it did
 ///   not change meanwhile, which mints a new, higher token; the old lease is
 ///   revoked. On every failure the granted lease is revoked so nothing leaks.
 /// * **The fencing token is the revision of the transaction that started
-///   the term**, i.e. the key's mod revision, which this library only
-///   changes when a term starts. For a fresh acquisition it equals the key's
+///   the term**: the key's mod revision until `update_metadata` re-puts the
+///   key, which writes the term's token into the value instead. For a fresh
+///   acquisition it equals the key's
 ///   create revision (etcd's `Election` API token); a same-holder
 ///   re-acquisition re-puts the key, so its mod revision moves on while the
 ///   create revision stays (etcd refuses to delete and re-create one key in
@@ -56,8 +60,8 @@ const MAX_ATTEMPTS: usize = 3;
 ///   to etcd advance the revision too).
 /// * **renew** is one keep-alive round trip on a per-lease keep-alive
 ///   stream (a TTL of 0 means the lease is gone: `NotHolder`), plus a
-///   linearizable `get` proving the key still holds our revision, lease
-///   and holder id, *unless* the keep-alive answer shows that the store's
+///   linearizable `get` proving the key still holds our term (token, lease
+///   and holder id), *unless* the keep-alive answer shows that the store's
 ///   revision has not moved since the last such check (then nothing in etcd
 ///   was written, so the key cannot have changed). On a quiet store a renewal
 ///   costs one keep-alive round trip; when other keys are being written it
@@ -65,9 +69,14 @@ const MAX_ATTEMPTS: usize = 3;
 ///   (not through this library, which revokes the lease as well) is therefore
 ///   seen on the first renewal after it, up to the lag of the member
 ///   answering the keep-alive.
-/// * **release** deletes the key in a transaction that checks its revision
-///   (our token), lease and holder id are still ours, then revokes the lease
-///   in the background (a lease without keys is harmless and expires anyway).
+/// * **release** deletes the key in a transaction that checks the key still
+///   holds our term (token, lease and holder id), then
+///   revokes the lease in the background (a lease without keys is harmless
+///   and expires anyway).
+/// * **update_metadata** re-puts the key, under the same etcd lease, with the
+///   new metadata and the term's token, in one transaction guarded like
+///   release's; the put is a `PUT` event that watchers see as
+///   `MetadataUpdated`.
 /// * **current** reads the key and the remaining TTL of its lease. etcd
 ///   truncates it to whole seconds; the store reports it plus one second, the
 ///   latest the lease can end, so a follower waiting for the expiry does not
@@ -189,70 +198,41 @@ impl LeaseStore for EtcdStore {
             .with_notifications(NotificationSupport::ReleaseAndExpiry)
             // etcd leases have whole-second TTLs: acquire rounds up.
             .with_ttl_granularity(Duration::from_secs(1))
+            .with_metadata()
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
         check_ttl(ttl)?;
-        const OP: &str = "acquire";
-        let k = key.as_str();
+        self.take(key, holder, ttl, None).await
+    }
+
+    async fn acquire_with_metadata(
+        &self,
+        key: &LeaseKey,
+        holder: &HolderId,
+        ttl: Duration,
+        metadata: &Metadata,
+    ) -> Result<Acquire> {
+        check_ttl(ttl)?;
+        self.take(key, holder, ttl, Some(metadata)).await
+    }
+
+    async fn update_metadata(&self, lease: &Lease, metadata: &Metadata) -> Result<()> {
+        const OP: &str = "update_metadata";
+        let id = lease_id_of(lease)?;
+        let k = lease.key.as_str();
+        let value = updated_value(&lease.holder, lease.token, metadata);
+        // Same etcd lease: the TTL is neither extended nor reset.
+        let put = TxnOp::put(k, value, Some(PutOptions::new().with_lease(id)));
+        let Some(txn) = while_held(k, lease, id, &[put]) else {
+            return Err(not_holder(OP, lease, "its token cannot be an etcd term's"));
+        };
         let client = self.client(OP, k).await?;
-        // Followers woken together by a release take turns: the first takes
-        // the seat, the others read it taken and grant nothing.
-        let _turn = self.inner.turns.take(k).await;
-        for _ in 0..MAX_ATTEMPTS {
-            // A seat last seen taken is read before a lease is granted for
-            // it: a follower's poll is then a read, not a grant + revoke.
-            if self.last_seen_held(k, holder)
-                && let (Some(kv), _) = self.get_kv(&client, OP, k).await?
-                && kv.value() != holder.as_str().as_bytes()
-            {
-                let info = self.info(&client, OP, k, &kv).await?;
-                return Ok(Acquire::Held(info));
-            }
-            let grant = self
-                .retrying(OP, k, &client, |mut c| async move {
-                    c.lease_grant(ttl_seconds(ttl), None).await
-                })
-                .await?;
-            let id = grant.id();
-            let guard = RevokeGuard::new(self, &client, id);
-            match self.put_if_absent(&client, k, holder, id).await? {
-                Put::Created(kv) => {
-                    guard.disarm();
-                    self.note_held_by_other(k, holder, false);
-                    let token = token_of(OP, k, &kv)?;
-                    return Ok(Acquire::Acquired(lease(key, holder, token, ttl, id)));
-                }
-                Put::Existing(kv) if kv.value() == holder.as_str().as_bytes() => {
-                    // Our own key, still there after a transient error: start
-                    // a new term (a new revision) under the new lease.
-                    if let Some(new) = self.recreate_own(&client, k, holder, id, &kv).await? {
-                        guard.disarm();
-                        self.note_held_by_other(k, holder, false);
-                        let token = token_of(OP, k, &new)?;
-                        if kv.lease() != id {
-                            self.forget_renewal(kv.lease());
-                            self.revoke_in_background(&client, kv.lease());
-                        }
-                        return Ok(Acquire::Acquired(lease(key, holder, token, ttl, id)));
-                    }
-                    // It changed meanwhile: drop this grant and start over.
-                    guard.revoke_now().await;
-                }
-                Put::Existing(kv) => {
-                    guard.revoke_now().await;
-                    self.note_held_by_other(k, holder, true);
-                    let info = self.info(&client, OP, k, &kv).await?;
-                    return Ok(Acquire::Held(info));
-                }
-            }
+        let resp = self.send_txn(OP, k, &client, txn).await?;
+        if !held(&resp) {
+            return Err(not_holder(OP, lease, "the key was deleted or replaced"));
         }
-        Err(Error::indeterminate(format!(
-            "the key kept changing during {MAX_ATTEMPTS} attempts"
-        ))
-        .with_store("etcd")
-        .with_operation(OP)
-        .with_key(k))
+        Ok(())
     }
 
     async fn renew(&self, lease: &Lease) -> Result<()> {
@@ -281,9 +261,9 @@ impl LeaseStore for EtcdStore {
         }
         let (kv, at) = self.get_kv(&client, OP, k).await?;
         let ours = kv.as_ref().is_some_and(|kv| {
-            u64::try_from(kv.mod_revision()).ok() == Some(lease.token.0)
-                && kv.lease() == id
-                && kv.value() == lease.holder.as_str().as_bytes()
+            kv.lease() == id
+                && term_of(OP, k, kv)
+                    .is_ok_and(|t| t.token == lease.token && t.holder == lease.holder)
         });
         if !ours {
             drop(state);
@@ -299,24 +279,20 @@ impl LeaseStore for EtcdStore {
         let id = lease_id_of(lease)?;
         let k = lease.key.as_str();
         self.forget_renewal(id);
+        let Some(txn) = while_held(k, lease, id, &[TxnOp::delete(k, None)]) else {
+            return Ok(false);
+        };
         let client = self.client(OP, k).await?;
-        let token = i64::try_from(lease.token.0).unwrap_or(-1);
-        let txn = Txn::new()
-            .when([
-                Compare::mod_revision(k, CompareOp::Equal, token),
-                Compare::lease(k, CompareOp::Equal, id),
-                Compare::value(k, CompareOp::Equal, lease.holder.as_str()),
-            ])
-            .and_then([TxnOp::delete(k, None)]);
         let resp = self.send_txn(OP, k, &client, txn).await?;
-        if resp.succeeded() {
+        let released = held(&resp);
+        if released {
             // The key is gone with the delete; the lease itself is no longer
             // needed by anyone and is revoked off the caller's path. When the
             // release was refused the lease is left alone: the `Lease` may be
             // stale or forged, and its lease id may be someone's live term.
             self.revoke_in_background(&client, id);
         }
-        Ok(resp.succeeded())
+        Ok(released)
     }
 
     async fn current(&self, key: &LeaseKey) -> Result<Option<LeaseInfo>> {
@@ -381,5 +357,6 @@ mod tests {
         assert_eq!(caps.fencing, FencingSource::Revision);
         assert_eq!(caps.ttl_granularity, Duration::from_secs(1));
         assert!(caps.server_side_expiry);
+        assert!(caps.metadata);
     }
 }

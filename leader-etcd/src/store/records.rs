@@ -23,13 +23,6 @@ pub(super) fn not_holder(op: &'static str, lease: &Lease, why: &str) -> Error {
     .with_key(lease.key.as_str())
 }
 
-pub(super) fn holder_of(op: &'static str, key: &str, kv: &KeyValue) -> Result<HolderId> {
-    let text = std::str::from_utf8(kv.value())
-        .map_err(|_| protocol(op, key, "the key's value is not UTF-8, so not a holder id"))?;
-    HolderId::new(text)
-        .map_err(|e| protocol(op, key, "the key's value is not a valid holder id").with_source(e))
-}
-
 /// The fencing token of a key written by `acquire`: the revision of the
 /// transaction that wrote it (its mod revision; see [`EtcdStore`]).
 pub(super) fn token_of(op: &'static str, key: &str, kv: &KeyValue) -> Result<FencingToken> {
