@@ -61,6 +61,10 @@ pub(crate) struct Statements {
     /// `$4`, only on the session holding the lock, and notifies channel
     /// `$5` with payload `$6`.
     pub(crate) update_metadata: Arc<str>,
+    /// Notifies channel `$3` with payload `$4` only if the term with token
+    /// `$2` on lock `$1` is current: its row is not released and the
+    /// session that wrote it holds the lock. Any connection may run it.
+    pub(crate) request_resign: Arc<str>,
     /// The common case's acquisition, on a session whose settings already
     /// fit: the token is minted unless the previous term ended without a
     /// release (then `token` is NULL and the lock is held; `reacquire`
@@ -270,6 +274,17 @@ impl Statements {
              n AS MATERIALIZED (SELECT pg_notify($5, $6) FROM u) \
              SELECT (SELECT count(*) FROM u) AS updated, (SELECT count(*) FROM n) AS notified"
         );
+        // A row alone may name a term that ended without a release (a
+        // crashed or terminated session, the lock delay's case): the lock
+        // in pg_locks, held by the row's session, proves the term current.
+        // The NOTIFY goes out with the commit, as for metadata.
+        let request_resign = format!(
+            "WITH c AS MATERIALIZED (SELECT 1 FROM {t} f \
+                  WHERE f.lock_key = $1 AND f.token = $2::bigint AND NOT f.released \
+                    AND EXISTS (SELECT 1 FROM pg_locks k WHERE {LOCK_MATCH} AND k.pid = f.pid)), \
+             n AS MATERIALIZED (SELECT pg_notify($3, $4) FROM c) \
+             SELECT (SELECT count(*) FROM c) AS found, (SELECT count(*) FROM n) AS notified"
+        );
         Statements {
             table_exists: "SELECT to_regclass($1) IS NOT NULL AS present, \
                  EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass($1) \
@@ -278,6 +293,7 @@ impl Statements {
             create_table: create_table.into(),
             add_metadata: format!("ALTER TABLE {t} ADD COLUMN IF NOT EXISTS metadata bytea").into(),
             update_metadata: update_metadata.into(),
+            request_resign: request_resign.into(),
             acquire_fast: fast.into(),
             acquire_settings: mint(try_lock, true).into(),
             reacquire: mint(&still_held, false).into(),

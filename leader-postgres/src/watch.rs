@@ -2,10 +2,11 @@
 //! shared by every watcher, each notification routed to the watchers of
 //! its channel.
 //!
-//! Payloads: `vacated` (a release) and `metadata <token> <holder>` (an
-//! `update_metadata`). Any other payload wakes the follower as a release
-//! would (it then polls), so an unknown sender costs one read, never a
-//! missed release.
+//! Payloads: `vacated` (a release), `metadata <token> <holder>` (an
+//! `update_metadata`) and `resign <token>` (a `request_resign`). Any other
+//! payload, a malformed one of these included, wakes the follower as a
+//! release would (it then polls), so an unknown sender costs one read,
+//! never a missed release.
 //!
 //! When the shared connection breaks, every subscription ends at once (the
 //! subscribers' `recv()` returns `None`): each of them may have missed a
@@ -36,8 +37,21 @@ pub(crate) fn metadata_payload(holder: &HolderId, token: FencingToken) -> String
     format!("{METADATA}{} {holder}", token.0)
 }
 
+/// The start of a resign request's payload.
+const RESIGN: &str = "resign ";
+
+/// The NOTIFY payload of a `request_resign` for the term with `token`.
+pub(crate) fn resign_payload(token: FencingToken) -> String {
+    format!("{RESIGN}{}", token.0)
+}
+
 /// The event a payload announces (see the module docs).
 fn decode(payload: &str) -> LeaseEvent {
+    if let Some(token) = payload.strip_prefix(RESIGN).and_then(|t| t.parse().ok()) {
+        return LeaseEvent::ResignRequested {
+            token: FencingToken(token),
+        };
+    }
     let updated = payload.strip_prefix(METADATA).and_then(|rest| {
         let (token, holder) = rest.split_once(' ')?;
         Some(LeaseEvent::MetadataUpdated {
@@ -232,8 +246,9 @@ async fn run(
 /// Queues `event` for one subscriber; `false` once it has gone.
 ///
 /// The last free place of a queue is kept for a `Vacated` (informational
-/// events are dropped when only one is left), so a full queue always
-/// already holds a `Vacated` and dropping another one loses nothing.
+/// events, metadata updates and resign requests, are dropped when only one
+/// is left), so a full queue always already holds a `Vacated` and dropping
+/// another one loses nothing.
 fn forward(tx: &mpsc::Sender<LeaseEvent>, event: &LeaseEvent) -> bool {
     if tx.is_closed() {
         return false;
@@ -288,9 +303,27 @@ mod tests {
             "metadata x h",
             "metadata 7 ",
             "hello",
+            "resign",
+            "resign ",
+            "resign x",
+            "resign -1",
+            "resign 7 h",
         ] {
             assert_eq!(decode(other), LeaseEvent::Vacated, "{other:?}");
         }
+    }
+
+    #[test]
+    fn a_resign_payload_is_a_request_not_a_release() {
+        for token in [1, 42, u64::MAX] {
+            let token = FencingToken(token);
+            assert_eq!(
+                decode(&resign_payload(token)),
+                LeaseEvent::ResignRequested { token },
+                "{token}"
+            );
+        }
+        assert_eq!(resign_payload(FencingToken(42)), "resign 42");
     }
 
     #[tokio::test]
@@ -300,8 +333,12 @@ mod tests {
             holder: HolderId::new("h").expect("valid holder"),
             token: FencingToken(1),
         };
+        let resign = LeaseEvent::ResignRequested {
+            token: FencingToken(1),
+        };
         assert!(forward(&tx, &updated));
         assert!(forward(&tx, &updated), "dropped, subscriber kept");
+        assert!(forward(&tx, &resign), "dropped, subscriber kept");
         assert!(forward(&tx, &LeaseEvent::Vacated));
         assert_eq!(events.recv().await, Some(updated));
         assert_eq!(events.recv().await, Some(LeaseEvent::Vacated));

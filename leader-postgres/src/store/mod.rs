@@ -20,6 +20,7 @@ mod acquire;
 mod delay;
 mod metadata;
 mod pool;
+mod resign;
 mod session;
 
 pub use session::SessionInfo;
@@ -602,6 +603,7 @@ impl LeaseStore for PostgresStore {
             .session_bound()
             .with_notifications(NotificationSupport::Release)
             .with_metadata()
+            .with_resign_requests()
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
@@ -705,6 +707,10 @@ impl LeaseStore for PostgresStore {
         }
         tracing::info!(key = %key, holder = %info.holder, token = info.token.0, pid, "postgres lease force-released");
         Ok(Some(info))
+    }
+
+    async fn request_resign(&self, key: &LeaseKey, token: FencingToken) -> Result<bool> {
+        self.send_resign(key, token).await
     }
 
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
