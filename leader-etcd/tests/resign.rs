@@ -17,7 +17,8 @@ use leader_testkit::servers::EtcdServer;
 use leader_testkit::wait::eventually;
 use support::{PATIENCE, SLACK, raw_client, unique_key};
 
-const TTL: Duration = Duration::from_secs(5);
+// Long: no term of these tests should end by expiry but the one that waits for it.
+const TTL: Duration = Duration::from_secs(60);
 
 async fn setup() -> (EtcdServer, EtcdStore) {
     let server = EtcdServer::start().await.expect("start a private etcd");
