@@ -71,9 +71,8 @@ const MAX_ATTEMPTS: usize = 3;
 ///   (not through this library, which revokes the lease as well) is therefore
 ///   seen on the first renewal after it, up to the lag of the member
 ///   answering the keep-alive.
-/// * **release** deletes the key (and its request key, if a resign request
-///   put one) in a transaction that checks the key still holds our term
-///   (token, lease and holder id), then
+/// * **release** deletes the key in a transaction that checks the key still
+///   holds our term (token, lease and holder id), then
 ///   revokes the lease in the background (a lease without keys is harmless
 ///   and expires anyway).
 /// * **update_metadata** re-puts the key, under the same etcd lease, with the
@@ -84,12 +83,12 @@ const MAX_ATTEMPTS: usize = 3;
 ///   truncates it to whole seconds; the store reports it plus one second, the
 ///   latest the lease can end, so a follower waiting for the expiry does not
 ///   poll in a loop while etcd says 0.
-/// * **force_release** deletes the key and its request key (if the key did
-///   not change meanwhile) and revokes its lease.
+/// * **force_release** deletes the key (if it did not change meanwhile) and
+///   revokes its lease.
 /// * **request_resign** reads the key, then puts its *request key* (the key
 ///   followed by `\0resign`, valued with the token) under the holder's etcd
-///   lease in one transaction guarded like release's: it dies with the term.
-///   Release and force release delete it with the key.
+///   lease in one transaction guarded like release's: it dies with the
+///   term's lease (revoked by release and force release, or expired).
 /// * **watch** follows the key and its request key on the store's one
 ///   shared watch stream (one etcd watcher per key, events routed to that
 ///   key's subscribers; a `PUT` of the request key is `ResignRequested`); when
@@ -288,9 +287,9 @@ impl LeaseStore for EtcdStore {
         let id = lease_id_of(lease)?;
         let k = lease.key.as_str();
         self.forget_renewal(id);
-        // The request key (if any) goes with the term, not later with the
-        // revocation of its lease.
-        let ops = [TxnOp::delete(k, None), TxnOp::delete(request_key(k), None)];
+        // Only the key: a request key goes with the lease's revocation, so a
+        // user granted just the key can still release.
+        let ops = [TxnOp::delete(k, None)];
         let Some(txn) = while_held(k, &lease.holder, lease.token, id, &ops) else {
             return Ok(false);
         };
@@ -333,7 +332,7 @@ impl LeaseStore for EtcdStore {
                     CompareOp::Equal,
                     kv.mod_revision(),
                 )])
-                .and_then([TxnOp::delete(k, None), TxnOp::delete(request_key(k), None)]);
+                .and_then([TxnOp::delete(k, None)]);
             let resp = self.send_txn(OP, k, &client, txn).await?;
             if resp.succeeded() {
                 self.forget_renewal(kv.lease());

@@ -4,9 +4,10 @@
 //! sees: the *request key*, the lease key followed by [`SUFFIX`], whose value
 //! is the token of the term asked to end (decimal ASCII). It is put in one
 //! transaction guarded like `update_metadata` (the lease key still holds that
-//! term) and under the holder's own etcd lease, so it is deleted with the
-//! term however it ends (release and force release delete it too) and never
-//! outlives it. The key's watch covers the range from the lease key to just
+//! term) and under the holder's own etcd lease, so it is deleted with that
+//! lease (revoked by release and force release, or expired) and never
+//! outlives the term. Release does not delete it itself: a user granted
+//! only the lease key can still release. The key's watch covers the range from the lease key to just
 //! past its request key, and routes a `PUT` of the request key as
 //! [`LeaseEvent::ResignRequested`](leader_core::LeaseEvent::ResignRequested).
 //!
