@@ -5,7 +5,10 @@
 //! [`WatchHub`] opens that stream on the first subscription, creates one
 //! watch per key (however many subscribers follow the key) and routes each
 //! event to the subscribers of its key only. A key's watch is cancelled when
-//! its last subscriber goes away.
+//! its last subscriber goes away. The watch covers a range: the key and its
+//! request key (see `store::resign`), whose `PUT` is a resign request; every
+//! event is told apart by the exact key it names, so the request key's
+//! `DELETE` (it dies with the term) is no `Vacated`.
 //!
 //! When the stream breaks (a reset connection, a dead member, HTTP/2 pings
 //! unanswered for a silent partition) every subscription ends at once:
@@ -29,7 +32,7 @@ use leader_core::{Error, LeaseEvent, LeaseEvents, LeaseKey, Result};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::store::{EtcdStore, Term};
+use crate::store::{EtcdStore, Term, request_key, requested_token, watch_range_end};
 
 const OP: &str = "watch";
 /// Events buffered for a slow subscriber; further events are dropped (one
@@ -195,7 +198,7 @@ async fn open(store: &EtcdStore, key: &str) -> Result<Live> {
     let client = store.client(OP, key).await?;
     let mut routes = Routes::default();
     let id = routes.add_route(key);
-    let options = WatchOptions::new().with_watch_id(id);
+    let options = watch_options(key, id);
     let opened = store
         .retrying(OP, key, &client, |mut c| {
             let options = options.clone();
@@ -307,7 +310,7 @@ impl Stream {
             (id, subscriber, route.created.subscribe(), new)
         };
         if new {
-            let options = WatchOptions::new().with_watch_id(id);
+            let options = watch_options(key, id);
             let sent = self.requests.lock().await.watch(key, Some(options)).await;
             if let Err(e) = sent {
                 self.routes().remove_route(id);
@@ -358,7 +361,7 @@ impl Stream {
             route.created.send_replace(Some(true));
         }
         for event in resp.events() {
-            let Some(lease_event) = lease_event(event) else {
+            let Some(lease_event) = lease_event(&route.key, event) else {
                 continue;
             };
             for (_, tx) in &route.subscribers {
@@ -385,9 +388,30 @@ async fn ended(created: &mut watch::Receiver<Option<bool>>) {
     let _ = created.wait_for(|c| *c == Some(false)).await.map(|_| ());
 }
 
-/// The [`LeaseEvent`] of an etcd event, if it is one this library writes.
-fn lease_event(event: &etcd_client::Event) -> Option<LeaseEvent> {
+/// The watch of `key` on the shared stream, with the client-chosen `id`: the
+/// key and its request key, no other key this library writes.
+fn watch_options(key: &str, id: i64) -> WatchOptions {
+    WatchOptions::new()
+        .with_watch_id(id)
+        .with_range(watch_range_end(key))
+}
+
+/// The [`LeaseEvent`] of an etcd event on the watch of `key`, if it is one
+/// this library writes.
+fn lease_event(key: &str, event: &etcd_client::Event) -> Option<LeaseEvent> {
     let kv = event.kv()?;
+    if kv.key() != key.as_bytes() {
+        // The request key: its `PUT` asks the holder to resign; its `DELETE`
+        // comes with the end of the term, which the key's own says.
+        return match event.event_type() {
+            EventType::Put if kv.key() == request_key(key).as_slice() => {
+                Some(LeaseEvent::ResignRequested {
+                    token: requested_token(kv.value())?,
+                })
+            }
+            _ => None,
+        };
+    }
     match event.event_type() {
         EventType::Delete => Some(LeaseEvent::Vacated),
         EventType::Put => {

@@ -4,6 +4,7 @@ mod acquire;
 mod client;
 mod records;
 mod renewals;
+mod resign;
 mod turns;
 mod value;
 
@@ -15,13 +16,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use leader_core::{
-    Acquire, Capabilities, Error, FencingSource, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
-    LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
+    Acquire, Capabilities, Error, FencingSource, FencingToken, HolderId, Lease, LeaseEvents,
+    LeaseInfo, LeaseKey, LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
 };
 use tokio::sync::OnceCell;
 
 use self::records::{lease_id_of, not_holder};
 use self::renewals::Renewals;
+pub(crate) use self::resign::{request_key, requested_token, watch_range_end};
 use self::turns::Turns;
 pub(crate) use self::value::Term;
 use self::value::{held, term_of, updated_value, while_held};
@@ -83,8 +85,13 @@ const MAX_ATTEMPTS: usize = 3;
 ///   poll in a loop while etcd says 0.
 /// * **force_release** deletes the key (if it did not change meanwhile) and
 ///   revokes its lease.
-/// * **watch** follows the key on the store's one shared watch stream (one
-///   etcd watcher per key, events routed to that key's subscribers); when
+/// * **request_resign** reads the key, then puts its *request key* (the key
+///   followed by `\0resign`, valued with the token) under the holder's etcd
+///   lease in one transaction guarded like release's: it dies with the
+///   term's lease (revoked by release and force release, or expired).
+/// * **watch** follows the key and its request key on the store's one
+///   shared watch stream (one etcd watcher per key, events routed to that
+///   key's subscribers; a `PUT` of the request key is `ResignRequested`); when
 ///   the stream breaks, every subscription ends and the electors poll until
 ///   they subscribe again, which re-opens the stream once for all.
 ///
@@ -199,6 +206,7 @@ impl LeaseStore for EtcdStore {
             // etcd leases have whole-second TTLs: acquire rounds up.
             .with_ttl_granularity(Duration::from_secs(1))
             .with_metadata()
+            .with_resign_requests()
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
@@ -224,7 +232,7 @@ impl LeaseStore for EtcdStore {
         let value = updated_value(&lease.holder, lease.token, metadata);
         // Same etcd lease: the TTL is neither extended nor reset.
         let put = TxnOp::put(k, value, Some(PutOptions::new().with_lease(id)));
-        let Some(txn) = while_held(k, lease, id, &[put]) else {
+        let Some(txn) = while_held(k, &lease.holder, lease.token, id, &[put]) else {
             return Err(not_holder(OP, lease, "its token cannot be an etcd term's"));
         };
         let client = self.client(OP, k).await?;
@@ -279,7 +287,10 @@ impl LeaseStore for EtcdStore {
         let id = lease_id_of(lease)?;
         let k = lease.key.as_str();
         self.forget_renewal(id);
-        let Some(txn) = while_held(k, lease, id, &[TxnOp::delete(k, None)]) else {
+        // Only the key: a request key goes with the lease's revocation, so a
+        // user granted just the key can still release.
+        let ops = [TxnOp::delete(k, None)];
+        let Some(txn) = while_held(k, &lease.holder, lease.token, id, &ops) else {
             return Ok(false);
         };
         let client = self.client(OP, k).await?;
@@ -340,6 +351,10 @@ impl LeaseStore for EtcdStore {
     async fn watch(&self, key: &LeaseKey) -> Result<LeaseEvents> {
         crate::watch::subscribe(self.clone(), key.clone()).await
     }
+
+    async fn request_resign(&self, key: &LeaseKey, token: FencingToken) -> Result<bool> {
+        self.send_resign_request(key, token).await
+    }
 }
 
 #[cfg(test)]
@@ -358,5 +373,6 @@ mod tests {
         assert_eq!(caps.ttl_granularity, Duration::from_secs(1));
         assert!(caps.server_side_expiry);
         assert!(caps.metadata);
+        assert!(caps.resign_requests);
     }
 }

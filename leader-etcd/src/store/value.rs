@@ -18,7 +18,7 @@
 //! what is wrong.
 
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp, TxnOpResponse, TxnResponse};
-use leader_core::{FencingToken, HolderId, Lease, Metadata, Result};
+use leader_core::{FencingToken, HolderId, Metadata, Result};
 
 use crate::error::protocol;
 
@@ -195,8 +195,9 @@ fn record_of(k: &str, holder: &HolderId, token: u64) -> [Compare; 2] {
     ]
 }
 
-/// A transaction that runs `ops` only while `k` still holds `lease`'s term
-/// (holder id **and** token, under etcd lease `id`), in one round trip:
+/// A transaction that runs `ops` only while `k` still holds the term of
+/// `holder` with `token` (holder id **and** token, under etcd lease `id`),
+/// in one round trip:
 ///
 /// 1. written by the plain acquisition that started the term: mod revision
 ///    == token, value == holder id;
@@ -206,28 +207,30 @@ fn record_of(k: &str, holder: &HolderId, token: u64) -> [Compare; 2] {
 ///
 /// etcd transactions have no "or", so 2 and 3 are nested transactions in
 /// the else branch of the one before; [`held`] tells whether one ran.
-/// `None` when the lease's token cannot be a term's (0, or beyond etcd's
-/// revisions): nothing can match it.
-pub(super) fn while_held(k: &str, lease: &Lease, id: i64, ops: &[TxnOp]) -> Option<Txn> {
-    let token = i64::try_from(lease.token.0).ok().filter(|t| *t > 0)?;
+/// `None` when `token` cannot be a term's (0, or beyond etcd's revisions):
+/// nothing can match it.
+pub(super) fn while_held(
+    k: &str,
+    holder: &HolderId,
+    token: FencingToken,
+    id: i64,
+    ops: &[TxnOp],
+) -> Option<Txn> {
+    let revision = i64::try_from(token.0).ok().filter(|t| *t > 0)?;
     let term_start = |value: Vec<Compare>| {
         let mut c = vec![
-            Compare::mod_revision(k, CompareOp::Equal, token),
+            Compare::mod_revision(k, CompareOp::Equal, revision),
             Compare::lease(k, CompareOp::Equal, id),
         ];
         c.extend(value);
         c
     };
     let branches = [
-        term_start(vec![Compare::value(
-            k,
-            CompareOp::Equal,
-            lease.holder.as_str(),
-        )]),
-        term_start(record_of(k, &lease.holder, 0).to_vec()),
+        term_start(vec![Compare::value(k, CompareOp::Equal, holder.as_str())]),
+        term_start(record_of(k, holder, 0).to_vec()),
         [
             vec![Compare::lease(k, CompareOp::Equal, id)],
-            record_of(k, &lease.holder, lease.token.0).to_vec(),
+            record_of(k, holder, token.0).to_vec(),
         ]
         .concat(),
     ];
