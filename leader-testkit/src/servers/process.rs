@@ -115,6 +115,13 @@ impl ChildProcess {
             send(pid, signal)?;
         }
         send(root, signal)?;
+        if signal == Signal::SIGSTOP {
+            // kill(2) only queues the stop: a thread running on the other
+            // core finishes what it is doing first (an etcd member answered
+            // one more request that way). A paused server must answer
+            // nothing, so wait until every thread is stopped.
+            wait_stopped(root, &tree)?;
+        }
         Ok(tree)
     }
 
@@ -209,6 +216,44 @@ fn parse_stat(stat: &str) -> Option<(Pid, Pid)> {
     let ppid = fields.next()?.parse().ok()?;
     let pgrp = fields.next()?.parse().ok()?;
     Some((Pid::from_raw(ppid), Pid::from_raw(pgrp)))
+}
+
+/// How long the threads of a SIGSTOPped server may take to stop.
+const STOP_BOUND: Duration = Duration::from_secs(5);
+
+/// Waits until every thread of `root` and `tree` is stopped (or gone).
+fn wait_stopped(root: Pid, tree: &[Pid]) -> Result<()> {
+    let started = Instant::now();
+    while let Some(running) = std::iter::once(&root)
+        .chain(tree)
+        .find(|&&pid| !all_threads_stopped(pid))
+    {
+        if started.elapsed() > STOP_BOUND {
+            return Err(Error::Timeout {
+                what: format!("SIGSTOP of server process {running}"),
+                waited: STOP_BOUND,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(())
+}
+
+/// Whether every thread of `pid` is stopped, a zombie or gone (from
+/// /proc/PID/task/TID/stat's state field).
+fn all_threads_stopped(pid: Pid) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    tasks.flatten().all(|task| {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return true;
+        };
+        let state = stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next());
+        matches!(state, None | Some("T" | "t" | "Z" | "X"))
+    })
 }
 
 /// Every live or zombie descendant of `root`, from /proc.
