@@ -1,6 +1,7 @@
-//! One keep-alive stream per store: the renewals of every lease held through
-//! one `EtcdStore` share one etcd `LeaseKeepAlive` stream, a lost lease fails
-//! only its own renewal, and a broken stream is re-opened once for all.
+//! Shared keep-alive streams: the renewals of every lease held through one
+//! `EtcdStore` share [`LANES`] etcd `LeaseKeepAlive` stream(s), however many
+//! leases, a lost lease fails only its own renewal, and a broken stream is
+//! re-opened once for all its leases.
 
 mod support;
 
@@ -16,6 +17,10 @@ use leader_testkit::servers::EtcdServer;
 use support::{PATIENCE, SLACK, raw_client, unique_key};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+/// The store's keep-alive streams (lanes): leases are spread over at most
+/// this many.
+const LANES: f64 = 1.0;
 
 /// Keep-alive streams etcd has accepted so far, and those still open.
 async fn keep_alive_streams(server: &EtcdServer) -> (f64, f64) {
@@ -57,8 +62,8 @@ async fn acquire_many(store: &EtcdStore, what: &str, n: usize, ttl: Duration) ->
 
 /// 2,000 leases on one store, each renewed on its own rhythm for two TTLs
 /// from its acquisition: every renewal succeeds, every key still holds its
-/// term at the end, and etcd saw exactly one keep-alive stream from the
-/// store.
+/// term at the end, and etcd saw at most [`LANES`] keep-alive streams from
+/// the store, none of them re-opened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_leases_are_kept_on_one_keep_alive_stream() {
     const LEASES: usize = 2_000;
@@ -116,10 +121,10 @@ async fn two_thousand_leases_are_kept_on_one_keep_alive_stream() {
         failed.len(),
         failed[0]
     );
-    assert_eq!(
-        keep_alive_streams(&server).await,
-        (1.0, 1.0),
-        "keep-alive streams (started, open) for {LEASES} leases on one store"
+    let (started, open) = keep_alive_streams(&server).await;
+    assert!(
+        started <= LANES && open == started,
+        "keep-alive streams for {LEASES} leases on one store: {started} started, {open} open"
     );
 }
 
@@ -130,10 +135,15 @@ async fn a_lost_lease_fails_its_renewal_and_the_others_renew_on_the_same_stream(
     const TTL: Duration = Duration::from_secs(30);
     let server = EtcdServer::start().await.expect("etcd");
     let store = EtcdStore::from_url(server.url()).expect("store");
-    let leases = acquire_many(&store, "lost", 3, TTL).await;
+    let leases = acquire_many(&store, "lost", 40, TTL).await;
     for lease in &leases {
         store.renew(lease).await.expect("renew");
     }
+    let (started, open) = keep_alive_streams(&server).await;
+    assert!(
+        started <= LANES && open == started,
+        "keep-alive streams for 40 leases: {started} started, {open} open"
+    );
     let mut raw = raw_client(&server).await;
     let id = raw
         .get(leases[1].key.as_str(), None)
@@ -150,10 +160,17 @@ async fn a_lost_lease_fails_its_renewal_and_the_others_renew_on_the_same_stream(
         .await
         .expect_err("renew a revoked lease");
     assert_eq!(err.kind(), ErrorKind::NotHolder, "{err}");
-    for lease in [&leases[0], &leases[2]] {
-        store.renew(lease).await.expect("renew another lease");
+    for (i, lease) in leases.iter().enumerate().filter(|(i, _)| *i != 1) {
+        store
+            .renew(lease)
+            .await
+            .unwrap_or_else(|e| panic!("renew lease {i} after another was lost: {e}"));
     }
-    assert_eq!(keep_alive_streams(&server).await, (1.0, 1.0));
+    assert_eq!(
+        keep_alive_streams(&server).await,
+        (started, open),
+        "a lost lease closed or re-opened a shared stream"
+    );
 }
 
 /// The connection under the shared stream is reset: renewals fail with a
@@ -174,7 +191,11 @@ async fn a_broken_keep_alive_stream_fails_renewals_retryably_and_is_reopened_onc
     for lease in &leases {
         store.renew(lease).await.expect("renew");
     }
-    assert_eq!(keep_alive_streams(&server).await, (1.0, 1.0));
+    let (before, _) = keep_alive_streams(&server).await;
+    assert!(
+        before <= LANES,
+        "{before} keep-alive streams for {LEASES} leases"
+    );
 
     proxy.set_mode(Mode::Reset);
     let during = futures::future::join_all(leases.iter().map(|l| store.renew(l))).await;
@@ -213,7 +234,7 @@ async fn a_broken_keep_alive_stream_fails_renewals_retryably_and_is_reopened_onc
     let (now, open) = keep_alive_streams(&server).await;
     assert_eq!(
         (now - started, open),
-        (1.0, 1.0),
-        "keep-alive streams (opened after the reset, open now)"
+        (before, before),
+        "keep-alive streams (opened after the reset, open now): each stream once"
     );
 }

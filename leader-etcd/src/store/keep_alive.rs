@@ -1,13 +1,14 @@
-//! One etcd keep-alive stream per store, shared by the renewals of every
-//! lease held through it.
+//! One etcd keep-alive stream per store ([`LANES`]), shared by the renewals
+//! of every lease held through it.
 //!
 //! etcd's `LeaseKeepAlive` is a bidirectional stream: every request names a
 //! lease id and every answer names the lease it renewed, with the lease's
 //! new TTL (0: the lease is gone). etcd handles one stream's requests one
 //! at a time, so answers come back in the order the requests went out. The
-//! [`KeepAliveHub`] keeps one such stream: each renewal queues its lease id
-//! on it and waits in its lease's line; each answer goes to the oldest
-//! request of its lease still in line.
+//! [`KeepAliveHub`] keeps [`LANES`] such streams, and each lease always
+//! uses the same one (its [`Lane`]): each renewal queues its lease id on
+//! that stream and waits in its lease's line; each answer goes to the
+//! oldest request of its lease still in line.
 //!
 //! An answer is only ever given to the request it answers: a renewal that
 //! gave up (cancelled, timed out) keeps its place in the line, and the
@@ -19,7 +20,8 @@
 //! the renewal that finds no stream opens it, and that round trip is its
 //! answer. Renewals arriving meanwhile wait for that one attempt; after a
 //! failed attempt, renewals fail at once until a short back-off has passed,
-//! so ten thousand leases re-open the stream once, not ten thousand times.
+//! so ten thousand leases re-open their streams once each, not ten thousand
+//! times.
 //! When the stream breaks or ends, every renewal waiting on it fails (the
 //! caller may try again on the next stream). A stream that answers nothing
 //! while a renewal waits a whole request timeout is dropped as hung, and the
@@ -27,7 +29,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
@@ -57,13 +59,44 @@ impl Answer {
     }
 }
 
-/// The store's shared keep-alive stream, opened on first use.
+/// Keep-alive streams per store, each lease always on the same one. One,
+/// as etcd's Go client does. etcd answers a stream's requests one at a
+/// time, so a store granting thousands of leases meanwhile may need more;
+/// a run with 8 froze (requests no longer reached etcd) for a reason not
+/// found yet, so the split stays at one until it is understood.
+pub(super) const LANES: usize = 1;
+
+/// The store's keep-alive streams, each opened on first use.
 #[derive(Default)]
 pub(super) struct KeepAliveHub {
+    lanes: [Lane; LANES],
+}
+
+impl KeepAliveHub {
+    /// The lane of lease `id` (always the same one).
+    pub(super) fn lane(&self, id: i64) -> &Lane {
+        // etcd's lease ids count up: spread neighbours over the lanes.
+        let mixed = (id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        &self.lanes[(mixed % LANES as u64) as usize]
+    }
+
+    /// Closes every stream no renewal waits on (no lease has renewal state
+    /// left on the store).
+    pub(super) fn close_if_idle(&self) {
+        for lane in &self.lanes {
+            lane.close_if_idle();
+        }
+    }
+}
+
+/// One shared keep-alive stream, and its opening.
+#[derive(Default)]
+pub(super) struct Lane {
     state: Mutex<HubState>,
-    /// Held while the stream is being opened: concurrent renewals wait for
-    /// that one attempt instead of opening streams of their own.
-    pub(super) opening: tokio::sync::Mutex<()>,
+    /// Held while the stream is being opened (by the task that opens it):
+    /// concurrent renewals wait for that one attempt instead of opening
+    /// streams of their own.
+    pub(super) opening: Arc<tokio::sync::Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -75,7 +108,7 @@ struct HubState {
     backoff: Option<Duration>,
 }
 
-impl KeepAliveHub {
+impl Lane {
     fn state(&self) -> MutexGuard<'_, HubState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -113,7 +146,7 @@ impl KeepAliveHub {
     /// tasks.
     pub(super) fn start(&self, keeper: LeaseKeeper, responses: LeaseKeepAliveStream) {
         let (shared, ids) = Shared::new();
-        tokio::spawn(send(keeper, ids));
+        tokio::spawn(send(keeper, ids, Arc::downgrade(&shared)));
         tokio::spawn(receive(shared.clone(), responses));
         let mut state = self.state();
         if let Some(old) = state.live.replace(shared) {
@@ -139,9 +172,8 @@ impl KeepAliveHub {
         shared.close();
     }
 
-    /// Closes the stream if no renewal waits on it (no lease has renewal
-    /// state left on the store).
-    pub(super) fn close_if_idle(&self) {
+    /// Closes the stream if no renewal waits on it.
+    fn close_if_idle(&self) {
         let mut state = self.state();
         if state.live.as_ref().is_some_and(|s| s.close_if_idle()) {
             state.live = None;
@@ -149,7 +181,7 @@ impl KeepAliveHub {
     }
 }
 
-impl Drop for KeepAliveHub {
+impl Drop for Lane {
     fn drop(&mut self) {
         if let Some(shared) = self.state().live.take() {
             shared.close();
@@ -230,7 +262,12 @@ impl Shared {
         let (tx, answer) = oneshot::channel();
         // Queued under the lock that orders the lines: the wire order of the
         // requests of one lease is the order of its line.
-        self.requests.send(id).ok()?;
+        if self.requests.send(id).is_err() {
+            // The writer is gone (the gRPC call ended): so is the stream.
+            drop(routes);
+            self.close();
+            return None;
+        }
         routes.waiting.entry(id).or_default().push_back(tx);
         Some(Pending {
             answer,
@@ -284,14 +321,23 @@ impl Shared {
 
 /// Writes the queued lease ids on the gRPC stream, in order, until the
 /// stream is dropped (the queue closes) or the gRPC call ended.
-async fn send(mut keeper: LeaseKeeper, mut ids: mpsc::UnboundedReceiver<i64>) {
+async fn send(
+    mut keeper: LeaseKeeper,
+    mut ids: mpsc::UnboundedReceiver<i64>,
+    shared: Weak<Shared>,
+) {
     while let Some(id) = ids.recv().await {
         // etcd-client binds a keeper to one lease; its id is public with
         // the `pub-response-field` feature, and etcd takes any id on the
         // stream.
         keeper.id = id;
-        if keeper.keep_alive().await.is_err() {
-            // The call ended: [`receive`] sees it and closes the stream.
+        if let Err(e) = keeper.keep_alive().await {
+            // The call ended: nothing more can be sent on this stream, so
+            // nothing more waits on it either.
+            tracing::debug!(error = %e, "the shared etcd keep-alive stream stopped taking requests");
+            if let Some(shared) = shared.upgrade() {
+                shared.close();
+            }
             return;
         }
     }
@@ -410,6 +456,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_whose_writer_is_gone_closes_instead_of_taking_requests() {
+        let (shared, ids) = Shared::new();
+        let waiting = shared.send(1).expect("open");
+        drop(ids);
+        assert!(shared.send(2).is_none(), "queued where nothing is sent");
+        assert!(
+            shared.is_down(),
+            "a renewal would pick the dead stream again"
+        );
+        assert_eq!(waiting.answer().await, None);
+    }
+
+    #[tokio::test]
     async fn an_answer_nobody_waits_for_is_dropped() {
         let (shared, _ids) = Shared::new();
         shared.dispatch(5, alive(50));
@@ -432,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_stream_is_hung_only_if_it_answered_nothing_since_the_request() {
-        let hub = KeepAliveHub::default();
+        let hub = Lane::default();
         let (shared, _ids) = Shared::new();
         hub.state().live = Some(shared.clone());
         let slow = shared.send(1).expect("open");

@@ -56,10 +56,10 @@ const MAX_ATTEMPTS: usize = 3;
 ///   one transaction). etcd revisions are store-wide and only grow, so tokens
 ///   strictly increase across terms; they are not contiguous (other writes
 ///   to etcd advance the revision too).
-/// * **renew** is one keep-alive round trip on the store's one shared
-///   keep-alive stream (every request names its lease, every answer is
-///   routed to the request it answers; a TTL of 0 means the lease is gone:
-///   `NotHolder`), plus a
+/// * **renew** is one keep-alive round trip on the store's one keep-alive
+///   stream, shared by every lease (every request names its lease, every
+///   answer is routed to the request it answers; a TTL of 0 means the lease
+///   is gone: `NotHolder`), plus a
 ///   linearizable `get` proving the key still holds our revision, lease
 ///   and holder id, *unless* the keep-alive answer shows that the store's
 ///   revision has not moved since the last such check (then nothing in etcd

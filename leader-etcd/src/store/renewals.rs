@@ -1,13 +1,13 @@
 //! Per-lease renewal state (the revision at which the lease's key was last
-//! proven ours), and the keep-alive round trip of a renewal on the store's
-//! shared keep-alive stream (see [`super::keep_alive`]).
+//! proven ours), and the keep-alive round trip of a renewal on one of the
+//! store's shared keep-alive streams (see [`super::keep_alive`]).
 //!
 //! The state is a cache: dropping it only costs the next renewal a read. It
 //! is dropped on release and when a renewal finds the lease gone, and
 //! otherwise once no renewal has used it for the lease's TTL plus a request
 //! timeout (the lease has expired in etcd by then, unless renewed through
 //! another store): a reaper task, running while there is any state, removes
-//! such entries, and closes the shared keep-alive stream once none is left,
+//! such entries, and closes the shared keep-alive streams once none is left,
 //! so a store whose holders gave up (renewals timed out, the elector stepped
 //! down) keeps no stream open for its life.
 
@@ -131,8 +131,8 @@ impl EtcdStore {
         self.inner.renewals.slots().remove(&id);
     }
 
-    /// One keep-alive round trip for lease `id` on the store's shared
-    /// keep-alive stream: `Some(revision)` of the answer when known, `None`
+    /// One keep-alive round trip for lease `id` on its shared keep-alive
+    /// stream: `Some(revision)` of the answer when known, `None`
     /// when the lease is gone. Only the answer to a request sent by this call
     /// counts. Opens the stream when there is none; when it breaks before
     /// answering, sends once more on the next one, within the same deadline.
@@ -152,6 +152,7 @@ impl EtcdStore {
                 if let Some((shared, answered_before)) = waited_on {
                     self.inner
                         .keep_alives
+                        .lane(id)
                         .drop_if_hung(&shared, answered_before);
                 }
                 Err(timed_out("renew", key, self.request_timeout()))
@@ -168,9 +169,12 @@ impl EtcdStore {
         id: i64,
         waited_on: &mut Option<(Arc<Shared>, u64)>,
     ) -> Result<Option<Option<i64>>> {
-        let hub = &self.inner.keep_alives;
+        let hub = self.inner.keep_alives.lane(id);
         let mut broke = false;
-        loop {
+        // Bounded, so that no state of a stream can make this spin: each
+        // pass either waits (opening, answer) or finds a closed stream,
+        // which `live` no longer returns.
+        for _ in 0..MAX_PASSES {
             let shared = match hub.live() {
                 Some(shared) => shared,
                 None => match self.open_keep_alive(client, key, id).await? {
@@ -187,23 +191,23 @@ impl EtcdStore {
                 Some(answer) => return Ok(answer.outcome()),
                 // A keep-alive is idempotent: resend once on a new stream.
                 None if !broke => broke = true,
-                None => {
-                    return Err(Error::indeterminate(
-                        "the shared etcd keep-alive stream broke before answering",
-                    )
-                    .with_store("etcd")
-                    .with_operation("renew")
-                    .with_key(key));
-                }
+                None => return Err(broken(key)),
             }
         }
+        Err(broken(key))
     }
 
     /// Opens the shared keep-alive stream with a first request for `id`,
     /// unless another renewal did meanwhile.
+    ///
+    /// The attempt runs in a task of its own, which holds the opening lock
+    /// until it is over: a renewal that gives up (its deadline passed) does
+    /// not cancel the attempt every other renewal waits for. Cancelled
+    /// attempts, each restarted by the next waiter, could otherwise keep a
+    /// store under load from ever re-opening its stream.
     async fn open_keep_alive(&self, client: &Client, key: &str, id: i64) -> Result<Opened> {
-        let hub = &self.inner.keep_alives;
-        let _opening = hub.opening.lock().await;
+        let hub = self.inner.keep_alives.lane(id);
+        let opening = hub.opening.clone().lock_owned().await;
         if let Some(shared) = hub.live() {
             return Ok(Opened::Live(shared));
         }
@@ -215,6 +219,25 @@ impl EtcdStore {
             .with_operation("renew")
             .with_key(key));
         }
+        let (store, client, owned_key) = (self.clone(), client.clone(), key.to_owned());
+        let attempt = tokio::spawn(async move {
+            let _opening = opening;
+            store.open_now(&client, &owned_key, id).await
+        });
+        attempt.await.unwrap_or_else(|e| {
+            Err(Error::indeterminate(format!(
+                "opening the shared etcd keep-alive stream failed: {e}"
+            ))
+            .with_store("etcd")
+            .with_operation("renew")
+            .with_key(key))
+        })
+    }
+
+    /// One attempt to open the shared keep-alive stream with a first request
+    /// for `id`.
+    async fn open_now(&self, client: &Client, key: &str, id: i64) -> Result<Opened> {
+        let hub = self.inner.keep_alives.lane(id);
         let open = self.retrying("renew", key, client, |mut c| async move {
             c.lease_keep_alive(id).await
         });
@@ -233,6 +256,16 @@ impl EtcdStore {
             }
         }
     }
+}
+
+/// Passes of a keep-alive round over streams that closed under it.
+const MAX_PASSES: usize = 4;
+
+fn broken(key: &str) -> Error {
+    Error::indeterminate("the shared etcd keep-alive stream broke before answering")
+        .with_store("etcd")
+        .with_operation("renew")
+        .with_key(key)
 }
 
 /// What opening the shared keep-alive stream gave a renewal.
