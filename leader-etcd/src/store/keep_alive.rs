@@ -62,8 +62,8 @@ impl Answer {
 /// Keep-alive streams per store, each lease always on the same one. One,
 /// as etcd's Go client does. etcd answers a stream's requests one at a
 /// time, so a store granting thousands of leases meanwhile may need more;
-/// a run with 8 froze (requests no longer reached etcd) for a reason not
-/// found yet, so the split stays at one until it is understood.
+/// more stays untried until the stall seen with one stream under load is
+/// understood (docs/benchmarks.md).
 pub(super) const LANES: usize = 1;
 
 /// The store's keep-alive streams, each opened on first use.
