@@ -2,6 +2,7 @@
 
 mod acquire;
 mod client;
+mod keep_alive;
 mod records;
 mod renewals;
 mod resign;
@@ -21,6 +22,7 @@ use leader_core::{
 };
 use tokio::sync::OnceCell;
 
+use self::keep_alive::KeepAliveHub;
 use self::records::{lease_id_of, not_holder};
 use self::renewals::Renewals;
 pub(crate) use self::resign::{request_key, requested_token, watch_range_end};
@@ -60,8 +62,10 @@ const MAX_ATTEMPTS: usize = 3;
 ///   one transaction). etcd revisions are store-wide and only grow, so tokens
 ///   strictly increase across terms; they are not contiguous (other writes
 ///   to etcd advance the revision too).
-/// * **renew** is one keep-alive round trip on a per-lease keep-alive
-///   stream (a TTL of 0 means the lease is gone: `NotHolder`), plus a
+/// * **renew** is one keep-alive round trip on the store's one keep-alive
+///   stream, shared by every lease (every request names its lease, every
+///   answer is routed to the request it answers; a TTL of 0 means the lease
+///   is gone: `NotHolder`), plus a
 ///   linearizable `get` proving the key still holds our term (token, lease
 ///   and holder id), *unless* the keep-alive answer shows that the store's
 ///   revision has not moved since the last such check (then nothing in etcd
@@ -104,8 +108,8 @@ const MAX_ATTEMPTS: usize = 3;
 /// grant in the background (or leaves the key held by the caller if the
 /// transaction already ran, which the same holder's next `acquire` takes
 /// over). A grant whose answer never arrived holds no key and expires after
-/// its TTL. Dropping a `renew` future drops that lease's keep-alive stream;
-/// the next renewal opens a new one.
+/// its TTL. Dropping a `renew` future leaves its keep-alive request's answer
+/// unclaimed: it is dropped when it comes, never given to a later renewal.
 ///
 /// `Debug` shows the endpoints and user name, never the password.
 #[derive(Clone)]
@@ -116,9 +120,10 @@ pub struct EtcdStore {
 struct Inner {
     config: EtcdConfig,
     client: OnceCell<Client>,
-    /// Per etcd lease id: its keep-alive stream and the revision at which its
-    /// key was last proven ours.
+    /// Per etcd lease id: the revision at which its key was last proven ours.
     renewals: Renewals,
+    /// The keep-alive stream shared by every lease's renewals.
+    keep_alives: KeepAliveHub,
     /// The watch stream shared by every subscription on this store.
     watches: WatchHub,
     /// Candidates (key, holder) whose last `acquire` found the key held by
@@ -152,6 +157,7 @@ impl EtcdStore {
                 config,
                 client: OnceCell::new(),
                 renewals: Renewals::default(),
+                keep_alives: KeepAliveHub::default(),
                 watches: WatchHub::default(),
                 seen_held: Mutex::new(HashSet::new()),
                 turns: Turns::default(),
@@ -251,7 +257,7 @@ impl LeaseStore for EtcdStore {
         let client = self.client(OP, k).await?;
         let slot = self.renew_slot(id, lease.ttl);
         let mut state = slot.state.lock().await;
-        let Some(revision) = self.keep_alive(&client, &mut state, lease, id).await? else {
+        let Some(revision) = self.keep_alive(&client, lease, id).await? else {
             drop(state);
             self.forget_renewal(id);
             return Err(not_holder(

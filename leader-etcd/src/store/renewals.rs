@@ -1,31 +1,32 @@
-//! Per-lease renewal state: one keep-alive stream per etcd lease, and the
-//! revision at which the lease's key was last proven ours.
+//! Per-lease renewal state (the revision at which the lease's key was last
+//! proven ours), and the keep-alive round trip of a renewal on one of the
+//! store's shared keep-alive streams (see [`super::keep_alive`]).
 //!
-//! The state is a cache: dropping it only costs the next renewal a new
-//! keep-alive stream and a read. It is dropped on release and when a renewal
-//! finds the lease gone, and otherwise once no renewal has used it for the
-//! lease's TTL plus a request timeout (the lease has expired in etcd by then,
-//! unless renewed through another store): a reaper task, running while there
-//! is any state, removes such entries, so the keep-alive stream of a lease
-//! whose holder gave up (renewals timed out, the elector stepped down) does
-//! not stay open for the life of the store.
+//! The state is a cache: dropping it only costs the next renewal a read. It
+//! is dropped on release and when a renewal finds the lease gone, and
+//! otherwise once no renewal has used it for the lease's TTL plus a request
+//! timeout (the lease has expired in etcd by then, unless renewed through
+//! another store): a reaper task, running while there is any state, removes
+//! such entries, and closes the shared keep-alive streams once none is left,
+//! so a store whose holders gave up (renewals timed out, the elector stepped
+//! down) keeps no stream open for its life.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
-use etcd_client::{Client, LeaseKeepAliveStream, LeaseKeeper};
-use leader_core::{ErrorKind, FencingToken, HolderId, Lease, Result};
+use etcd_client::Client;
+use leader_core::{Error, ErrorKind, FencingToken, HolderId, Lease, Result};
 use tokio::time::Instant;
 
+use super::keep_alive::Shared;
 use super::records::ttl_seconds;
 use super::{EtcdStore, Inner};
 use crate::error::timed_out;
 
 #[derive(Default)]
 pub(super) struct RenewState {
-    pub(super) stream: Option<(LeaseKeeper, LeaseKeepAliveStream)>,
     /// The store revision at which the key was last proven to hold this
     /// token and holder (a forged or stale `Lease` with the same etcd lease
     /// id never matches it).
@@ -52,8 +53,7 @@ impl Renewals {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many leases have renewal state (an open keep-alive stream or a
-    /// proven revision).
+    /// How many leases have renewal state.
     pub(super) fn len(&self) -> usize {
         self.slots().len()
     }
@@ -82,6 +82,8 @@ async fn reap(inner: Weak<Inner>) {
         let next = match renewals.sweep(Instant::now()) {
             Some(next) => next,
             None => {
+                // No lease left to renew: no stream to keep open.
+                store.keep_alives.close_if_idle();
                 renewals.reaping.store(false, Ordering::SeqCst);
                 // An entry added since the sweep saw a running reaper and
                 // started none: carry on for it.
@@ -129,55 +131,149 @@ impl EtcdStore {
         self.inner.renewals.slots().remove(&id);
     }
 
-    /// One keep-alive round trip for lease `id`: `Some(revision)` of the answer
-    /// when known, `None` when the lease is gone. Reuses the lease's stream,
-    /// opening a new one when there is none or the old one broke.
+    /// One keep-alive round trip for lease `id` on its shared keep-alive
+    /// stream: `Some(revision)` of the answer when known, `None`
+    /// when the lease is gone. Only the answer to a request sent by this call
+    /// counts. Opens the stream when there is none; when it breaks before
+    /// answering, sends once more on the next one, within the same deadline.
     pub(super) async fn keep_alive(
         &self,
         client: &Client,
-        state: &mut RenewState,
         lease: &Lease,
         id: i64,
     ) -> Result<Option<Option<i64>>> {
         let key = lease.key.as_str();
         let deadline = Instant::now() + self.request_timeout();
-        // Taken out, so that a cancelled renewal drops the stream instead of
-        // leaving an unread answer in it for the next renewal.
-        if let Some((mut keeper, mut stream)) = state.stream.take() {
-            let round = async {
-                keeper.keep_alive().await?;
-                stream.message().await
-            };
-            match tokio::time::timeout_at(deadline, round).await {
-                Err(_) => return Err(timed_out("renew", key, self.request_timeout())),
-                Ok(Ok(Some(resp))) => {
-                    if resp.ttl() <= 0 {
-                        return Ok(None);
-                    }
-                    let revision = resp.header().map(|h| h.revision());
-                    state.stream = Some((keeper, stream));
-                    return Ok(Some(revision));
+        let mut waited_on = None;
+        let round = self.keep_alive_round(client, key, id, &mut waited_on);
+        match tokio::time::timeout_at(deadline, round).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                if let Some((shared, answered_before)) = waited_on {
+                    self.inner
+                        .keep_alives
+                        .lane(id)
+                        .drop_if_hung(&shared, answered_before);
                 }
-                // The stream broke or ended (a reconnect, a member change):
-                // open a new one below, within the same deadline.
-                Ok(Ok(None)) | Ok(Err(_)) => {}
-            }
-        }
-        let open = self.retrying("renew", key, client, |mut c| async move {
-            c.lease_keep_alive(id).await
-        });
-        match tokio::time::timeout_at(deadline, open).await {
-            Err(_) => Err(timed_out("renew", key, self.request_timeout())),
-            // etcd: "requested lease not found" (expired or revoked).
-            Ok(Err(e)) if e.kind() == ErrorKind::NotHolder => Ok(None),
-            Ok(Err(e)) => Err(e),
-            Ok(Ok(pair)) => {
-                state.stream = Some(pair);
-                // The opening answer's header is not exposed: force a check.
-                Ok(Some(None))
+                Err(timed_out("renew", key, self.request_timeout()))
             }
         }
     }
+
+    /// [`Self::keep_alive`] without its deadline; `waited_on` is the stream
+    /// the last request was sent on.
+    async fn keep_alive_round(
+        &self,
+        client: &Client,
+        key: &str,
+        id: i64,
+        waited_on: &mut Option<(Arc<Shared>, u64)>,
+    ) -> Result<Option<Option<i64>>> {
+        let hub = self.inner.keep_alives.lane(id);
+        let mut broke = false;
+        // Bounded, so that no state of a stream can make this spin: each
+        // pass either waits (opening, answer) or finds a closed stream,
+        // which `live` no longer returns.
+        for _ in 0..MAX_PASSES {
+            let shared = match hub.live() {
+                Some(shared) => shared,
+                None => match self.open_keep_alive(client, key, id).await? {
+                    Opened::Answered(outcome) => return Ok(outcome),
+                    Opened::Live(shared) => shared,
+                },
+            };
+            // Closed since: nothing was sent; take the next stream.
+            let Some(pending) = shared.send(id) else {
+                continue;
+            };
+            *waited_on = Some((shared, pending.answered_before));
+            match pending.answer().await {
+                Some(answer) => return Ok(answer.outcome()),
+                // A keep-alive is idempotent: resend once on a new stream.
+                None if !broke => broke = true,
+                None => return Err(broken(key)),
+            }
+        }
+        Err(broken(key))
+    }
+
+    /// Opens the shared keep-alive stream with a first request for `id`,
+    /// unless another renewal did meanwhile.
+    ///
+    /// The attempt runs in a task of its own, which holds the opening lock
+    /// until it is over: a renewal that gives up (its deadline passed) does
+    /// not cancel the attempt every other renewal waits for. Cancelled
+    /// attempts, each restarted by the next waiter, could otherwise keep a
+    /// store under load from ever re-opening its stream.
+    async fn open_keep_alive(&self, client: &Client, key: &str, id: i64) -> Result<Opened> {
+        let hub = self.inner.keep_alives.lane(id);
+        let opening = hub.opening.clone().lock_owned().await;
+        if let Some(shared) = hub.live() {
+            return Ok(Opened::Live(shared));
+        }
+        if hub.backing_off() {
+            return Err(Error::unavailable(
+                "the shared etcd keep-alive stream is down; the last attempt to re-open it failed",
+            )
+            .with_store("etcd")
+            .with_operation("renew")
+            .with_key(key));
+        }
+        let (store, client, owned_key) = (self.clone(), client.clone(), key.to_owned());
+        let attempt = tokio::spawn(async move {
+            let _opening = opening;
+            store.open_now(&client, &owned_key, id).await
+        });
+        attempt.await.unwrap_or_else(|e| {
+            Err(Error::indeterminate(format!(
+                "opening the shared etcd keep-alive stream failed: {e}"
+            ))
+            .with_store("etcd")
+            .with_operation("renew")
+            .with_key(key))
+        })
+    }
+
+    /// One attempt to open the shared keep-alive stream with a first request
+    /// for `id`.
+    async fn open_now(&self, client: &Client, key: &str, id: i64) -> Result<Opened> {
+        let hub = self.inner.keep_alives.lane(id);
+        let open = self.retrying("renew", key, client, |mut c| async move {
+            c.lease_keep_alive(id).await
+        });
+        match open.await {
+            // etcd: "requested lease not found" (expired or revoked). Only
+            // this lease is concerned: the next renewal opens the stream.
+            Err(e) if e.kind() == ErrorKind::NotHolder => Ok(Opened::Answered(None)),
+            Err(e) => {
+                hub.open_failed();
+                Err(e)
+            }
+            Ok((keeper, responses)) => {
+                hub.start(keeper, responses);
+                // The opening answer's header is not exposed: force a check.
+                Ok(Opened::Answered(Some(None)))
+            }
+        }
+    }
+}
+
+/// Passes of a keep-alive round over streams that closed under it.
+const MAX_PASSES: usize = 4;
+
+fn broken(key: &str) -> Error {
+    Error::indeterminate("the shared etcd keep-alive stream broke before answering")
+        .with_store("etcd")
+        .with_operation("renew")
+        .with_key(key)
+}
+
+/// What opening the shared keep-alive stream gave a renewal.
+enum Opened {
+    /// This renewal opened it: the opening round trip answered it.
+    Answered(Option<Option<i64>>),
+    /// Another renewal had opened it: send on it.
+    Live(Arc<Shared>),
 }
 
 #[cfg(test)]
