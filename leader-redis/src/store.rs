@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use leader_core::turns::Turns;
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
     LeaseStore, NotificationSupport, Result, check_ttl,
@@ -26,6 +27,9 @@ struct Inner {
     config: RedisConfig,
     /// The one pub/sub connection every watch of this store shares.
     subscriptions: Subscriptions,
+    /// One acquisition per lease key at a time; followers woken together
+    /// share the answer of the one in flight (see [`leader_core::turns`]).
+    turns: Turns,
 }
 
 /// Leases on Redis. Cheap to clone; clones share connections.
@@ -75,6 +79,7 @@ impl RedisStore {
                 connector,
                 config,
                 subscriptions,
+                turns: Turns::new(),
             }),
         })
     }
@@ -225,6 +230,12 @@ impl LeaseStore for RedisStore {
         check_ttl(ttl)?;
         let op = "acquire";
         let layout = self.checked_layout(key, op)?;
+        // Followers woken together by a release take turns: the first takes
+        // the seat, the next finds it taken, the others share that answer.
+        let turn = self.inner.turns.take(&layout.lease, holder).await;
+        if let Some(info) = turn.shared() {
+            return Ok(Acquire::Held(info));
+        }
         let reply: Value = {
             let (lease_key, term, counter) = (
                 layout.lease.clone(),
@@ -263,7 +274,7 @@ impl LeaseStore for RedisStore {
                 }
                 Ok(Acquire::Acquired(lease))
             }
-            0 => Ok(Acquire::Held(as_info(op, rest)?)),
+            0 => Ok(turn.held(as_info(op, rest)?)),
             _ => Err(protocol(op, "unknown acquire flag")),
         }
     }

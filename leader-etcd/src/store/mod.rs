@@ -4,7 +4,6 @@ mod acquire;
 mod client;
 mod records;
 mod renewals;
-mod turns;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -13,6 +12,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use leader_core::turns::Turns;
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
     LeaseStore, NotificationSupport, Result, check_ttl,
@@ -22,7 +22,6 @@ use tokio::sync::OnceCell;
 use self::acquire::{Put, RevokeGuard};
 use self::records::{lease, lease_id_of, not_holder, token_of, ttl_seconds};
 use self::renewals::Renewals;
-use self::turns::Turns;
 use crate::config::EtcdConfig;
 use crate::watch::WatchHub;
 
@@ -36,8 +35,10 @@ const MAX_ATTEMPTS: usize = 3;
 ///   someone else first reads the key (linearizable): still held, it returns
 ///   [`Acquire::Held`] without granting anything, so a follower's poll costs
 ///   two reads and no write. Acquisitions of one key on one store take
-///   turns, so followers woken together by a release do not all grant a
-///   lease: the first takes the seat, the others read it taken. Otherwise it
+///   turns ([`leader_core::turns`]), so followers woken together by a
+///   release do not all grant a lease: the first takes the seat, the next
+///   reads it taken, and the others waiting behind that read share its
+///   answer. Otherwise it
 ///   grants an etcd lease of the TTL rounded up to whole seconds,
 ///   then one transaction puts the key (value = holder id) under that lease
 ///   if the key does not exist (`create_revision == 0`), else reads it. If the
@@ -109,7 +110,7 @@ struct Inner {
     /// someone else: their next `acquire` reads the key before granting a
     /// lease.
     seen_held: Mutex<HashSet<(String, String)>>,
-    /// One acquisition per key at a time (see [`turns`]).
+    /// One acquisition per key at a time (see [`leader_core::turns`]).
     turns: Turns,
 }
 
@@ -197,8 +198,12 @@ impl LeaseStore for EtcdStore {
         let k = key.as_str();
         let client = self.client(OP, k).await?;
         // Followers woken together by a release take turns: the first takes
-        // the seat, the others read it taken and grant nothing.
-        let _turn = self.inner.turns.take(k).await;
+        // the seat, the next reads it taken, the others share that read.
+        let turn = self.inner.turns.take(&k.to_owned(), holder).await;
+        if let Some(info) = turn.shared() {
+            self.note_held_by_other(k, holder, true);
+            return Ok(Acquire::Held(info));
+        }
         for _ in 0..MAX_ATTEMPTS {
             // A seat last seen taken is read before a lease is granted for
             // it: a follower's poll is then a read, not a grant + revoke.
@@ -207,7 +212,7 @@ impl LeaseStore for EtcdStore {
                 && kv.value() != holder.as_str().as_bytes()
             {
                 let info = self.info(&client, OP, k, &kv).await?;
-                return Ok(Acquire::Held(info));
+                return Ok(turn.held(info));
             }
             let grant = self
                 .retrying(OP, k, &client, |mut c| async move {
@@ -243,7 +248,7 @@ impl LeaseStore for EtcdStore {
                     guard.revoke_now().await;
                     self.note_held_by_other(k, holder, true);
                     let info = self.info(&client, OP, k, &kv).await?;
-                    return Ok(Acquire::Held(info));
+                    return Ok(turn.held(info));
                 }
             }
         }
