@@ -78,7 +78,10 @@ const MAX_ATTEMPTS: usize = 3;
 /// * **watch** follows the key on the store's one shared watch stream (one
 ///   etcd watcher per key, events routed to that key's subscribers); when
 ///   the stream breaks, every subscription ends and the electors poll until
-///   they subscribe again, which re-opens the stream once for all.
+///   they subscribe again, which re-opens the stream once for all. Every
+///   deletion of the key reaches a live subscription, so the store declares
+///   [`Capabilities::complete_notifications`]: an idle follower makes no
+///   store call while subscribed.
 ///
 /// The connection is made on first use, so a store can be built while etcd
 /// is down; each request is bounded by the request timeout.
@@ -188,6 +191,11 @@ impl LeaseStore for EtcdStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(FencingSource::Revision)
             .with_notifications(NotificationSupport::ReleaseAndExpiry)
+            // The key's watch sees every deletion (release, lease expiry, by
+            // hand); a cancelled watch (compaction, a member without a
+            // leader) or a broken stream (HTTP/2 keep-alive) ends the
+            // subscriptions, and a full one holds a `Vacated`.
+            .with_complete_notifications()
             // etcd leases have whole-second TTLs: acquire rounds up.
             .with_ttl_granularity(Duration::from_secs(1))
     }
