@@ -316,11 +316,13 @@ pub async fn contention(
     let mut handovers = Samples::new()?;
     let mut herd = Vec::new();
     let mut after_each = Vec::new();
+    let mut server_ops = Vec::new();
     let mut stopped = vec![false; n];
     for _ in 0..plan.handovers {
         let Some(idx) = electors.iter().position(|e| e.is_leader()) else {
             break;
         };
+        let s0 = probe.sample().await?;
         let h0 = counters.snapshot();
         let t1 = Instant::now();
         let old = electors[idx].clone();
@@ -333,6 +335,9 @@ pub async fn contention(
         handovers.record(took);
         herd.push(counters.snapshot().since(&h0));
         after_each.push(leaders(&electors));
+        // Every woken follower has asked by then.
+        tokio::time::sleep(HERD_SETTLES.saturating_sub(t1.elapsed())).await;
+        server_ops.push(probe.sample().await?.ops.saturating_sub(s0.ops));
     }
     // The herd of the last handover settles within a second.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -375,6 +380,7 @@ pub async fn contention(
     println!("| this process CPU | {:.1}% of a core |", w.cpu);
     println!("| server CPU | {} of a core |", pct(w.server_cpu));
     handover_rows(&handovers, &herd, plan.handovers);
+    server_ops_row(kind, &server_ops);
     println!(
         "| leaders right after each handover | min {}, max {} |",
         after_each.iter().min().copied().unwrap_or(0),
@@ -429,6 +435,30 @@ fn handover_rows(handovers: &Samples, herd: &[Counts], planned: usize) {
         "| store calls until the next leader led (acquire, mean / max) | {:.0} / {} |",
         acquires.iter().sum::<u64>() as f64 / acquires.len().max(1) as f64,
         acquires.iter().max().copied().unwrap_or(0)
+    );
+}
+
+/// How long after a graceful handover began its server operations are
+/// counted: the woken followers have all asked by then.
+const HERD_SETTLES: Duration = Duration::from_millis(500);
+
+/// Prints the server operations per handover (the release, the woken
+/// followers' acquisitions, the new leader's first renewal if due, the
+/// probe's own reads).
+fn server_ops_row(kind: Kind, ops: &[u64]) {
+    let value = if kind == Kind::Postgres {
+        // pg_stat_database lags: backends flush their counts once a second.
+        "n/a (Postgres flushes its statistics once a second)".to_owned()
+    } else {
+        format!(
+            "{:.0} / {}",
+            ops.iter().sum::<u64>() as f64 / ops.len().max(1) as f64,
+            ops.iter().max().copied().unwrap_or(0)
+        )
+    };
+    println!(
+        "| server {} per handover, within {HERD_SETTLES:?} of its start (mean / max) | {value} |",
+        ops_unit(kind)
     );
 }
 

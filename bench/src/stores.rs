@@ -54,7 +54,8 @@ impl Kind {
 /// The private servers of one run (children of this process).
 #[derive(Debug)]
 pub struct Servers {
-    /// A private redis-server.
+    /// A private redis-server that publishes expired-key events
+    /// (`notify-keyspace-events Ex`).
     pub redis: RedisServer,
     /// A private single-member etcd.
     pub etcd: EtcdServer,
@@ -72,7 +73,9 @@ impl Servers {
     /// not come up.
     pub async fn start() -> Result<Servers> {
         Ok(Servers {
-            redis: RedisServer::start().await?,
+            // Publishing expired-key events: Redis followers are then told
+            // of a crashed leader's expiry instead of polling for it.
+            redis: RedisServer::start_with(&["--notify-keyspace-events", "Ex"]).await?,
             etcd: EtcdServer::start().await?,
             postgres: PostgresServer::start().await?,
         })

@@ -842,7 +842,7 @@ impl Campaign {
     async fn follow(&mut self, holder_remaining: Option<Duration>, held_by_other: bool) {
         let timing = self.tracker.timing;
         let pushed = match self.events {
-            Some(_) if held_by_other => Pushed::by(self.store.capabilities().notifications),
+            Some(_) if held_by_other => Pushed::by(self.store.capabilities()),
             _ => Pushed::Nothing,
         };
         let mut wake = Instant::now() + timing.follower_wait(holder_remaining, pushed);

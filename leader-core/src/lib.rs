@@ -15,6 +15,7 @@ pub mod store_config;
 mod telemetry;
 mod timing;
 mod tracker;
+pub mod turns;
 
 /// The attribute a [`LeaseStore`] implementation is written with; re-exported
 /// so a store crate needs no direct dependency on `async-trait`.

@@ -151,7 +151,7 @@ impl Locks {
                 Err(e) => return Err(e),
             };
             let pushed = match events {
-                Some(_) => Pushed::by(self.store.capabilities().notifications),
+                Some(_) => Pushed::by(self.store.capabilities()),
                 None => Pushed::Nothing,
             };
             let wake =

@@ -181,6 +181,9 @@ impl LeaseStore for MemoryStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(FencingSource::Counter)
             .with_notifications(NotificationSupport::ReleaseAndExpiry)
+            // Expiry timers push every vacancy; a full subscriber is dropped
+            // (its recv() ends), so a live subscription misses nothing.
+            .with_complete_notifications()
             .with_metadata()
             .with_resign_requests()
     }

@@ -296,7 +296,7 @@ impl Watcher {
     /// (stores may omit acquisition events).
     fn wait_after(&self, leader: Option<&LeaderInfo>) -> Duration {
         let pushed = match (&self.events, leader) {
-            (Some(_), Some(_)) => Pushed::by(self.store.capabilities().notifications),
+            (Some(_), Some(_)) => Pushed::by(self.store.capabilities()),
             _ => Pushed::Nothing,
         };
         self.timing

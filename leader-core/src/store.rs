@@ -72,6 +72,14 @@ pub struct Capabilities {
     pub server_side_expiry: bool,
     /// Which events [`LeaseStore::watch`] delivers.
     pub notifications: NotificationSupport,
+    /// While a [`LeaseStore::watch`] subscription is live, every vacancy of
+    /// the seat reaches it (release, expiry, and any other removal of the
+    /// lease), and the store ends the subscription whenever one may have
+    /// been missed (a broken or stalled connection, an event it could not
+    /// queue). With [`NotificationSupport::ReleaseAndExpiry`] a waiting
+    /// follower then makes no store call at all while subscribed; without
+    /// this promise it keeps a safety poll every four lease durations.
+    pub complete_notifications: bool,
     /// The lease lives as long as a client session (Postgres advisory locks):
     /// it ends when the session ends, not when a TTL runs out.
     pub session_bound: bool,
@@ -97,6 +105,7 @@ impl Capabilities {
             fencing,
             server_side_expiry: true,
             notifications: NotificationSupport::None,
+            complete_notifications: false,
             session_bound: false,
             ttl_granularity: Duration::from_millis(1),
             metadata: false,
@@ -119,6 +128,12 @@ impl Capabilities {
     /// Sets [`Capabilities::notifications`].
     pub fn with_notifications(mut self, notifications: NotificationSupport) -> Self {
         self.notifications = notifications;
+        self
+    }
+
+    /// Declares [`Capabilities::complete_notifications`].
+    pub fn with_complete_notifications(mut self) -> Self {
+        self.complete_notifications = true;
         self
     }
 
@@ -350,7 +365,11 @@ impl LeaseEvents {
 ///    holds an event the follower has not read, and one pending wake-up is as
 ///    good as many, so dropping is correct. Close the channel (drop the
 ///    sender) when the subscription breaks: the follower then polls and
-///    subscribes again.
+///    subscribes again. A store whose live subscription misses no vacancy
+///    (it ends the subscription instead) declares
+///    [`Capabilities::complete_notifications`], and its followers stop
+///    polling altogether; a channel that is full must then hold an unread
+///    [`LeaseEvent::Vacated`] (keep a slot free for it) or be closed.
 /// 8. **Errors are classified** as above, never a panic: a record under the
 ///    key that the store cannot parse is
 ///    [`ErrorKind::Protocol`](crate::ErrorKind::Protocol).

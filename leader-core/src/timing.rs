@@ -92,7 +92,12 @@ impl Timing {
     ///   until just after the holder's lease would end (the retry period when
     ///   the store reports no TTL).
     /// * Releases and expiries pushed: only a rare safety poll, every four
-    ///   lease durations.
+    ///   lease durations, for vacancies a subscription may miss without
+    ///   ending (a server that stops publishing expiries, a key deleted by
+    ///   hand).
+    /// * Every vacancy pushed, and the subscription ended when one may have
+    ///   been missed: no poll ([`LONGEST`]); losing the subscription makes
+    ///   the caller poll.
     pub(crate) fn follower_wait(
         &self,
         holder_remaining: Option<Duration>,
@@ -108,6 +113,7 @@ impl Timing {
             (Pushed::Nothing | Pushed::Releases, None) => poll,
             (Pushed::Releases, Some(expiry)) => expiry,
             (Pushed::ReleasesAndExpiries, _) => self.lease.max(self.retry_period) * 4 + spread,
+            (Pushed::Everything, _) => LONGEST,
         }
     }
 }
@@ -121,13 +127,19 @@ pub(crate) enum Pushed {
     Releases,
     /// Releases and expiries.
     ReleasesAndExpiries,
+    /// Every vacancy, or the subscription ends
+    /// ([`Capabilities::complete_notifications`](crate::Capabilities::complete_notifications)).
+    Everything,
 }
 
 impl Pushed {
-    /// What a live subscription to a store with `support` pushes.
-    pub(crate) fn by(support: crate::NotificationSupport) -> Self {
-        match support {
+    /// What a live subscription to a store that can do `caps` pushes.
+    pub(crate) fn by(caps: crate::Capabilities) -> Self {
+        match caps.notifications {
             crate::NotificationSupport::Release => Pushed::Releases,
+            crate::NotificationSupport::ReleaseAndExpiry if caps.complete_notifications => {
+                Pushed::Everything
+            }
             crate::NotificationSupport::ReleaseAndExpiry => Pushed::ReleasesAndExpiries,
             _ => Pushed::Nothing,
         }

@@ -39,8 +39,8 @@ async fn liveness_passes_for_leader_idle_follower_and_store_outage_and_after_shu
     let memory = MemoryStore::new();
     let a = start(Arc::new(memory.clone()), "live", "a");
     wait_until("a leads", LEASE, || a.is_leader()).await;
-    // b's store pushes releases and expiries: it sleeps four leases between
-    // polls, far longer than the liveness bound.
+    // b's store pushes every vacancy: it makes no store call while it
+    // waits, far longer than the liveness bound.
     let b = start(Arc::new(memory.clone()), "live", "b");
     // c's store hangs on every call: each is cut by the request timeout.
     let (hanging, _) = faulty();

@@ -36,7 +36,7 @@ use crate::store::{EtcdStore, Term, request_key, requested_token, watch_range_en
 
 const OP: &str = "watch";
 /// Events buffered for a slow subscriber; further events are dropped (one
-/// pending wake-up is as good as many).
+/// pending wake-up is as good as many, and the last slot is kept for one).
 const CAPACITY: usize = 16;
 /// The first pause after a failed attempt to open the shared stream; it
 /// doubles up to [`MAX_BACKOFF`] while attempts keep failing.
@@ -364,10 +364,16 @@ impl Stream {
             let Some(lease_event) = lease_event(&route.key, event) else {
                 continue;
             };
+            let vacated = lease_event == LeaseEvent::Vacated;
             for (_, tx) in &route.subscribers {
-                // A full channel already holds a wake-up; a closed one is
-                // removed by its subscription's task.
-                let _ = tx.try_send(lease_event.clone());
+                // The last slot is kept for a vacancy, so a full channel
+                // always holds an unread `Vacated` (the store promises
+                // complete notifications: followers do not poll); other
+                // events are informational. A closed channel is removed by
+                // its subscription's task.
+                if vacated || tx.capacity() > 1 {
+                    let _ = tx.try_send(lease_event.clone());
+                }
             }
         }
     }

@@ -1,5 +1,6 @@
 //! What a follower costs etcd: its polls read the key instead of granting
-//! and revoking a lease, and a holder whose lease etcd reports as 0 s left
+//! and revoking a lease, followers woken together share one read, and a
+//! holder whose lease etcd reports as 0 s left
 //! (it rounds down to whole seconds) does not make it poll in a loop.
 
 mod support;
@@ -25,6 +26,15 @@ async fn grants_and_revokes(server: &EtcdServer) -> (f64, f64) {
     let m = Metrics::scrape(server.addr()).await.expect("etcd metrics");
     let count = |method| m.sum("grpc_server_msg_received_total", &[("grpc_method", method)]);
     (count("LeaseGrant"), count("LeaseRevoke"))
+}
+
+/// Key reads (`Range` requests) etcd has received so far.
+async fn reads(server: &EtcdServer) -> f64 {
+    let m = Metrics::scrape(server.addr()).await.expect("etcd metrics");
+    m.sum(
+        "grpc_server_msg_received_total",
+        &[("grpc_method", "Range")],
+    )
 }
 
 /// Asserts that etcd received at most one grant and one revoke since `before`.
@@ -171,7 +181,9 @@ async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them(
             .expect("elector running");
     }
     let before = grants_and_revokes(&server).await;
+    let reads_before = reads(&server).await;
     let calls = shared.calls(Op::Acquire);
+    let answered = shared.successes(Op::Acquire);
 
     assert!(outside.release(&held).await.expect("release"));
     leader_testkit::wait::eventually(
@@ -189,5 +201,19 @@ async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them(
     // The winner's grant, and the revoke of the released lease.
     let what = format!("{FOLLOWERS} woken followers");
     at_most_one_grant_and_revoke(&server, before, &what).await;
+    // The winner's read, one read that finds the seat taken, and the others
+    // share that answer (a few more when followers arrive late).
+    leader_testkit::wait::eventually(
+        support::PATIENCE,
+        "every follower's acquire answered",
+        || async { shared.successes(Op::Acquire) - answered >= FOLLOWERS as u64 },
+    )
+    .await;
+    let read = reads(&server).await - reads_before;
+    println!("{what} read the key {read} times");
+    assert!(
+        read <= (FOLLOWERS / 4) as f64,
+        "{what} read the key {read} times (each asked instead of sharing the answer in flight)"
+    );
     futures::future::join_all(electors.iter().map(Elector::shutdown)).await;
 }

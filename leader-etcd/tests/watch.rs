@@ -253,8 +253,8 @@ async fn electors_on_one_store_are_woken_by_their_own_key_and_poll_while_the_str
         || async { server_watches(&server).await == (1.0, 2.0) },
     )
     .await;
-    // Notified followers poll only every four leases; a bound well below
-    // that shows the wake-up came from the event.
+    // Notified followers do not poll (etcd's notifications are complete);
+    // a bound well below four leases shows the wake-up came from the event.
     let notified = RETRY_WITH_JITTER + SLACK;
     assert!(notified < lease * 4);
 

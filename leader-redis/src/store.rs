@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use leader_core::turns::Turns;
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
     LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
@@ -27,6 +28,9 @@ struct Inner {
     config: RedisConfig,
     /// The one pub/sub connection every watch of this store shares.
     subscriptions: Subscriptions,
+    /// One acquisition per lease key at a time; followers woken together
+    /// share the answer of the one in flight (see [`leader_core::turns`]).
+    turns: Turns,
 }
 
 /// Leases on Redis. Cheap to clone; clones share connections.
@@ -76,6 +80,7 @@ impl RedisStore {
                 connector,
                 config,
                 subscriptions,
+                turns: Turns::new(),
             }),
         })
     }
@@ -160,6 +165,12 @@ impl RedisStore {
             "acquire"
         };
         let layout = self.checked_layout(key, op)?;
+        // Followers woken together by a release take turns: the first takes
+        // the seat, the next finds it taken, the others share that answer.
+        let turn = self.inner.turns.take(&layout.lease, holder).await;
+        if let Some(info) = turn.shared() {
+            return Ok(Acquire::Held(info));
+        }
         let reply: Value = {
             let (lease_key, term, counter) = (
                 layout.lease.clone(),
@@ -200,7 +211,7 @@ impl RedisStore {
                 }
                 Ok(Acquire::Acquired(lease))
             }
-            0 => Ok(Acquire::Held(as_info(op, rest)?)),
+            0 => Ok(turn.held(as_info(op, rest)?)),
             _ => Err(protocol(op, "unknown acquire flag")),
         }
     }

@@ -38,8 +38,12 @@ impl EtcdStore {
         let client = self.client(OP, k).await?;
         let value = start_value(holder, metadata);
         // Followers woken together by a release take turns: the first takes
-        // the seat, the others read it taken and grant nothing.
-        let _turn = self.inner.turns.take(k).await;
+        // the seat, the next reads it taken, the others share that read.
+        let turn = self.inner.turns.take(&k.to_owned(), holder).await;
+        if let Some(info) = turn.shared() {
+            self.note_held_by_other(k, holder, true);
+            return Ok(Acquire::Held(info));
+        }
         for _ in 0..MAX_ATTEMPTS {
             // A seat last seen taken is read before a lease is granted for
             // it: a follower's poll is then a read, not a grant + revoke.
@@ -48,7 +52,7 @@ impl EtcdStore {
                 && !names_holder(kv.value(), holder)
             {
                 let info = self.info(&client, OP, k, &kv).await?;
-                return Ok(Acquire::Held(info));
+                return Ok(turn.held(info));
             }
             let grant = self
                 .retrying(OP, k, &client, |mut c| async move {
@@ -84,7 +88,7 @@ impl EtcdStore {
                     guard.revoke_now().await;
                     self.note_held_by_other(k, holder, true);
                     let info = self.info(&client, OP, k, &kv).await?;
-                    return Ok(Acquire::Held(info));
+                    return Ok(turn.held(info));
                 }
             }
         }

@@ -6,7 +6,6 @@ mod keep_alive;
 mod records;
 mod renewals;
 mod resign;
-mod turns;
 mod value;
 
 use std::collections::HashSet;
@@ -16,6 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use leader_core::turns::Turns;
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, FencingToken, HolderId, Lease, LeaseEvents,
     LeaseInfo, LeaseKey, LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
@@ -26,7 +26,6 @@ use self::keep_alive::KeepAliveHub;
 use self::records::{lease_id_of, not_holder};
 use self::renewals::Renewals;
 pub(crate) use self::resign::{request_key, requested_token, watch_range_end};
-use self::turns::Turns;
 pub(crate) use self::value::Term;
 use self::value::{held, term_of, updated_value, while_held};
 use crate::config::EtcdConfig;
@@ -42,12 +41,14 @@ const MAX_ATTEMPTS: usize = 3;
 ///   someone else first reads the key (linearizable): still held, it returns
 ///   [`Acquire::Held`] without granting anything, so a follower's poll costs
 ///   two reads and no write. Acquisitions of one key on one store take
-///   turns, so followers woken together by a release do not all grant a
-///   lease: the first takes the seat, the others read it taken. Otherwise it
-///   grants an etcd lease of the TTL rounded up to whole seconds, then one
-///   transaction puts the key (value = holder id, plus the metadata for
-///   `acquire_with_metadata`, as the README describes) under that lease if
-///   the key does not exist (`create_revision == 0`), else reads it. If the
+///   turns ([`leader_core::turns`]), so followers woken together by a
+///   release do not all grant a lease: the first takes the seat, the next
+///   reads it taken, and the others waiting behind that read share its
+///   answer. Otherwise it grants an etcd lease of the TTL rounded up to
+///   whole seconds, then one transaction puts the key (value = holder id,
+///   plus the metadata for `acquire_with_metadata`, as the README
+///   describes) under that lease if the key does not exist
+///   (`create_revision == 0`), else reads it. If the
 ///   key holds the caller's own holder id (a re-acquire after a transient
 ///   error), a second transaction re-puts it under the new lease if it did
 ///   not change meanwhile, which mints a new, higher token; the old lease is
@@ -97,7 +98,10 @@ const MAX_ATTEMPTS: usize = 3;
 ///   shared watch stream (one etcd watcher per key, events routed to that
 ///   key's subscribers; a `PUT` of the request key is `ResignRequested`); when
 ///   the stream breaks, every subscription ends and the electors poll until
-///   they subscribe again, which re-opens the stream once for all.
+///   they subscribe again, which re-opens the stream once for all. Every
+///   deletion of the key reaches a live subscription, so the store declares
+///   [`Capabilities::complete_notifications`]: an idle follower makes no
+///   store call while subscribed.
 ///
 /// The connection is made on first use, so a store can be built while etcd
 /// is down; each request is bounded by the request timeout.
@@ -130,7 +134,7 @@ struct Inner {
     /// someone else: their next `acquire` reads the key before granting a
     /// lease.
     seen_held: Mutex<HashSet<(String, String)>>,
-    /// One acquisition per key at a time (see [`turns`]).
+    /// One acquisition per key at a time (see [`leader_core::turns`]).
     turns: Turns,
 }
 
@@ -209,6 +213,11 @@ impl LeaseStore for EtcdStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities::new(FencingSource::Revision)
             .with_notifications(NotificationSupport::ReleaseAndExpiry)
+            // The key's watch sees every deletion (release, lease expiry, by
+            // hand); a cancelled watch (compaction, a member without a
+            // leader) or a broken stream (HTTP/2 keep-alive) ends the
+            // subscriptions, and a full one holds a `Vacated`.
+            .with_complete_notifications()
             // etcd leases have whole-second TTLs: acquire rounds up.
             .with_ttl_granularity(Duration::from_secs(1))
             .with_metadata()

@@ -564,48 +564,6 @@ impl PostgresStore {
     }
 }
 
-/// One caller's turn to acquire a key through a store; the key's entry in
-/// `Inner::acquiring` is removed when no one else is waiting (also when the
-/// acquisition's future is dropped).
-pub(super) struct Turn<'a> {
-    store: &'a PostgresStore,
-    lock_key: i64,
-    pub(super) mutex: Arc<tokio::sync::Mutex<()>>,
-}
-
-impl<'a> Turn<'a> {
-    pub(super) fn take(store: &'a PostgresStore, lock_key: i64) -> Self {
-        let mutex = store
-            .inner
-            .acquiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(lock_key)
-            .or_default()
-            .clone();
-        Turn {
-            store,
-            lock_key,
-            mutex,
-        }
-    }
-}
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        let mut map = self
-            .store
-            .inner
-            .acquiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        // Only the map's copy and ours: nobody else waits for this key.
-        if Arc::strong_count(&self.mutex) == 2 {
-            map.remove(&self.lock_key);
-        }
-    }
-}
-
 /// The error for a connection whose statements reach different backends.
 pub(super) fn pooler_error(pid: i32, now_pid: i32) -> Error {
     Error::invalid_config(format!(

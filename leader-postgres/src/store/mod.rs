@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use leader_core::turns::Turns;
 use leader_core::{
     Acquire, Capabilities, Error, FencingSource, FencingToken, HolderId, Lease, LeaseEvents,
     LeaseInfo, LeaseKey, LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
@@ -30,7 +31,6 @@ use crate::conn::Connector;
 use crate::keys;
 use crate::sql::Statements;
 use crate::watch::Hub;
-use acquire::Turn;
 use pool::{Pool, Session, Slot};
 
 const STORE: &str = "postgres";
@@ -113,8 +113,9 @@ struct Inner {
     /// Serializes acquisitions of one lock key through this store, so that
     /// two concurrent calls never take each other for a stale session, and
     /// a session never takes a lock it already holds (advisory locks are
-    /// reentrant within a session).
-    acquiring: Mutex<HashMap<i64, Arc<tokio::sync::Mutex<()>>>>,
+    /// reentrant within a session); followers woken together by a release
+    /// share the answer of the one in flight (see [`leader_core::turns`]).
+    acquiring: Turns<i64>,
     next_handle: AtomicU64,
     /// Vacated terms this client is waiting out (the lock delay), by lock key.
     vacated: Mutex<HashMap<i64, delay::Vacated>>,
@@ -184,7 +185,7 @@ impl PostgresStore {
                 schema_ready: AtomicBool::new(false),
                 schema_lock: tokio::sync::Mutex::new(()),
                 leases: Mutex::new(HashMap::new()),
-                acquiring: Mutex::new(HashMap::new()),
+                acquiring: Turns::new(),
                 next_handle: AtomicU64::new(1),
                 vacated: Mutex::new(HashMap::new()),
                 warned_old_server: AtomicBool::new(false),
@@ -554,8 +555,12 @@ impl PostgresStore {
         let (store, key, holder) = (self.clone(), key.clone(), holder.clone());
         self.detached("acquire", async move {
             let lock_key = store.lock_key(&key);
-            let turn = Turn::take(&store, lock_key);
-            let _turn = turn.mutex.lock().await;
+            // Followers woken together by a release take turns; those that
+            // waited behind an answer that found the seat taken share it.
+            let turn = store.inner.acquiring.take(&lock_key, &holder).await;
+            if let Some(info) = turn.shared() {
+                return Ok(Acquire::Held(info));
+            }
             let existing = store.leases().get(&lock_key).cloned();
             if let Some(pinned) = existing {
                 if pinned.key == key && pinned.holder == holder {
@@ -573,12 +578,14 @@ impl PostgresStore {
                 } else {
                     // Held through this very store: no need to ask the
                     // server (and a session must not lock it twice).
-                    return Ok(Acquire::Held(pinned.info()));
+                    return Ok(turn.held(pinned.info()));
                 }
             }
-            store
+            let outcome = store
                 .acquire_fresh(&key, lock_key, &holder, ttl, metadata.as_ref())
-                .await
+                .await;
+            turn.answer(&outcome);
+            outcome
         })
         .await
     }
