@@ -790,7 +790,13 @@ impl Campaign {
             _ = term.step_down.cancelled() => KeepEnd::Stopped,
             // Someone asked through the store (`leaderctl resign`): as if
             // `Elector::resign(None)` had been called here.
-            _ = resign_requested(&mut self.events, lease.token) => {
+            _ = resign_requested(
+                &*self.store,
+                &tracker,
+                self.notifies,
+                &mut self.events,
+                lease.token,
+            ) => {
                 tracing::info!(
                     key = %tracker.key,
                     token = lease.token.get(),
@@ -984,10 +990,33 @@ fn step_down_pause(tracker: &LeaseTracker, panics_in_a_row: &mut u32) -> Duratio
 
 /// Completes when the subscription delivers a resign request for the term
 /// with `token`; other events are of no use to a leader and are dropped.
-/// Pending forever without a subscription, or once it breaks (the loop
-/// subscribes again after the term).
-async fn resign_requested(events: &mut Option<LeaseEvents>, token: FencingToken) {
+/// Without a subscription (the watch before the term failed or timed out,
+/// or it broke during the term) it watches again every retry period, so
+/// that a long term stays reachable; pending forever on a store that
+/// pushes nothing.
+async fn resign_requested(
+    store: &dyn LeaseStore,
+    tracker: &LeaseTracker,
+    notifies: bool,
+    events: &mut Option<LeaseEvents>,
+    token: FencingToken,
+) {
+    let timing = tracker.timing;
     loop {
+        if events.is_none() {
+            if !notifies {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(timing.retry_period).await;
+            match timeout(timing.request_timeout, store.watch(&tracker.key)).await {
+                Ok(Ok(subscribed)) => *events = Some(subscribed),
+                Ok(Err(e)) => {
+                    tracker.telemetry.store_error("watch", &e);
+                    continue;
+                }
+                Err(_) => continue,
+            }
+        }
         match next_event(events).await {
             Some(LeaseEvent::ResignRequested { token: asked }) if asked == token => return,
             Some(_) => {}

@@ -7,7 +7,7 @@
 //! | `K` | string | the holder id (`redis-cli GET K` shows the leader) | the lease TTL |
 //! | `{K}:term` | hash | `holder`, `token`, `meta` of the current term | the lease TTL |
 //! | `{K}:token` | string | the fencing counter: the last token minted | none: never reset |
-//! | channel `{K}:events` | pub/sub | `released <token>` on release, `metadata <token> <holder>` on update | |
+//! | channel `{K}:events` | pub/sub | `released <token>` on release, `metadata <token> <holder>` on update, `resign <token>` on a resign request | |
 //!
 //! `{K}` makes Redis Cluster hash only `K` for the sibling keys, which is
 //! exactly what it hashes for `K` itself, so all three share a slot and one
@@ -42,7 +42,7 @@ pub struct KeyLayout {
     pub term: String,
     /// The fencing counter (never deleted, never expires).
     pub counter: String,
-    /// The pub/sub channel release and metadata notifications go to.
+    /// The pub/sub channel release, metadata and resign notifications go to.
     pub channel: String,
     /// Whether all keys hash to the same cluster slot.
     pub same_slot: bool,

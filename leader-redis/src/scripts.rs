@@ -1,5 +1,5 @@
-//! The Lua scripts behind acquire, renew, release, current, force-release
-//! and update-metadata.
+//! The Lua scripts behind acquire, renew, release, current, force-release,
+//! update-metadata and request-resign.
 //!
 //! Every script takes `KEYS = [lease, term, counter]` (see [`crate::keys`]),
 //! so Redis Cluster routes it by the lease key's slot, which all three share.
@@ -134,6 +134,25 @@ return 0
     )
 });
 
+/// ARGV: token, channel. Publishes `resign <token>` when the current term
+/// has that token: `K` is set and holds the term record's holder (so a
+/// holder written by something else, which reads with token 0, is never
+/// asked), and the record's token is `token`. Changes nothing else.
+/// Returns 1 or 0.
+static REQUEST_RESIGN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+local holder = redis.call('GET', KEYS[1])
+local term = redis.call('HMGET', KEYS[2], 'holder', 'token')
+if holder and holder == term[1] and term[2] == ARGV[1] then
+  redis.call('PUBLISH', ARGV[2], 'resign ' .. ARGV[1])
+  return 1
+end
+return 0
+",
+    )
+});
+
 /// The acquire script.
 pub(crate) fn acquire() -> &'static Script {
     &ACQUIRE
@@ -162,4 +181,9 @@ pub(crate) fn force_release() -> &'static Script {
 /// The update-metadata script.
 pub(crate) fn update_metadata() -> &'static Script {
     &UPDATE_METADATA
+}
+
+/// The request-resign script.
+pub(crate) fn request_resign() -> &'static Script {
+    &REQUEST_RESIGN
 }

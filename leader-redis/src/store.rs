@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leader_core::turns::Turns;
 use leader_core::{
-    Acquire, Capabilities, Error, FencingSource, HolderId, Lease, LeaseEvents, LeaseInfo, LeaseKey,
-    LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
+    Acquire, Capabilities, Error, FencingSource, FencingToken, HolderId, Lease, LeaseEvents,
+    LeaseInfo, LeaseKey, LeaseStore, Metadata, NotificationSupport, Result, check_ttl,
 };
 use redis::{RedisResult, Value};
 
@@ -294,6 +294,7 @@ impl LeaseStore for RedisStore {
         Capabilities::new(FencingSource::Counter)
             .with_notifications(notifications)
             .with_metadata()
+            .with_resign_requests()
     }
 
     async fn acquire(&self, key: &LeaseKey, holder: &HolderId, ttl: Duration) -> Result<Acquire> {
@@ -389,6 +390,28 @@ impl LeaseStore for RedisStore {
             1 => Ok(()),
             0 => Err(not_holder(lease, op)),
             _ => Err(protocol(op, "unknown update_metadata result")),
+        }
+    }
+
+    async fn request_resign(&self, key: &LeaseKey, token: FencingToken) -> Result<bool> {
+        let op = "request_resign";
+        let layout = self.checked_layout(key, op)?;
+        let reply: Value = self
+            .run(op, key, |mut conn| async move {
+                scripts::request_resign()
+                    .key(layout.lease)
+                    .key(layout.term)
+                    .key(layout.counter)
+                    .arg(token.0)
+                    .arg(layout.channel)
+                    .invoke_async(&mut conn)
+                    .await
+            })
+            .await?;
+        match as_int(op, &reply, "request_resign result")? {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(protocol(op, "unknown request_resign result")),
         }
     }
 

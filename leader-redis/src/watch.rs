@@ -5,7 +5,8 @@
 //! lease has (requests queued together share one `SUBSCRIBE`), and hands
 //! each message to the watchers of that lease only: releases as
 //! [`LeaseEvent::Vacated`], metadata updates as
-//! [`LeaseEvent::MetadataUpdated`]. With expiry
+//! [`LeaseEvent::MetadataUpdated`], resign requests as
+//! [`LeaseEvent::ResignRequested`]. With expiry
 //! notifications (see [`crate::ExpiryNotifications`]) it also listens on the
 //! database's `__keyevent@<db>__:expired` channel, whose messages name the
 //! expired key, and wakes that key's watchers.
@@ -47,7 +48,8 @@ pub(crate) struct Request {
 
 /// The event a message on a lease's channel reports: `released <token>` and
 /// `force-released <token>` free the seat; `metadata <token> <holder>` is a
-/// holder's new metadata. Anything else is ignored.
+/// holder's new metadata; `resign <token>` asks that term's holder to
+/// resign. Anything else is ignored.
 fn event_of(msg: &Msg) -> Option<LeaseEvent> {
     event_of_payload(&msg.get_payload::<String>().ok()?)
 }
@@ -61,6 +63,14 @@ fn event_of_payload(payload: &str) -> Option<LeaseEvent> {
             let token = FencingToken(parts.next()?.parse().ok()?);
             let holder = HolderId::new(parts.next()?).ok()?;
             Some(LeaseEvent::MetadataUpdated { holder, token })
+        }
+        "resign" => {
+            let token = FencingToken(parts.next()?.parse().ok()?);
+            // Exactly `resign <token>`: nothing this library sends has more.
+            parts
+                .next()
+                .is_none()
+                .then_some(LeaseEvent::ResignRequested { token })
         }
         _ => None,
     }
@@ -358,33 +368,49 @@ mod tests {
             }),
             "the holder is the rest, spaces included"
         );
+        assert_eq!(
+            event_of_payload("resign 1796000000000001"),
+            Some(LeaseEvent::ResignRequested {
+                token: FencingToken(1_796_000_000_000_001),
+            })
+        );
         for ignored in [
             "",
             "acquired 1 x",
             "metadata x h",
             "metadata 42",
             "metadata 42  ",
+            "resign",
+            "resign ",
+            "resign x",
+            "resign -1",
+            "resign 42 x",
         ] {
             assert_eq!(event_of_payload(ignored), None, "{ignored:?}");
         }
     }
 
     #[tokio::test]
-    async fn metadata_updates_never_take_the_last_slot_from_vacated() {
-        let mut routes = Routes::default();
-        let (tx, mut rx) = LeaseEvents::channel(QUEUE);
-        routes.add("a".into(), "{a}:events", tx);
+    async fn informational_events_never_take_the_last_slot_from_vacated() {
         let update = LeaseEvent::MetadataUpdated {
             holder: HolderId::new("h").expect("valid"),
             token: FencingToken(1),
         };
-        for _ in 0..QUEUE * 2 {
-            routes.send("{a}:events", &update);
+        let resign = LeaseEvent::ResignRequested {
+            token: FencingToken(1),
+        };
+        for event in [update, resign] {
+            let mut routes = Routes::default();
+            let (tx, mut rx) = LeaseEvents::channel(QUEUE);
+            routes.add("a".into(), "{a}:events", tx);
+            for _ in 0..QUEUE * 2 {
+                routes.send("{a}:events", &event);
+            }
+            routes.wake("{a}:events");
+            for _ in 0..QUEUE - 1 {
+                assert_eq!(rx.recv().await, Some(event.clone()));
+            }
+            assert_eq!(rx.recv().await, Some(LeaseEvent::Vacated), "{event:?}");
         }
-        routes.wake("{a}:events");
-        for _ in 0..QUEUE - 1 {
-            assert_eq!(rx.recv().await, Some(update.clone()));
-        }
-        assert_eq!(rx.recv().await, Some(LeaseEvent::Vacated));
     }
 }

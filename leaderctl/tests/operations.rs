@@ -11,13 +11,22 @@ use tokio::time::Instant;
 
 use common::{LEASE, exit_status, leaderctl, run_with, text};
 
+/// The lease of the test electors.
+const HOLDER_LEASE: Duration = Duration::from_secs(3);
+
+/// An elector campaigning for `resource` on `url` as `instance` (lease 3 s,
+/// renewal and retry 500 ms), under the prefix `leaderctl` uses.
+fn candidate(url: &str, resource: &str, instance: &str) -> Elector {
+    let mut config =
+        ElectionConfig::new(resource).with_timing(HOLDER_LEASE, Duration::from_millis(500));
+    config.key_prefix = "leader:".into();
+    config.instance_id = Some(instance.into());
+    Elector::start(leader::connect(url).expect("store"), config).expect("elector")
+}
+
 /// An elector holding `resource` on `url` (the lease 3 s).
 async fn holder(url: &str, resource: &str) -> Elector {
-    let mut config = ElectionConfig::new(resource)
-        .with_timing(Duration::from_secs(3), Duration::from_millis(500));
-    config.key_prefix = "leader:".into();
-    config.instance_id = Some("holder".into());
-    let elector = Elector::start(leader::connect(url).expect("store"), config).expect("elector");
+    let elector = candidate(url, resource, "holder");
     let mut state = elector.subscribe();
     tokio::time::timeout(Duration::from_secs(10), state.wait_for(|s| s.is_leader))
         .await
@@ -103,24 +112,44 @@ async fn run_hold_at_least_keeps_the_seat_after_an_early_exit() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resign_says_the_store_cannot_carry_it_and_changes_nothing() {
+async fn resign_makes_the_running_holder_hand_over_to_a_follower() {
     let redis = RedisServer::from_env_or_start().await.expect("redis");
     let resource = format!("resign-{}", std::process::id());
     let elector = holder(redis.url(), &resource).await;
-    let token = elector.token();
+    let first = elector.token().expect("the holder leads");
+    let follower = candidate(redis.url(), &resource, "follower");
+    let mut seen = follower.subscribe();
+    // The follower has met the holder: it is campaigning, not starting.
+    tokio::time::timeout(
+        LEASE * 5,
+        seen.wait_for(|s| s.leader.as_ref().is_some_and(|l| l.token == first)),
+    )
+    .await
+    .expect("the follower sees the holder")
+    .expect("alive");
+    let common = ["--store", redis.url(), "--resource", resource.as_str()];
+    // Exit 0 means the term ended within --wait; the holder renews every
+    // 500 ms, so nothing but the request ends it.
+    let out = leaderctl(&[&["resign", "--wait", "10s"][..], &common].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("resigned"), "{}", text(&out));
+    leader_testkit::wait::eventually(LEASE * 5, "the follower leads", || async {
+        follower.is_leader()
+    })
+    .await;
+    let second = follower.token().expect("the follower leads");
+    assert!(second > first, "token {second} is not above {first}");
+    assert!(!elector.is_leader(), "the holder still believes it leads");
+    follower.shutdown().await;
+    elector.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resign_on_a_resource_nobody_holds_exits_1() {
+    let redis = RedisServer::from_env_or_start().await.expect("redis");
+    let resource = format!("resign-free-{}", std::process::id());
     let common = ["--store", redis.url(), "--resource", resource.as_str()];
     let out = leaderctl(&[&["resign"][..], &common].concat());
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(
-        text(&out).contains("cannot carry a resign request"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        text(&out).contains(elector.instance_id().as_str()),
-        "{}",
-        text(&out)
-    );
-    assert_eq!(elector.token(), token, "the holder's term changed");
-    elector.shutdown().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("has no leader"), "{}", text(&out));
 }

@@ -57,11 +57,16 @@ pub async fn election_resign_hands_over(ctx: &Ctx) -> CaseResult {
 
 /// A resign request sent through the store (what `leaderctl resign` does)
 /// ends the leader's term: the other instance leads within a follower's
-/// reaction time (not at expiry) with a higher token, and a request naming
+/// reaction time of a request (sent up to three times while the term lasts:
+/// a holder hears only the requests sent while it is subscribed) with a
+/// higher token, and a request naming
 /// the ended term finds nothing. On a store without
 /// `Capabilities::resign_requests` the request fails as `Unsupported` and
 /// the leader keeps leading.
 pub async fn election_resign_request_hands_over(ctx: &Ctx) -> CaseResult {
+    /// Requests sent before the case gives up (see below).
+    const REQUESTS: usize = 3;
+
     let cluster = Cluster::start(ctx, "resign-request", 2).await?;
     let p = ctx.profile();
     let reaction = follower_reaction(ctx) + p.slack;
@@ -88,7 +93,24 @@ pub async fn election_resign_request_hands_over(ctx: &Ctx) -> CaseResult {
         asked?,
         "request_resign did not find the current term (token {old_token})"
     );
-    let (new, took) = cluster.wait_for_leader(reaction, Some(old)).await?;
+    // Rule 10: a request reaches only a holder subscribed at that moment,
+    // and the requester learns the outcome from the seat. A leader whose
+    // watch before the term timed out (a TLS handshake on a loaded
+    // machine) watches again within a retry period, so the request is sent
+    // again while the term lasts, a bounded number of times.
+    let mut handed = cluster.wait_for_leader(reaction, Some(old)).await;
+    for _ in 0..REQUESTS - 1 {
+        if handed.is_ok() {
+            break;
+        }
+        if !ctx.store().request_resign(&key, old_token).await? {
+            // The term ended meanwhile: the handover is under way.
+            handed = cluster.wait_for_leader(reaction, Some(old)).await;
+            break;
+        }
+        handed = cluster.wait_for_leader(reaction, Some(old)).await;
+    }
+    let (new, took) = handed?;
     ensure!(
         took < p.lease,
         "the other instance led {took:?} after the resign request: no faster than expiry ({:?})",
