@@ -793,7 +793,7 @@ impl Campaign {
             _ = resign_requested(
                 &*self.store,
                 &tracker,
-                self.notifies,
+                self.notifies && self.store.capabilities().resign_requests,
                 &mut self.events,
                 lease.token,
             ) => {
@@ -993,18 +993,18 @@ fn step_down_pause(tracker: &LeaseTracker, panics_in_a_row: &mut u32) -> Duratio
 /// Without a subscription (the watch before the term failed or timed out,
 /// or it broke during the term) it watches again every retry period, so
 /// that a long term stays reachable; pending forever on a store that
-/// pushes nothing.
+/// carries no resign requests (`carried` false: no watch is worth it).
 async fn resign_requested(
     store: &dyn LeaseStore,
     tracker: &LeaseTracker,
-    notifies: bool,
+    carried: bool,
     events: &mut Option<LeaseEvents>,
     token: FencingToken,
 ) {
     let timing = tracker.timing;
     loop {
         if events.is_none() {
-            if !notifies {
+            if !carried {
                 return std::future::pending().await;
             }
             tokio::time::sleep(timing.retry_period).await;
