@@ -549,7 +549,7 @@ pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Res
         plan.latency_iters, plan.warmup_iters
     ));
     let mut rows = Vec::new();
-    for kind in Kind::ALL {
+    for &kind in &plan.stores {
         rows.extend(measure(&Factory::new(kind, servers.url(kind)), plan).await?);
     }
     println!(
@@ -596,7 +596,9 @@ pub async fn run(plan: &Plan, servers: &Servers, verdicts: &mut Verdicts) -> Res
         }
         println!("{}", row(&cells));
     }
-    redis_server_profile(&servers.url(Kind::Redis), plan.latency_iters.min(2000)).await?;
+    if plan.stores.contains(&Kind::Redis) {
+        redis_server_profile(&servers.url(Kind::Redis), plan.latency_iters.min(2000)).await?;
+    }
     for r in &rows {
         let (Some(limit), Some((name, raw))) = (target(r.kind, r.op, r.floor), &r.raw) else {
             continue;

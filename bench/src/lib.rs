@@ -58,7 +58,7 @@ pub struct Plan {
     pub peer_iters: usize,
     /// Graceful handovers in the contention test (one candidate fewer each).
     pub handovers: usize,
-    /// The stores the scale and idle sections run on (`--stores`).
+    /// The stores the latency, scale and idle sections run on (`--stores`).
     pub stores: Vec<stores::Kind>,
 }
 

@@ -20,7 +20,7 @@ const SECTIONS: [&str; 5] = ["latency", "failover", "peers", "scale", "idle"];
 
 fn usage() -> String {
     format!(
-        "usage: leader-bench [--quick] [--only SECTION,...] [--stores STORE,...] [--idle-window SECONDS]   (sections: {}; --stores and --idle-window apply to scale and idle)",
+        "usage: leader-bench [--quick] [--only SECTION,...] [--stores STORE,...] [--idle-window SECONDS]   (sections: {}; --stores applies to latency, scale and idle; --idle-window to idle)",
         SECTIONS.join(", ")
     )
 }

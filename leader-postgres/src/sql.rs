@@ -68,7 +68,8 @@ pub(crate) struct Statements {
     /// The common case's acquisition, on a session whose settings already
     /// fit: the token is minted unless the previous term ended without a
     /// release (then `token` is NULL and the lock is held; `reacquire`
-    /// decides on the lock delay).
+    /// decides on the lock delay). A busy lock's holder is looked up with
+    /// `holder` after it.
     pub(crate) acquire_fast: Arc<str>,
     /// Acquisition that also applies the session settings of a TTL.
     pub(crate) acquire_settings: Arc<str>,
@@ -82,6 +83,8 @@ pub(crate) struct Statements {
     pub(crate) locks_held: Arc<str>,
     /// The cheap renewal check: the backend pid alone.
     pub(crate) renew_pid: Arc<str>,
+    /// Who holds lock `$1`: its session's pid and application name, and the
+    /// counter row (naming the holder in full when its pid matches).
     pub(crate) holder: Arc<str>,
     pub(crate) terminate: Arc<str>,
     table: Arc<str>,
@@ -193,12 +196,16 @@ impl Statements {
                  FROM g LEFT JOIN h ON true LEFT JOIN r ON true"
             )
         };
-        // The common case in three parts: try the lock (l); mint the token
+        // The common case in two parts: try the lock (l); mint the token
         // (u) unless the lock delay may apply (the previous term ended
         // without a release, by another holder, and is not one this client
         // has waited out: the ON CONFLICT's WHERE then leaves the row and
-        // returns nothing); if the lock was busy, who holds it (h). Same
-        // parameters $1..$7 as `mint` without settings.
+        // returns nothing). Same parameters $1..$7 as `mint` without
+        // settings. Who holds a busy lock is a second statement (`holder`):
+        // planned into this one, even gated off, the lookup's joins over
+        // pg_locks, pg_stat_activity and the catalogs cost every acquisition
+        // about as much as the upsert (executor start-up and relation locks;
+        // pgbench, 2026-11-29).
         let fast = format!(
             "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1::bigint) AS got), \
              u AS (INSERT INTO {t} AS f (lock_key, resource, token, holder, pid, acquired_at, \
@@ -214,11 +221,8 @@ impl Statements {
                       metadata = EXCLUDED.metadata \
                    WHERE f.released OR NOT $4::boolean OR f.holder = $3 \
                       OR f.token IS NOT DISTINCT FROM $6::bigint \
-                   RETURNING f.token), \
-             h AS MATERIALIZED ({holder_if_missed}) \
-             SELECT l.got, (SELECT u.token FROM u) AS token, pg_backend_pid() AS pid, \
-                    h.lock_pid, h.app, h.holder, h.token AS held_token, h.row_pid, h.metadata \
-             FROM l LEFT JOIN h ON true"
+                   RETURNING f.token) \
+             SELECT l.got, (SELECT u.token FROM u) AS token, pg_backend_pid() AS pid FROM l"
         );
         let try_lock = "pg_try_advisory_lock($1::bigint)";
         // On a session that already holds the lock (a re-acquisition by the

@@ -70,6 +70,30 @@ async fn acquire_renew_release_with_increasing_tokens_and_named_holder() {
 }
 
 #[tokio::test]
+async fn a_busy_lock_names_its_holder_on_a_session_already_in_use() {
+    // The common acquisition (on a session whose settings are applied)
+    // leaves the holder lookup out of its statement; a miss must still
+    // name the holder and its token.
+    let pg = server().await;
+    let (a, b) = (store(pg.url()), store(pg.url()));
+    let (busy, warm) = (key("busy"), key("warm"));
+    let (ha, hb) = (holder("alpha_9_aa"), holder("beta_9_bb"));
+    let first = acquired(a.acquire(&busy, &ha, TTL).await.expect("acquire by a"));
+    // b's session is opened and configured by a lease of its own first.
+    let own = acquired(b.acquire(&warm, &hb, TTL).await.expect("acquire by b"));
+    for _ in 0..3 {
+        let info = held(b.acquire(&busy, &hb, TTL).await.expect("acquire by b"));
+        assert_eq!((info.holder, info.token), (ha.clone(), first.token));
+    }
+    assert!(b.release(&own).await.expect("release by b"));
+    let info = held(b.acquire(&busy, &hb, TTL).await.expect("acquire by b"));
+    assert_eq!((info.holder, info.token), (ha.clone(), first.token));
+    assert!(a.release(&first).await.expect("release by a"));
+    let next = acquired(b.acquire(&busy, &hb, TTL).await.expect("acquire by b"));
+    assert!(next.token > first.token);
+}
+
+#[tokio::test]
 async fn same_holder_reacquire_is_a_new_term_and_retires_the_old_token() {
     let pg = server().await;
     let s = store(pg.url());

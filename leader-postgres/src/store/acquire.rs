@@ -59,7 +59,18 @@ impl PostgresStore {
             .fetch_one(&mut conn.inner)
             .await?;
         if !row.try_get::<bool, _>("got")? {
-            return self.missed(&row, lock_key);
+            // Busy: who holds it, on the same session and within the same
+            // time limit (the statement above leaves the lookup out, which
+            // keeps the common case short).
+            let found = sqlx::query(AssertSqlSafe(self.inner.sql.holder.clone()))
+                .bind(lock_key)
+                .fetch_optional(&mut conn.inner)
+                .await?;
+            return match found {
+                Some(row) => self.missed(&row, lock_key, "token"),
+                // Released between the two statements: the caller retries.
+                None => Ok(Minted::Missed(None, None, false)),
+            };
         }
         match row.try_get::<Option<i64>, _>("token")? {
             Some(token) => Ok(self.got(&row, token, lock_key)?),
@@ -146,7 +157,7 @@ impl PostgresStore {
                 .ok_or_else(|| sqlx::Error::Protocol("lock taken but no token minted".into()))?;
             self.got(&row, token, lock_key)
         } else {
-            self.missed(&row, lock_key)
+            self.missed(&row, lock_key, "held_token")
         }
     }
 
@@ -166,8 +177,14 @@ impl PostgresStore {
         })
     }
 
-    /// Who holds the busy lock, from an acquire row.
-    fn missed(&self, row: &PgRow, lock_key: i64) -> std::result::Result<Minted, sqlx::Error> {
+    /// Who holds the busy lock, from an acquire or holder row (the holder's
+    /// token in `token_column`).
+    fn missed(
+        &self,
+        row: &PgRow,
+        lock_key: i64,
+        token_column: &str,
+    ) -> std::result::Result<Minted, sqlx::Error> {
         let lock_pid: Option<i32> = row.try_get("lock_pid")?;
         let row_pid: Option<i32> = row.try_get("row_pid")?;
         let confirmed = lock_pid.is_some() && row_pid == lock_pid;
@@ -176,7 +193,7 @@ impl PostgresStore {
             self.forget_vacated(lock_key);
         }
         Ok(Minted::Missed(
-            holder_info(row, "held_token")?,
+            holder_info(row, token_column)?,
             lock_pid,
             confirmed,
         ))

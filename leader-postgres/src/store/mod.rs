@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 mod acquire;
 mod delay;
+mod finish;
 mod metadata;
 mod pool;
 mod resign;
@@ -393,20 +394,18 @@ impl PostgresStore {
         }
     }
 
-    /// Runs `f` in a task of its own, so that a caller that stops waiting
-    /// (an elector's request timeout) never cancels a statement on a shared
-    /// session halfway: that would end every lease on it. The task finishes
+    /// Runs `f` so that a caller that stops waiting (an elector's request
+    /// timeout) never cancels a statement on a shared session halfway: that
+    /// would end every lease on it. `f` runs in the caller's task (no hand-
+    /// over between threads on the way there and back) and, if the caller
+    /// drops it, finishes in a task of its own (see [`finish::Finish`]),
     /// within the operation's own bounds.
-    async fn detached<T, F>(&self, operation: &'static str, f: F) -> Result<T>
+    async fn detached<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        tokio::spawn(f).await.map_err(|e| {
-            Error::indeterminate(format!("the {operation} task failed: {e}"))
-                .with_store(STORE)
-                .with_operation(operation)
-        })?
+        finish::Finish::new(f).await
     }
 }
 
@@ -553,7 +552,7 @@ impl PostgresStore {
         check_ttl(ttl)?;
         self.ensure_schema().await?;
         let (store, key, holder) = (self.clone(), key.clone(), holder.clone());
-        self.detached("acquire", async move {
+        self.detached(async move {
             let lock_key = store.lock_key(&key);
             // Followers woken together by a release take turns; those that
             // waited behind an answer that found the seat taken share it.
@@ -631,10 +630,8 @@ impl LeaseStore for PostgresStore {
         let (store, lease, metadata) = (self.clone(), lease.clone(), metadata.clone());
         // Detached for the same reason as `renew`: the statement runs on a
         // shared session and must not be cancelled halfway.
-        self.detached("update_metadata", async move {
-            store.update_pinned(&lease, metadata).await
-        })
-        .await
+        self.detached(async move { store.update_pinned(&lease, metadata).await })
+            .await
     }
 
     async fn renew(&self, lease: &Lease) -> Result<()> {
@@ -644,13 +641,13 @@ impl LeaseStore for PostgresStore {
         // session; it finishes (bounded by the operation timeout) and the
         // release that follows runs as usual.
         let (store, lease) = (self.clone(), lease.clone());
-        self.detached("renew", async move { store.renew_pinned(&lease).await })
+        self.detached(async move { store.renew_pinned(&lease).await })
             .await
     }
 
     async fn release(&self, lease: &Lease) -> Result<bool> {
         let (store, lease) = (self.clone(), lease.clone());
-        self.detached("release", async move {
+        self.detached(async move {
             store.release_pinned(&lease).await.map_err(|e| {
                 e.with_store(STORE)
                     .with_operation("release")
@@ -686,7 +683,7 @@ impl LeaseStore for PostgresStore {
             let info = pinned.info();
             let store = self.clone();
             let ended = self
-                .detached("force_release", async move {
+                .detached(async move {
                     store
                         .end_term(&pinned, info.token)
                         .await

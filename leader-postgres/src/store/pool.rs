@@ -2,9 +2,10 @@
 //! [`PostgresConfig::with_pinned_sessions`](crate::PostgresConfig::with_pinned_sessions)
 //! connections, each holding the advisory locks of many leases.
 //!
-//! A session's statements run one at a time under its [`Slot`] mutex, each
-//! in a task of its own (see `PostgresStore::on_session`): a caller that
-//! stops waiting never cancels a statement halfway, which would leave the
+//! A session's statements run one at a time under its [`Slot`] mutex, in
+//! the caller's task but finished in a task of their own if the caller
+//! drops them (see `PostgresStore::detached`): a caller that stops waiting
+//! never cancels a statement halfway, which would leave the
 //! connection unusable and end every lease on it.
 //!
 //! # Session settings

@@ -155,7 +155,7 @@ impl PostgresStore {
         };
         let limit = self.inner.config.request_timeout;
         let store = self.clone();
-        self.detached("pinned_session", async move {
+        self.detached(async move {
             let session = &pinned.session;
             let mut slot = store.slot(session, limit).await?;
             if slot.lost || !slot.held.contains_key(&pinned.lock_key) {
