@@ -176,7 +176,7 @@ pub(crate) async fn watch(
 
 /// `resign`: asks the running holder to end its term and stay a candidate
 /// ([`LeaseStore::request_resign`]), then watches the seat until that term
-/// is over. Exit 0 when it ended within `wait`, 1 when nobody leads (nothing
+/// is over, repeating the request every [`RESIGN_RESEND`] meanwhile. Exit 0 when it ended within `wait`, 1 when nobody leads (nothing
 /// sent), [`RESIGN_NOT_SEEN`] when the request went out but the term did
 /// not end in time (the holder was not subscribed, or is not a leader-core
 /// elector), [`RESIGN_UNSUPPORTED`] when the store cannot carry the request.
@@ -222,12 +222,24 @@ pub(crate) async fn resign(target: &Target, wait: Duration) -> Result<ExitCode> 
         "leaderctl: asked {} (token {}) to resign; waiting up to {wait:?}",
         info.holder, info.token
     );
-    let ended = timeout(
-        wait,
-        seat.wait_for(|now| now.as_ref().is_none_or(|l| l.token != info.token)),
-    )
-    .await;
-    match ended {
+    let term_over = async {
+        // The request is a notification: a holder between two subscriptions
+        // misses it (its elector watches again within a retry period). Ask
+        // again every RESIGN_RESEND while waiting: a request for an ended
+        // term finds no match and sends nothing, so repeats are harmless.
+        let mut resend = tokio::time::interval_at(Instant::now() + RESIGN_RESEND, RESIGN_RESEND);
+        loop {
+            tokio::select! {
+                over = seat.wait_for(|now| now.as_ref().is_none_or(|l| l.token != info.token)) => {
+                    return over.map(|now| now.clone());
+                }
+                _ = resend.tick() => {
+                    let _ = timeout(REQUEST_TIMEOUT, store.request_resign(&key, info.token)).await;
+                }
+            }
+        }
+    };
+    match timeout(wait, term_over).await {
         Ok(Ok(now)) => {
             println!(
                 "{} (token {}) resigned; now: {}",
@@ -248,6 +260,9 @@ pub(crate) async fn resign(target: &Target, wait: Duration) -> Result<ExitCode> 
         }
     }
 }
+
+/// How often `resign` repeats its request while it waits.
+const RESIGN_RESEND: Duration = Duration::from_secs(1);
 
 /// `resign`'s exit code: the store cannot carry the request.
 pub(crate) const RESIGN_UNSUPPORTED: u8 = 3;
