@@ -184,6 +184,7 @@ async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them(
     let reads_before = reads(&server).await;
     let calls = shared.calls(Op::Acquire);
     let answered = shared.successes(Op::Acquire);
+    let seat_reads = shared.successes(Op::Current);
 
     assert!(outside.release(&held).await.expect("release"));
     leader_testkit::wait::eventually(
@@ -214,6 +215,22 @@ async fn followers_on_one_store_woken_by_a_release_grant_one_lease_between_them(
     assert!(
         read <= (FOLLOWERS / 4) as f64,
         "{what} read the key {read} times (each asked instead of sharing the answer in flight)"
+    );
+    // Then each of the others hears the new term's `Acquired` event and
+    // reads the seat for the leader's metadata (`current`): one event wakes
+    // them all, and they share those reads the same way.
+    leader_testkit::wait::eventually(
+        support::PATIENCE,
+        "every other follower read the new leader's seat",
+        || async { shared.successes(Op::Current) - seat_reads >= FOLLOWERS as u64 - 1 },
+    )
+    .await;
+    let read = reads(&server).await - reads_before;
+    println!("{what} read the key {read} times, with the seat reads after the event");
+    assert!(
+        read <= (FOLLOWERS / 2) as f64,
+        "{what} read the key {read} times with their seat reads (each read the new leader's seat \
+         itself instead of sharing the read in flight)"
     );
     futures::future::join_all(electors.iter().map(Elector::shutdown)).await;
 }

@@ -136,6 +136,20 @@ struct Inner {
     seen_held: Mutex<HashSet<(String, String)>>,
     /// One acquisition per key at a time (see [`leader_core::turns`]).
     turns: Turns,
+    /// One `current` read per key at a time, its answer shared the same way:
+    /// a new term's `Acquired` event wakes every follower on this store, and
+    /// each reads the seat for the leader's metadata.
+    reads: Turns,
+}
+
+/// The holder id under which `current` reads take turns: no term's holder,
+/// so a read's answer is always shareable. (A real holder with this id
+/// would only stop the sharing, never receive a wrong answer.)
+fn seat_reader() -> &'static HolderId {
+    static READER: std::sync::OnceLock<HolderId> = std::sync::OnceLock::new();
+    READER.get_or_init(|| {
+        HolderId::new("leader-etcd current() reader").unwrap_or_else(|_| HolderId::generate())
+    })
 }
 
 impl fmt::Debug for EtcdStore {
@@ -165,6 +179,7 @@ impl EtcdStore {
                 watches: WatchHub::default(),
                 seen_held: Mutex::new(HashSet::new()),
                 turns: Turns::default(),
+                reads: Turns::default(),
             }),
         })
     }
@@ -325,10 +340,20 @@ impl LeaseStore for EtcdStore {
         const OP: &str = "current";
         let k = key.as_str();
         let client = self.client(OP, k).await?;
+        // A caller that was waiting when a read was sent takes its answer:
+        // that read happened during its own call (as for acquire's turns).
+        let turn = self.inner.reads.take(&k.to_owned(), seat_reader()).await;
+        if let Some(info) = turn.shared() {
+            return Ok(Some(info));
+        }
         let (kv, _) = self.get_kv(&client, OP, k).await?;
         match kv {
             None => Ok(None),
-            Some(kv) => Ok(Some(self.info(&client, OP, k, &kv).await?)),
+            Some(kv) => {
+                let info = self.info(&client, OP, k, &kv).await?;
+                turn.held(info.clone());
+                Ok(Some(info))
+            }
         }
     }
 
