@@ -8,18 +8,12 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::{
-    Acquire, Capabilities, ElectionConfig, Elector, FencingSource, HolderId, LeaseStore,
-};
+use leader_core::{Acquire, Capabilities, ElectionConfig, Elector, FencingSource, LeaseStore};
 use leader_etcd::EtcdStore;
 use leader_testkit::metrics::Metrics;
 use leader_testkit::servers::EtcdServer;
 use leader_testkit::wrap::{Faults, Op, Wrapped};
-use support::unique_key;
-
-fn holder(name: &str) -> HolderId {
-    HolderId::new(name).expect("valid holder id")
-}
+use support::{holder, unique_key};
 
 /// Lease grants and revokes etcd has received so far.
 async fn grants_and_revokes(server: &EtcdServer) -> (f64, f64) {

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use leader_core::{Acquire, ErrorKind, HolderId, Lease, LeaseKey, LeaseStore};
+use leader_core::{Acquire, ErrorKind, Lease, LeaseKey, LeaseStore};
 use leader_etcd::EtcdStore;
 use leader_testkit::metrics::Metrics;
 use leader_testkit::proxy::{FaultProxy, Mode};
 use leader_testkit::servers::EtcdServer;
-use support::{PATIENCE, SLACK, raw_client, unique_key};
+use support::{PATIENCE, SLACK, holder, raw_client, unique_key};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -31,10 +31,6 @@ async fn keep_alive_streams(server: &EtcdServer) -> (f64, f64) {
         started,
         started - m.sum("grpc_server_handled_total", &method),
     )
-}
-
-fn holder(name: &str) -> HolderId {
-    HolderId::new(name).expect("valid holder id")
 }
 
 async fn acquired(store: &EtcdStore, key: &LeaseKey, ttl: Duration) -> Lease {

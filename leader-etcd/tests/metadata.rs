@@ -11,23 +11,13 @@ use std::time::Duration;
 use etcd_client::PutOptions;
 use leader_core::{
     Acquire, ElectionConfig, Elector, ErrorKind, FencingToken, HolderId, Lease, LeaseEvent,
-    LeaseEvents, LeaseKey, LeaseStore, MAX_METADATA_LEN, Metadata, Observer,
+    LeaseKey, LeaseStore, MAX_METADATA_LEN, Metadata, Observer,
 };
 use leader_etcd::EtcdStore;
 use leader_testkit::servers::EtcdServer;
-use support::{PATIENCE, raw_client, unique_key};
+use support::{PATIENCE, holder, next, raw_client, setup, unique_key};
 
 const TTL: Duration = Duration::from_secs(5);
-
-async fn setup() -> (EtcdServer, EtcdStore) {
-    let server = EtcdServer::start().await.expect("start a private etcd");
-    let store = EtcdStore::from_url(server.url()).expect("store for the private etcd");
-    (server, store)
-}
-
-fn holder(name: &str) -> HolderId {
-    HolderId::new(name).expect("valid holder id")
-}
 
 fn meta(value: impl Into<Vec<u8>>) -> Metadata {
     Metadata::new(value).expect("metadata within the limit")
@@ -55,12 +45,6 @@ async fn acquired(store: &EtcdStore, key: &LeaseKey, who: &HolderId) -> Lease {
 async fn current(store: &EtcdStore, key: &LeaseKey) -> (HolderId, FencingToken, Option<Metadata>) {
     let info = store.current(key).await.expect("current").expect("held");
     (info.holder, info.token, info.metadata)
-}
-
-async fn next(events: &mut LeaseEvents) -> Option<LeaseEvent> {
-    tokio::time::timeout(PATIENCE, events.recv())
-        .await
-        .expect("an event (or the end of the subscription) within the patience bound")
 }
 
 /// Renewals, before and after `update_metadata`, on a quiet store and after

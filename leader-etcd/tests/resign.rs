@@ -9,39 +9,13 @@ mod support;
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions, WatchStream};
-use leader_core::{
-    Acquire, FencingToken, HolderId, Lease, LeaseEvent, LeaseEvents, LeaseKey, LeaseStore, Metadata,
-};
+use leader_core::{FencingToken, LeaseEvent, LeaseKey, LeaseStore, Metadata};
 use leader_etcd::EtcdStore;
-use leader_testkit::servers::EtcdServer;
 use leader_testkit::wait::eventually;
-use support::{PATIENCE, SLACK, raw_client, unique_key};
+use support::{PATIENCE, SLACK, acquired, holder, next, raw_client, setup, unique_key};
 
 // Long: no term of these tests should end by expiry but the one that waits for it.
 const TTL: Duration = Duration::from_secs(60);
-
-async fn setup() -> (EtcdServer, EtcdStore) {
-    let server = EtcdServer::start().await.expect("start a private etcd");
-    let store = EtcdStore::from_url(server.url()).expect("store for the private etcd");
-    (server, store)
-}
-
-fn holder(name: &str) -> HolderId {
-    HolderId::new(name).expect("valid holder id")
-}
-
-async fn acquired(store: &EtcdStore, key: &LeaseKey, who: &HolderId, ttl: Duration) -> Lease {
-    match store.acquire(key, who, ttl).await.expect("acquire") {
-        Acquire::Acquired(lease) => lease,
-        Acquire::Held(info) => panic!("expected to acquire, held by {info:?}"),
-    }
-}
-
-async fn next(events: &mut LeaseEvents) -> Option<LeaseEvent> {
-    tokio::time::timeout(PATIENCE, events.recv())
-        .await
-        .expect("an event (or the end of the subscription) within the patience bound")
-}
 
 async fn request(store: &EtcdStore, key: &LeaseKey, token: FencingToken) -> bool {
     store

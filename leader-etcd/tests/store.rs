@@ -5,30 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use leader_core::{Acquire, ErrorKind, HolderId, Lease, LeaseKey, LeaseStore};
+use leader_core::{Acquire, ErrorKind, Lease, LeaseStore};
 use leader_etcd::EtcdStore;
 use leader_testkit::servers::EtcdServer;
 use leader_testkit::wait::eventually;
-use support::{PATIENCE, raw_client, unique_key};
+use support::{PATIENCE, acquired, holder, raw_client, setup, unique_key};
 
 const TTL: Duration = Duration::from_secs(5);
-
-async fn setup() -> (EtcdServer, EtcdStore) {
-    let server = EtcdServer::start().await.expect("start a private etcd");
-    let store = EtcdStore::from_url(server.url()).expect("store for the private etcd");
-    (server, store)
-}
-
-fn holder(name: &str) -> HolderId {
-    HolderId::new(name).expect("valid holder id")
-}
-
-async fn acquired(store: &EtcdStore, key: &LeaseKey, who: &HolderId, ttl: Duration) -> Lease {
-    match store.acquire(key, who, ttl).await.expect("acquire") {
-        Acquire::Acquired(lease) => lease,
-        Acquire::Held(info) => panic!("expected to acquire, held by {info:?}"),
-    }
-}
 
 #[tokio::test]
 async fn acquire_hold_inspect_release() {

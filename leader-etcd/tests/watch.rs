@@ -7,35 +7,15 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leader_core::{
-    Acquire, ElectionConfig, Elector, ErrorKind, HolderId, Lease, LeaseEvent, LeaseEvents,
-    LeaseKey, LeaseStore,
-};
+use leader_core::{ElectionConfig, Elector, ErrorKind, Lease, LeaseEvent, LeaseKey, LeaseStore};
 use leader_etcd::EtcdStore;
 use leader_testkit::metrics::Metrics;
 use leader_testkit::proxy::{FaultProxy, Mode};
 use leader_testkit::servers::EtcdServer;
 use leader_testkit::wrap::{Fault, Faults, Op, Wrapped};
-use support::{PATIENCE, SLACK, unique_key};
+use support::{PATIENCE, SLACK, acquired, holder, next, unique_key};
 
 const TTL: Duration = Duration::from_secs(5);
-
-fn holder(name: &str) -> HolderId {
-    HolderId::new(name).expect("valid holder id")
-}
-
-async fn acquired(store: &EtcdStore, key: &LeaseKey, who: &HolderId, ttl: Duration) -> Lease {
-    match store.acquire(key, who, ttl).await.expect("acquire") {
-        Acquire::Acquired(lease) => lease,
-        Acquire::Held(info) => panic!("expected to acquire, held by {info:?}"),
-    }
-}
-
-async fn next(events: &mut LeaseEvents) -> Option<LeaseEvent> {
-    tokio::time::timeout(PATIENCE, events.recv())
-        .await
-        .expect("an event (or the end of the subscription) within the patience bound")
-}
 
 fn acquired_event(lease: &Lease) -> LeaseEvent {
     LeaseEvent::Acquired {

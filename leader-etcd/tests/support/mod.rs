@@ -41,3 +41,38 @@ pub fn free_port() -> u16 {
     // Below the ephemeral range: see `leader_testkit::servers::free_port`.
     leader_testkit::servers::free_port().expect("a free loopback port")
 }
+
+/// A private etcd server and a store on it.
+pub async fn setup() -> (leader_testkit::servers::EtcdServer, leader_etcd::EtcdStore) {
+    let server = leader_testkit::servers::EtcdServer::start()
+        .await
+        .expect("start a private etcd");
+    let store = leader_etcd::EtcdStore::from_url(server.url()).expect("store for the private etcd");
+    (server, store)
+}
+
+/// A holder id from a test's short name.
+pub fn holder(name: &str) -> leader_core::HolderId {
+    leader_core::HolderId::new(name).expect("valid holder id")
+}
+
+/// Acquires `key` for `who`, which the test expects to be free.
+pub async fn acquired(
+    store: &leader_etcd::EtcdStore,
+    key: &LeaseKey,
+    who: &leader_core::HolderId,
+    ttl: Duration,
+) -> leader_core::Lease {
+    use leader_core::{Acquire, LeaseStore};
+    match store.acquire(key, who, ttl).await.expect("acquire") {
+        Acquire::Acquired(lease) => lease,
+        Acquire::Held(info) => panic!("expected to acquire, held by {info:?}"),
+    }
+}
+
+/// The next event of a subscription, within [`PATIENCE`].
+pub async fn next(events: &mut leader_core::LeaseEvents) -> Option<leader_core::LeaseEvent> {
+    tokio::time::timeout(PATIENCE, events.recv())
+        .await
+        .expect("an event (or the end of the subscription) within the patience bound")
+}
