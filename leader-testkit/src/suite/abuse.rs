@@ -35,8 +35,11 @@ pub async fn takeover_leaves_the_new_holder_untouched(ctx: &Ctx) -> CaseResult {
             "the unrenewed lease was not taken over within {bound:?} (expiry broken?)"
         ))
     })?;
-    let before = holder_of(&**store, &key).await?;
+    // From before the first read is sent: the server read `before` at some
+    // point after this, and `after` before the elapsed time is taken, so
+    // the server's interval between the two reads is within `elapsed`.
     let measured = Instant::now();
+    let before = holder_of(&**store, &key).await?;
     let renew = old_client.renew(&old).await;
     ensure!(
         matches!(&renew, Err(e) if e.kind() == ErrorKind::NotHolder),
