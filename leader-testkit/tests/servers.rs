@@ -89,6 +89,16 @@ async fn life_cycle(server: &Server) -> (u32, Vec<String>, PathBuf) {
     let kids = children(pid);
 
     server.pause().expect("pause");
+    // `pause` returns only once the stop has taken effect: kill(2) merely
+    // queues SIGSTOP, and a thread running on the other core would answer
+    // one more request.
+    let states = thread_states(pid);
+    assert!(
+        !states.is_empty() && states.iter().all(|s| s == "T"),
+        "{} returned from pause with threads in states {:?}",
+        server.name(),
+        states
+    );
     assert!(
         !server.answers().await,
         "a paused {} must not answer",
@@ -371,4 +381,19 @@ async fn servers_die_with_the_test_process() {
     assert!(!process_exists(pid as u32), "and nothing is left of it");
     // Only the folder stays (no Drop ran in the child); remove it here.
     std::fs::remove_dir_all(&dir).expect("remove the killed child's server folder");
+}
+
+/// The scheduler state (`/proc/PID/task/TID/stat`) of every thread of `pid`.
+fn thread_states(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("stat")).ok())
+        .filter_map(|stat| {
+            let rest = &stat[stat.rfind(')')? + 1..];
+            rest.split_whitespace().next().map(str::to_owned)
+        })
+        .collect()
 }
